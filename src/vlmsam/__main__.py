@@ -1,0 +1,5 @@
+import sys
+
+from vlmsam.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``vlmsam`` command line."""

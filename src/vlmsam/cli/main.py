@@ -1,0 +1,62 @@
+"""``vlmsam``: one entry point, one sub-command per job.
+
+User errors (a missing file, a corrupt image, a wrong checkpoint, bad prompts) print one line
+that names the problem and exit with code 2; argparse's usage errors do the same. Anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from vlmsam.errors import VlmsamError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vlmsam.cli import sam_commands
+
+    parser = argparse.ArgumentParser(
+        prog="vlmsam",
+        description="Reasoning segmentation: a vision-language model reasons, Segment Anything draws the masks.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sam_commands.register(sub)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        return int(args.run(args) or 0)
+    except VlmsamError as e:
+        print(f"vlmsam {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"vlmsam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

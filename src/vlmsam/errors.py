@@ -1,0 +1,20 @@
+"""Errors a user can fix. The CLI prints their message on one line and exits with code 2.
+
+Everything else is a bug in vlmsam and keeps its traceback.
+"""
+
+
+class VlmsamError(Exception):
+    """Base class of every error caused by input the user gave (files, arguments, checkpoints)."""
+
+
+class ImageLoadError(VlmsamError):
+    """An image path or URL that cannot be read as an image."""
+
+
+class CheckpointError(VlmsamError):
+    """A model file or directory that is missing, unsafe, or not the kind of model asked for."""
+
+
+class PromptError(VlmsamError):
+    """Boxes, points or masks given as prompts that cannot be used."""

@@ -1,0 +1,141 @@
+"""One writer for every result a person looks at, in the file names the seed systems use.
+
+For an image ``stem`` and a result with N masks, :func:`write_result` writes to ``out_dir``:
+
+- ``{stem}_mask_{i}.png``: mask ``i`` as a 0/255 grayscale PNG;
+- ``{stem}_masked_img_{i}.jpg``: the image with mask ``i`` tinted (0.5 x image + 0.5 x red), as LISA writes it;
+- ``{stem}_overlay.jpg``: every mask at once, each in its own colour;
+- ``{stem}.json``: the answer text, boxes, scores, labels, timings and the masks as COCO RLE.
+
+Every file is written to a temporary name beside its target and renamed into place, so a reader
+never sees half a file and an interrupted run leaves no corrupt output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vlmsam.result import SegmentationResult
+
+# Distinct, colour-blind-friendly colours (Okabe-Ito, then a few more) for the all-masks overlay.
+PALETTE = np.array(
+    [
+        (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+        (213, 94, 0), (204, 121, 167), (255, 0, 0), (0, 255, 255), (128, 0, 255),
+    ],
+    dtype=np.float32,
+)
+RED = np.array((255, 0, 0), dtype=np.float32)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _encode_image(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of an ``(H, W) bool`` mask, with ``counts`` as a JSON-safe string."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`: an ``(H, W) bool`` mask."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    encoded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if isinstance(counts, list):  # uncompressed RLE, as COCO annotations sometimes hold
+        encoded = mask_utils.frPyObjects(encoded, *rle["size"])
+    return mask_utils.decode(encoded).astype(bool)
+
+
+def tint(image: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image`` with ``(1 - alpha) * image + alpha * color`` where ``mask`` is set (float32 out)."""
+    out = image.astype(np.float32, copy=True)
+    out[mask] = (1.0 - alpha) * out[mask] + alpha * color
+    return out
+
+
+def overlay_all(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Every mask tinted in its own colour (``(H, W, 3) uint8``); later masks are drawn on top."""
+    out = image.astype(np.float32, copy=True)
+    for i, mask in enumerate(masks):
+        out = tint(out, mask, PALETTE[i % len(PALETTE)], alpha)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_result(
+    result: SegmentationResult,
+    image: Image.Image,
+    out_dir: str | os.PathLike,
+    stem: str,
+    *,
+    extra: dict | None = None,
+) -> dict[str, list[Path] | Path]:
+    """Write ``result`` for ``image`` (the RGB image the masks refer to) under ``out_dir``.
+
+    Returns the written paths: ``{"masks": [...], "masked_images": [...], "overlay": P, "json": P}``.
+    """
+    out_dir = Path(out_dir)
+    rgb = np.asarray(image.convert("RGB"))
+    if rgb.shape[:2] != result.image_size and result.num_masks:
+        raise ValueError(f"masks are {result.image_size} but the image is {rgb.shape[:2]} (H, W)")
+    written: dict[str, list[Path] | Path] = {"masks": [], "masked_images": []}
+    for i, mask in enumerate(result.masks):
+        path = out_dir / f"{stem}_mask_{i}.png"
+        atomic_write_bytes(path, _encode_image(Image.fromarray(mask.astype(np.uint8) * 255), "PNG"))
+        written["masks"].append(path)
+        masked = np.clip(tint(rgb, mask, RED) + 0.5, 0, 255).astype(np.uint8)
+        path = out_dir / f"{stem}_masked_img_{i}.jpg"
+        atomic_write_bytes(path, _encode_image(Image.fromarray(masked), "JPEG"))
+        written["masked_images"].append(path)
+
+    path = out_dir / f"{stem}_overlay.jpg"
+    atomic_write_bytes(path, _encode_image(Image.fromarray(overlay_all(rgb, result.masks)), "JPEG"))
+    written["overlay"] = path
+
+    record = {
+        "image": stem,
+        "image_size": list(result.image_size) if result.num_masks else [rgb.shape[0], rgb.shape[1]],
+        "answer": result.text,
+        "num_masks": result.num_masks,
+        "boxes_xyxy": np.round(result.boxes, 2).tolist(),
+        "scores": [round(float(s), 6) for s in result.scores],
+        "labels": list(result.labels),
+        "masks": [mask_to_rle(m) for m in result.masks],
+        "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
+        **(extra or {}),
+    }
+    path = out_dir / f"{stem}.json"
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode("utf-8"))
+    written["json"] = path
+    return written
