@@ -55,7 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def _encode_image(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    image.save(buffer, format=fmt, **({"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}))
     return buffer.getvalue()
 
 

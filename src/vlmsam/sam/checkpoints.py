@@ -131,11 +131,16 @@ def _torch_load(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the file carries pickled objects that are not plain tensors "
-            f"({first}). Only load checkpoints you trust; re-save it as a plain state dict or safetensors."
-        ) from None
+        # torch wraps the real reason in a long explanation; keep the reason alone.
+        reason = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0].strip()
+        if "Unsupported global" in reason:
+            culprit = reason.split("GLOBAL", 1)[-1].split(" was not")[0].strip()
+            raise CheckpointError(
+                f"{path}: refused to load: the file would run pickled code ({culprit}) to rebuild its "
+                "objects. Only a plain state dict of tensors is accepted; re-save the weights from a "
+                "trusted copy, or convert them to safetensors."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
     for wrapper in ("model", "state_dict"):  # fine-tuning repos often nest the weights
