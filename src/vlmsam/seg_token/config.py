@@ -1,0 +1,63 @@
+"""The one typed config of the ``[SEG]``-token segmenter, saved with every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+# What can train, in the order the summary table prints it.
+COMPONENTS = ("lora", "lm_head", "embed_tokens", "projection", "sam_mask_decoder",
+              "vision_tower", "sam_image_encoder", "sam_prompt_encoder")
+
+
+@dataclass
+class SegTokenConfig:
+    """Defaults follow LISA / Qwen-SAM; every switch can be turned either way.
+
+    ``vlm`` and ``sam`` name the base models (hub id or path; a relative path is taken relative
+    to the checkpoint directory that holds this config).
+    """
+
+    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    sam: str = "facebook/sam-vit-huge"
+    seg_token_id: int = -1
+    # loss weights
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    # LoRA on the language layers only (never the vision tower)
+    use_lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # declared trainable parts (LoRA is governed by use_lora)
+    train_lm_head: bool = True
+    train_embed_tokens: bool = True
+    train_projection: bool = True
+    train_sam_mask_decoder: bool = True
+    train_vision_tower: bool = False
+    train_sam_image_encoder: bool = False
+    train_sam_prompt_encoder: bool = False
+
+    def trainable(self, component: str) -> bool:
+        return self.use_lora if component == "lora" else bool(getattr(self, f"train_{component}"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SegTokenConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"model_type"})
+        if unknown:
+            raise ValueError(f"unknown [SEG] model config keys: {unknown}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"model_type": "vlmsam_seg_token", **self.to_dict()}, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> SegTokenConfig:
+        return cls.from_dict(json.loads(path.read_text()))
