@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import sam_commands
+    from vlmsam.cli import sam_commands, seg_commands
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sam_commands.register(sub)
+    seg_commands.register(sub)
     return parser
 
 

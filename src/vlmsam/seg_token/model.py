@@ -73,7 +73,8 @@ class SegTokenModel(nn.Module):
     def build(cls, config: SegTokenConfig, *, base_dir: Path | None = None) -> SegTokenModel:
         """A fresh model from the base VLM and SAM named in ``config``: ``[SEG]`` added, LoRA applied,
         parts frozen as declared."""
-        vlm, processor = _load_vlm(config.vlm, base_dir)
+        vlm = _load_vlm(config.vlm, base_dir)
+        processor = VlmProcessor.from_pretrained(_resolve(config.vlm, base_dir))
         config.seg_token_id = processor.add_seg_token()
         if vlm.get_input_embeddings().weight.shape[0] < len(processor.tokenizer):
             vlm.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
@@ -337,7 +338,7 @@ class SegTokenModel(nn.Module):
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: not a vlmsam [SEG] checkpoint (no {CONFIG_NAME})")
         config = SegTokenConfig.load(path / CONFIG_NAME)
-        vlm, _ = _load_vlm(config.vlm, path)
+        vlm = _load_vlm(config.vlm, path)
         processor = VlmProcessor.from_pretrained(path)
         if processor.seg_token_id != config.seg_token_id:
             raise CheckpointError(f"{path}: the tokenizer's [SEG] id {processor.seg_token_id} differs from the config's {config.seg_token_id}")
@@ -397,8 +398,7 @@ def _load_vlm(name: str, base_dir: Path | None):
         raise CheckpointError(f"{source}: could not read a VLM config ({str(e).splitlines()[0]})") from None
     if config.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
         raise CheckpointError(f"{source}: is a '{config.model_type}' model; the [SEG] segmenter supports Qwen2-VL, Qwen2.5-VL and Qwen3-VL")
-    vlm = AutoModelForImageTextToText.from_pretrained(source)
-    return vlm, VlmProcessor.from_pretrained(source)
+    return AutoModelForImageTextToText.from_pretrained(source)
 
 
 def _load_sam(name: str, base_dir: Path | None):
