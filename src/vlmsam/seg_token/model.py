@@ -244,12 +244,13 @@ class SegTokenModel(nn.Module):
             timings={"encode_image": t1 - t0, "generate": t2 - t1, "decode_masks": t3 - t2},
         )
 
-    def generate_with_states(self, request: str, *, max_new_tokens: int = 64, logits_processor=None):
+    def generate_with_states(self, request: str, *, max_new_tokens: int = 64, logits_processor=None, **generate_kwargs):
         """Greedy generation with the KV cache. Returns the new token ids ``(T,)`` and the final-layer
         hidden state of every ``[SEG]`` among them, read in the step where that ``[SEG]`` is fed back in.
 
         One token more than ``max_new_tokens`` is generated and dropped, so that a ``[SEG]`` emitted
-        as the last kept token has been fed back in too.
+        as the last kept token has been fed back in too. ``generate_kwargs`` override the defaults
+        (the speed benchmark passes ``use_cache=False`` to measure what the cache saves).
         """
         _, pixel_values, grid, n_tokens, features = self._image
         device = pixel_values.device
@@ -260,9 +261,7 @@ class SegTokenModel(nn.Module):
             attention_mask=torch.ones_like(input_ids),
             mm_encoder_outputs={"image": features},
             image_grid_thw=grid,
-            max_new_tokens=max_new_tokens + 1,
-            do_sample=False,
-            use_cache=True,
+            **{"max_new_tokens": max_new_tokens + 1, "do_sample": False, "use_cache": True, **generate_kwargs},
             output_hidden_states=True,
             return_dict_in_generate=True,
             logits_processor=logits_processor,
