@@ -14,6 +14,8 @@ _LAZY = {
     "IoUAccumulator": "vlmsam.metrics.iou",
     "SamBackend": "vlmsam.sam.backend",
     "VlmsamError": "vlmsam.errors",
+    "SegTokenModel": "vlmsam.seg_token.model",
+    "SegTokenConfig": "vlmsam.seg_token.config",
 }
 
 __all__ = sorted(_LAZY)

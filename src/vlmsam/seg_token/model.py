@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmsam.errors import CheckpointError
@@ -230,7 +229,6 @@ class SegTokenModel(nn.Module):
             self.set_image(image)
         if self._image is None:
             raise RuntimeError("no image is set: call set_image(image) or pass image=")
-        _, pixel_values, grid, n_tokens, features = self._image
         t1 = time.perf_counter()
         tokens, states = self.generate_with_states(request, max_new_tokens=max_new_tokens, logits_processor=logits_processor)
         t2 = time.perf_counter()
