@@ -47,6 +47,10 @@ def build_image_processor(config: SamConfig) -> SamImageProcessorPil:
     )
 
 
+def _content_key(image: Image.Image) -> str:
+    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
 @dataclass
 class ImageEmbedding:
     """One image as SAM's encoder sees it.
@@ -134,7 +138,7 @@ class SamBackend:
     def encode(self, image: ImageSource) -> ImageEmbedding:
         """Run the image encoder (no gradients) and return the embedding with its geometry."""
         image = load_image(image)
-        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        key = _content_key(image)
         pixels, original, resized = self.preprocess(image)
         with torch.inference_mode():
             embeddings = self.model.vision_encoder(pixels.to(self.device, self.dtype)).last_hidden_state
@@ -144,8 +148,7 @@ class SamBackend:
     def set_image(self, image: ImageSource) -> ImageEmbedding:
         """Encode ``image`` and keep its embedding for later prompts (the same pixels are not re-encoded)."""
         loaded = load_image(image)
-        key = hashlib.sha1(loaded.tobytes() + repr(loaded.size).encode()).hexdigest()
-        if self._embedding is None or self._embedding.key != key:
+        if self._embedding is None or self._embedding.key != _content_key(loaded):
             self._embedding = self.encode(loaded)
         return self._embedding
 

@@ -288,10 +288,10 @@ class SegTokenModel(nn.Module):
 
     # ---- save / load ------------------------------------------------------------------------------
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Declared trainable weights other than LoRA (LoRA goes to the peft adapter)."""
+    def _saved_parts(self) -> dict[str, nn.Module]:
+        """The modules whose weights a checkpoint may carry besides the LoRA adapter."""
         base = self._base_vlm()
-        parts = {
+        return {
             "lm_head": base.get_output_embeddings(),
             "embed_tokens": base.get_input_embeddings(),
             "projection": self.projection,
@@ -300,13 +300,17 @@ class SegTokenModel(nn.Module):
             "sam_image_encoder": self.sam.vision_encoder,
             "sam_prompt_encoder": self.sam.prompt_encoder,
         }
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Declared trainable weights other than LoRA (LoRA goes to the peft adapter); the
+        projection is always included, as it exists in no base model."""
         out = {}
-        for name, module in parts.items():
+        for name, module in self._saved_parts().items():
             if name == "projection" or self.config.trainable(name):
                 for key, value in module.state_dict().items():
                     if "lora_" not in key:
                         out[f"{name}.{key.replace('base_layer.', '')}"] = value.detach().contiguous().cpu()
-        return out, parts
+        return out
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
         from safetensors.torch import save_file
@@ -314,7 +318,7 @@ class SegTokenModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.config.save(out / CONFIG_NAME)
-        state, _ = self.trainable_state_dict()
+        state = self.trainable_state_dict()
         if self.config.train_lm_head and self.config.train_embed_tokens and self._tied():
             state.pop("embed_tokens.weight", None)  # the same tensor as lm_head
         save_file(state, str(out / TRAINABLE_WEIGHTS))
@@ -346,9 +350,8 @@ class SegTokenModel(nn.Module):
             from peft import PeftModel
 
             model.vlm = PeftModel.from_pretrained(vlm, str(path / ADAPTER_DIR))
-        _, parts = model.trainable_state_dict()
         state = load_file(str(path / TRAINABLE_WEIGHTS))
-        for name, module in parts.items():
+        for name, module in model._saved_parts().items():
             sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
             if not sub:
                 continue
