@@ -82,7 +82,7 @@ def main() -> None:
                 logits_processor=LogitsProcessorList([Force(answer)]),
             )
             emb = model.sam_backend.embedding
-            logits, _ = model.masks_from_states(states, emb, emb.original_size, emb.input_size)
+            logits, _ = model.masks_from_states(states, emb)
         return time.perf_counter() - t0, states.float()
 
     run(True)  # warm-up

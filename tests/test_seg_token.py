@@ -112,7 +112,7 @@ def test_generation_equals_teacher_forcing(bases, image, family, answer, n_masks
     torch.testing.assert_close(states, forced, atol=1e-5, rtol=1e-4)
     result = model.segment("Segment them.", logits_processor=force(model, answer))
     emb = model.sam_backend.embedding
-    logits, _ = model.masks_from_states(forced, emb, emb.original_size, emb.input_size)
+    logits, _ = model.masks_from_states(forced, emb)
     assert result.num_masks == n_masks and result.masks.shape[1:] == (60, 80)
     assert np.array_equal(result.masks, (logits > 0).numpy())
     assert "[SEG]" not in result.text  # a special token, hidden when decoding

@@ -6,11 +6,6 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-# What can train, in the order the summary table prints it.
-COMPONENTS = ("lora", "lm_head", "embed_tokens", "projection", "sam_mask_decoder",
-              "vision_tower", "sam_image_encoder", "sam_prompt_encoder")
-
-
 @dataclass
 class SegTokenConfig:
     """Defaults follow LISA / Qwen-SAM; every switch can be turned either way.

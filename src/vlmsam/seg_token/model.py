@@ -2,8 +2,9 @@
 hidden state of each ``[SEG]`` *input* position, projected into SAM's prompt space, is a sparse
 prompt for SAM's mask decoder. One ``[SEG]``, one mask, in order.
 
-Training and generation read the same state (:func:`seg_hidden_states` on teacher-forced inputs,
-or the generation step in which the emitted ``[SEG]`` is fed back in), so generating and then
+Training and generation read the same state (the final layer at the ``[SEG]`` input position of a
+teacher-forced pass, or of the generation step in which the emitted ``[SEG]`` is fed back in), and
+both turn it into masks through :meth:`SegTokenModel.masks_from_states`, so generating and then
 teacher-forcing the same tokens gives the same masks.
 """
 
@@ -20,7 +21,7 @@ from vlmsam.errors import CheckpointError
 from vlmsam.io.images import ImageSource, load_image
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD, ImageEmbedding, SamBackend
-from vlmsam.seg_token.config import COMPONENTS, SegTokenConfig
+from vlmsam.seg_token.config import SegTokenConfig
 from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
 from vlmsam.vlm.processor import VlmProcessor
 
@@ -91,20 +92,25 @@ class SegTokenModel(nn.Module):
         cfg = self._base_vlm().config
         return getattr(cfg, "text_config", cfg)
 
-    def components(self) -> dict[str, list[nn.Parameter]]:
-        """Every part that can train, by name; parameters are found through modules, not name matching."""
+    def _parts(self) -> dict[str, nn.Module]:
+        """Every part that can train besides LoRA, found through the model's structure (not by
+        matching parameter names). SAM's two positional-embedding copies are one tied tensor, so
+        the prompt encoder covers both."""
         base = self._base_vlm()
-        lora = [p for n, p in self.vlm.named_parameters() if ".lora_" in n]
         return {
-            "lora": lora,
-            "lm_head": [base.get_output_embeddings().weight],
-            "embed_tokens": [base.get_input_embeddings().weight],
-            "projection": list(self.projection.parameters()),
-            "sam_mask_decoder": list(self.sam.mask_decoder.parameters()),
-            "vision_tower": list(base.model.visual.parameters()),
-            "sam_image_encoder": list(self.sam.vision_encoder.parameters()),
-            "sam_prompt_encoder": list(self.sam.prompt_encoder.parameters()) + list(self.sam.shared_image_embedding.parameters()),
+            "lm_head": base.get_output_embeddings(),
+            "embed_tokens": base.get_input_embeddings(),
+            "projection": self.projection,
+            "sam_mask_decoder": self.sam.mask_decoder,
+            "vision_tower": base.model.visual,
+            "sam_image_encoder": self.sam.vision_encoder,
+            "sam_prompt_encoder": self.sam.prompt_encoder,
         }
+
+    def components(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters of every part that can train, by name (LoRA first)."""
+        lora = [p for n, p in self.vlm.named_parameters() if ".lora_" in n]
+        return {"lora": lora, **{name: list(module.parameters()) for name, module in self._parts().items()}}
 
     def apply_trainable(self) -> None:
         """Freeze everything, then unfreeze exactly the components the config declares."""
@@ -139,14 +145,13 @@ class SegTokenModel(nn.Module):
     def vlm_inputs(self, input_ids: torch.Tensor, **kwargs) -> dict:
         return dict(input_ids=input_ids, mm_token_type_ids=self.processor.mm_token_type_ids(input_ids), **kwargs)
 
-    def masks_from_states(self, states: torch.Tensor, embedding: ImageEmbedding | torch.Tensor, original_size, input_size):
-        """``(N, hidden)`` [SEG] states -> ``(N, H, W)`` mask logits and ``(N,)`` predicted IoU."""
+    def masks_from_states(self, states: torch.Tensor, embedding: ImageEmbedding):
+        """``(N, hidden)`` [SEG] states -> ``(N, H, W)`` mask logits in original pixels and ``(N,)`` predicted IoU."""
         if states.shape[0] == 0:
-            return states.new_zeros((0, *original_size)), states.new_zeros((0,))
+            return states.new_zeros((0, *embedding.original_size)), states.new_zeros((0,))
         sparse = self.projection(states)[:, None, :]
         low, iou = self.sam_backend.decode(embedding, sparse_embeddings=sparse)
-        geometry = ImageEmbedding(torch.empty(0), tuple(original_size), tuple(input_size))
-        return self.sam_backend.upscale_logits(low, geometry)[:, 0], iou[:, 0]
+        return self.sam_backend.upscale_logits(low, embedding)[:, 0], iou[:, 0]
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class SegTokenModel(nn.Module):
                     f"{len(targets)} target mask(s) were given"
                 )
             embedding = self.encode_sam(image)
-            logits, _ = self.masks_from_states(hidden[i, positions], embedding, embedding.original_size, embedding.input_size)
+            logits, _ = self.masks_from_states(hidden[i, positions], embedding)
             logits_out.append(logits)
             if len(targets):
                 bce = bce + sigmoid_bce_loss(logits, targets)
@@ -232,8 +237,7 @@ class SegTokenModel(nn.Module):
         t1 = time.perf_counter()
         tokens, states = self.generate_with_states(request, max_new_tokens=max_new_tokens, logits_processor=logits_processor)
         t2 = time.perf_counter()
-        emb = self.sam_backend.embedding
-        logits, iou = self.masks_from_states(states, emb, emb.original_size, emb.input_size)
+        logits, iou = self.masks_from_states(states, self.sam_backend.embedding)
         t3 = time.perf_counter()
         return SegmentationResult(
             masks=(logits > MASK_THRESHOLD).cpu().numpy(),
@@ -288,24 +292,11 @@ class SegTokenModel(nn.Module):
 
     # ---- save / load ------------------------------------------------------------------------------
 
-    def _saved_parts(self) -> dict[str, nn.Module]:
-        """The modules whose weights a checkpoint may carry besides the LoRA adapter."""
-        base = self._base_vlm()
-        return {
-            "lm_head": base.get_output_embeddings(),
-            "embed_tokens": base.get_input_embeddings(),
-            "projection": self.projection,
-            "sam_mask_decoder": self.sam.mask_decoder,
-            "vision_tower": base.model.visual,
-            "sam_image_encoder": self.sam.vision_encoder,
-            "sam_prompt_encoder": self.sam.prompt_encoder,
-        }
-
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Declared trainable weights other than LoRA (LoRA goes to the peft adapter); the
         projection is always included, as it exists in no base model."""
         out = {}
-        for name, module in self._saved_parts().items():
+        for name, module in self._parts().items():
             if name == "projection" or self.config.trainable(name):
                 for key, value in module.state_dict().items():
                     if "lora_" not in key:
@@ -351,7 +342,7 @@ class SegTokenModel(nn.Module):
 
             model.vlm = PeftModel.from_pretrained(vlm, str(path / ADAPTER_DIR))
         state = load_file(str(path / TRAINABLE_WEIGHTS))
-        for name, module in model._saved_parts().items():
+        for name, module in model._parts().items():
             sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
             if not sub:
                 continue
