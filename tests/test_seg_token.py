@@ -6,7 +6,9 @@ import torch
 from transformers import LogitsProcessorList
 
 from vlmsam.sam.tiny import build_tiny_sam
-from vlmsam.seg_token import SegSample, SegTokenConfig, SegTokenModel
+from vlmsam.data import Sample
+from vlmsam.data.sample import BadSample
+from vlmsam.seg_token import SegTokenConfig, SegTokenModel
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -69,7 +71,7 @@ def test_declared_parts_train_and_frozen_parts_do_not(bases, image):
     model = make_model(bases)
     summary = model.trainable_summary()
     assert "sam_mask_decoder" in summary and "total" in summary
-    out = model([SegSample(image, [("Can you segment the red square?", "Sure, [SEG].")], torch.from_numpy(target()[None]), "s0")])
+    out = model([Sample(image, [[("Can you segment the red square?", "Sure, [SEG].")]], target()[None], name="s0")])
     out.loss.backward()
     grads = {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps) for name, ps in model.components().items()}
     assert grads == {
@@ -94,9 +96,9 @@ def test_every_part_can_be_switched(bases, image):
 
 def test_seg_count_mismatch_names_the_sample(bases, image):
     model = make_model(bases)
-    two = torch.from_numpy(np.stack([target(), target()]))
-    with pytest.raises(ValueError, match=r"sample kitchen_03: the answer holds 1 \[SEG\] token\(s\) but 2 target mask\(s\)"):
-        model([SegSample(image, [("segment both", "Sure, [SEG].")], two, "kitchen_03")])
+    two = np.stack([target(), target()])
+    with pytest.raises(BadSample, match=r"kitchen_03: 1 \[SEG\] token\(s\) in the answers but 2 target mask\(s\)"):
+        model([Sample(image, [[("segment both", "Sure, [SEG].")]], two, name="kitchen_03")])
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
@@ -207,7 +209,7 @@ def test_tiny_model_overfits_a_handful_of_triples(bases):
         y, x = rng.integers(4, 30, 2)
         s = rng.integers(16, 30)
         img[y:y + s, x:x + s] = (230, 30, 30)
-        samples.append(SegSample(img, [(request, "Sure, [SEG].")], torch.from_numpy(target((64, 64), (y, y + s, x, x + s))[None]), f"s{i}"))
+        samples.append(Sample(img, [[(request, "Sure, [SEG].")]], target((64, 64), (y, y + s, x, x + s))[None], name=f"s{i}"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
     model.train()
     losses = []
@@ -223,5 +225,5 @@ def test_tiny_model_overfits_a_handful_of_triples(bases):
     for sample in samples:
         result = model.segment(request, image=sample.image, max_new_tokens=8)
         assert result.num_masks == 1, result.text
-        acc.update(result.masks, sample.masks.numpy())
+        acc.update(result.masks, sample.masks)
     assert acc.giou > 0.9, acc.summary()

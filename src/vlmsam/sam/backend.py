@@ -47,6 +47,16 @@ def build_image_processor(config: SamConfig) -> SamImageProcessorPil:
     )
 
 
+def sam_pixels(processor: SamImageProcessorPil, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+    """``(1, 3, S, S)`` normalised, padded pixels; original ``(H, W)``; resized ``(h, w)``.
+
+    The one SAM preprocessing: the backend and the training collator both call it."""
+    batch = processor(images=image, return_tensors="pt")
+    original = tuple(int(v) for v in batch["original_sizes"][0])
+    resized = tuple(int(v) for v in batch["reshaped_input_sizes"][0])
+    return batch["pixel_values"], original, resized
+
+
 def _content_key(image: Image.Image) -> str:
     return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
@@ -130,10 +140,7 @@ class SamBackend:
 
     def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
         """``(1, 3, S, S)`` normalised, padded pixels; original ``(H, W)``; resized ``(h, w)``."""
-        batch = self.processor(images=image, return_tensors="pt")
-        original = tuple(int(v) for v in batch["original_sizes"][0])
-        resized = tuple(int(v) for v in batch["reshaped_input_sizes"][0])
-        return batch["pixel_values"], original, resized
+        return sam_pixels(self.processor, image)
 
     def encode(self, image: ImageSource) -> ImageEmbedding:
         """Run the image encoder (no gradients) and return the embedding with its geometry."""

@@ -1,6 +1,6 @@
 """The [SEG]-token segmenter (LISA / Qwen-SAM lineage)."""
 
 from vlmsam.seg_token.config import SegTokenConfig
-from vlmsam.seg_token.model import SegSample, SegTokenModel
+from vlmsam.seg_token.model import SegTokenModel
 
-__all__ = ["SegSample", "SegTokenConfig", "SegTokenModel"]
+__all__ = ["SegTokenConfig", "SegTokenModel"]

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlmsam.data.collate import Batch, Collator
+from vlmsam.data.sample import Sample
 from vlmsam.errors import CheckpointError
 from vlmsam.io.images import ImageSource, load_image
 from vlmsam.result import SegmentationResult
@@ -31,25 +33,12 @@ TRAINABLE_WEIGHTS = "trainable.safetensors"
 
 
 @dataclass
-class SegSample:
-    """One training/evaluation sample: an image, a conversation and one target mask per ``[SEG]``.
-
-    ``masks`` is ``(N, H, W) uint8`` in original pixels with 1 = object, 0 = background, 255 = ignore.
-    """
-
-    image: ImageSource
-    turns: list[tuple[str, str]]
-    masks: torch.Tensor
-    name: str = ""
-
-
-@dataclass
 class SegOutput:
     loss: torch.Tensor
     ce_loss: torch.Tensor
     bce_loss: torch.Tensor
     dice_loss: torch.Tensor
-    mask_logits: list[torch.Tensor]  # per sample, (N_i, H_i, W_i) in original pixels
+    mask_logits: list[torch.Tensor]  # per image, (N_b, H_b, W_b) in original pixels
 
 
 class SegTokenModel(nn.Module):
@@ -155,49 +144,59 @@ class SegTokenModel(nn.Module):
 
     # ---- training -------------------------------------------------------------------------------
 
-    def encode_sam(self, image) -> ImageEmbedding:
-        if self.config.train_sam_image_encoder:
-            pixels, original, resized = self.sam_backend.preprocess(image)
-            emb = self.sam.vision_encoder(pixels.to(self.sam_backend.device, self.sam_backend.dtype)).last_hidden_state
-            return ImageEmbedding(emb, original, resized)
-        return self.sam_backend.encode(image)
+    @property
+    def collator(self) -> Collator:
+        """Turns :class:`Sample` s into a :class:`Batch` for :meth:`forward` (use its ``prepare`` in
+        DataLoader workers)."""
+        if getattr(self, "_collator", None) is None:
+            self._collator = Collator(self.processor, self.sam_backend.processor)
+        return self._collator
 
-    def forward(self, samples: list[SegSample]) -> SegOutput:
-        """Losses for a batch of samples (CE on assistant tokens + BCE + Dice on masks)."""
+    def encode_sam_batch(self, batch: Batch) -> list[ImageEmbedding]:
+        """SAM image embeddings of the batch's images, in one encoder call (with gradients only when
+        the SAM image encoder trains)."""
+        pixels = batch.sam_pixels.to(self.sam_backend.device, self.sam_backend.dtype)
+        with torch.set_grad_enabled(self.config.train_sam_image_encoder and torch.is_grad_enabled()):
+            emb = self.sam.vision_encoder(pixels).last_hidden_state
+        return [ImageEmbedding(emb[b : b + 1], o, r) for b, (o, r) in enumerate(zip(batch.original_sizes, batch.input_sizes))]
+
+    def vision_features(self, batch: Batch):
+        """The VLM's vision features, computed once per image and shared by the image's rows."""
+        features = self._base_vlm().model.get_image_features(batch.pixel_values, batch.image_grid_thw, return_dict=True)
+        if len(batch.row_image) != len(batch) and getattr(features, "deepstack_features", None) is not None:
+            # Qwen3-VL also feeds per-token deepstack features; repeat the pixels per row instead.
+            rows = batch.row_image.tolist()
+            patches = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())
+            pixel_values = torch.cat([patches[b] for b in rows])
+            return self._base_vlm().model.get_image_features(pixel_values, batch.image_grid_thw[batch.row_image], return_dict=True)
+        features.pooler_output = tuple(features.pooler_output[b] for b in batch.row_image.tolist())
+        return features
+
+    def forward(self, batch: Batch | list[Sample]) -> SegOutput:
+        """Losses for a batch (CE on assistant tokens + BCE + Dice on masks)."""
+        if not isinstance(batch, Batch):
+            batch = self.collator(batch)
         device = next(self.vlm.parameters()).device
-        images = [load_image(s.image) for s in samples]
-        encoded = [self.processor.encode(s.turns, img) for s, img in zip(samples, images)]
-        pad = self.processor.tokenizer.pad_token_id
-        length = max(len(e.input_ids) for e in encoded)
-        input_ids = torch.full((len(samples), length), pad, dtype=torch.long)
-        labels = torch.full((len(samples), length), -100, dtype=torch.long)
-        attention = torch.zeros((len(samples), length), dtype=torch.long)
-        for i, e in enumerate(encoded):  # right padding
-            input_ids[i, : len(e.input_ids)] = e.input_ids
-            labels[i, : len(e.labels)] = e.labels
-            attention[i, : len(e.input_ids)] = 1
+        batch = batch.to(device)
         out = self.vlm(
-            **self.vlm_inputs(input_ids.to(device)),
-            attention_mask=attention.to(device),
-            pixel_values=torch.cat([e.pixel_values for e in encoded]).to(device),
-            image_grid_thw=torch.cat([e.image_grid_thw for e in encoded]).to(device),
-            labels=labels.to(device),
+            **self.vlm_inputs(batch.input_ids),
+            attention_mask=batch.attention_mask,
+            mm_encoder_outputs={"image": self.vision_features(batch)},
+            image_grid_thw=batch.image_grid_thw[batch.row_image],
+            labels=batch.labels,
             output_hidden_states=True,
         )
         hidden = out.hidden_states[-1]
+        embeddings = self.encode_sam_batch(batch)
         bce = dice = hidden.new_zeros((), dtype=torch.float32)
         n_masks = 0
         logits_out = []
-        for i, (sample, image) in enumerate(zip(samples, images)):
-            positions = (input_ids[i] == self.config.seg_token_id).nonzero().flatten().to(device)
-            targets = torch.as_tensor(sample.masks).to(device)
-            if len(positions) != len(targets):
-                raise ValueError(
-                    f"sample {sample.name or i}: the answer holds {len(positions)} [SEG] token(s) but "
-                    f"{len(targets)} target mask(s) were given"
-                )
-            embedding = self.encode_sam(image)
-            logits, _ = self.masks_from_states(hidden[i, positions], embedding)
+        for b in range(len(batch)):
+            rows = range(batch.offsets[b], batch.offsets[b + 1])
+            # Rows are the image's conversations in order, so the [SEG]s come in target order.
+            states = torch.cat([hidden[r, batch.input_ids[r] == self.config.seg_token_id] for r in rows])
+            targets = batch.masks[b]
+            logits, _ = self.masks_from_states(states, embeddings[b])
             logits_out.append(logits)
             if len(targets):
                 bce = bce + sigmoid_bce_loss(logits, targets)

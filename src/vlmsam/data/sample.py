@@ -1,0 +1,69 @@
+"""The one sample type every loader yields, and the error a broken sample raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlmsam.errors import VlmsamError
+
+IGNORE = 255  # target pixels that count neither as object nor as background
+
+Turn = tuple[str, str | None]  # (user text, assistant answer); a None answer is left for the model
+Conversation = list[Turn]
+
+
+class BadSample(VlmsamError):
+    """A sample that cannot be used: its image is missing or unreadable, or its annotation is broken.
+
+    ``path`` names the file at fault so that a user can find and fix it.
+    """
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class Sample:
+    """One image with one or more conversations about it.
+
+    Attributes:
+        image: path of the image (loaders never decode it; the collator does, once).
+        conversations: each a list of ``(user, answer)`` turns. Several conversations about one
+            image share its encodings in a batch.
+        masks: ``(N, H, W) uint8`` targets, 1 = object, 0 = background, 255 = ignore; one per
+            ``[SEG]`` across all answers, in reading order. ``N`` may be 0.
+        source: the dataset it came from (``reason_seg``, ``refcoco``, ``ade20k``, ...).
+        name: a stable identifier (usually the image stem).
+        meta: extra facts evaluation needs (the raw queries, ``is_sentence``, ...).
+    """
+
+    image: str | Path | object  # a path from loaders; arrays / PIL images work for in-memory use
+    conversations: list[Conversation]
+    masks: np.ndarray
+    source: str = ""
+    name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.masks.ndim != 3 or self.masks.dtype != np.uint8:
+            raise ValueError(f"masks must be (N, H, W) uint8, got {self.masks.shape} {self.masks.dtype}")
+
+    @property
+    def where(self) -> str:
+        """What to name in an error: the image path, else the sample's name."""
+        if isinstance(self.image, (str, Path)):
+            return str(self.image)
+        return self.name or "<in-memory image>"
+
+    @property
+    def seg_count(self) -> int:
+        return sum((answer or "").count("[SEG]") for conv in self.conversations for _, answer in conv)
+
+
+def empty_masks(height: int, width: int) -> np.ndarray:
+    return np.zeros((0, height, width), dtype=np.uint8)

@@ -1,0 +1,63 @@
+"""Visual question answering in LLaVA's format: ``[{image, conversations: [{from, value}]}]``.
+
+``llava_dataset/llava_instruct_150k.json`` names COCO images by file name (``coco/train2017``);
+``llava_v1_5_mix665k.json`` names them relative to the dataset folder (``coco/train2017/...``,
+``gqa/images/...``, ``ocr_vqa/images/...``, ``textvqa/train_images/...``, ``vg/VG_100K/...``).
+Entries without an image (text-only chat) are left out. LLaVA's ``<image>`` marker is removed:
+our processor places the vision tokens itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from vlmsam.data import prompts
+from vlmsam.data.base import SegDataset
+from vlmsam.data.sample import BadSample, Sample, empty_masks
+
+DEFAULT_FILE = "llava_instruct_150k.json"
+
+
+class VqaDataset(SegDataset):
+    source = "vqa"
+    split = "train"
+
+    def __init__(self, dataset_dir: str | Path, file: str = DEFAULT_FILE):
+        super().__init__()
+        self.root = Path(dataset_dir)
+        self.json_path = self.root / "llava_dataset" / file
+        if not self.json_path.is_file():
+            raise FileNotFoundError(f"{self.json_path}: missing (LLaVA instruction data)")
+        try:
+            entries = json.loads(self.json_path.read_text())
+        except ValueError as exc:
+            raise BadSample(self.json_path, f"not valid JSON ({exc})") from None
+        if not isinstance(entries, list):
+            raise BadSample(self.json_path, "expected a JSON list of conversations")
+        self.items = [e for e in entries if isinstance(e, dict) and e.get("image")]
+        self.text_only = len(entries) - len(self.items)
+
+    def annotation_path(self, i: int) -> Path:
+        return self.json_path
+
+    def image_path(self, i: int) -> Path:
+        name = self.items[i]["image"]
+        direct = self.root / name
+        return direct if direct.is_file() else self.root / "coco" / "train2017" / name
+
+    def load(self, i: int, rng: random.Random) -> Sample:
+        entry = self.items[i]
+        turns = entry.get("conversations")
+        where = f"entry {i} (id {entry.get('id', '?')})"
+        if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
+            raise BadSample(self.json_path, f"{where}: conversations must alternate human/gpt turns")
+        pairs = []
+        for k in range(0, len(turns), 2):
+            human, gpt = turns[k], turns[k + 1]
+            if not (isinstance(human, dict) and isinstance(gpt, dict)) or human.get("from") != "human" or gpt.get("from") != "gpt":
+                raise BadSample(self.json_path, f"{where}: turn {k} is not a human/gpt pair")
+            pairs.append((prompts.strip_image_placeholder(str(human.get("value", ""))), str(gpt.get("value", ""))))
+        h, w = self.image_size(i)
+        return Sample(self.image_path(i), [pairs], empty_masks(h, w), self.source, Path(entry["image"]).stem)
