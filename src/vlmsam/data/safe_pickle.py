@@ -1,8 +1,9 @@
 """Reading untrusted pickles (the refer datasets' ``refs(unc).p``) without running their code.
 
 A pickle can name any importable callable and have it called while loading; a downloaded
-``refs(unc).p`` is therefore code. This unpickler resolves no global at all, so only builtin
-containers and scalars (dict, list, tuple, set, str, bytes, int, float, bool, None) can be built.
+``refs(unc).p`` is therefore code. This unpickler resolves only the few globals that build plain
+data (``set``, ``frozenset``, ``bytes``, ``bytearray``, and ``_codecs.encode``, which protocols 0-2 use
+for bytes), so only builtin containers and scalars can come out.
 """
 
 from __future__ import annotations
@@ -18,9 +19,22 @@ class UnsafePickleError(VlmsamError):
     pass
 
 
+_ALLOWED = {
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "bytes"), ("builtins", "bytearray"),
+    ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytearray"),  # Python 2 names
+    ("_codecs", "encode"),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise _Refused(f"refusing to load {module}.{name}")
 
 
 def load_pickle(path: str | Path):
@@ -29,7 +43,7 @@ def load_pickle(path: str | Path):
     try:
         # Python-2 pickles (the refer files were written by Python 2) hold str as bytes.
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         raise UnsafePickleError(
             f"{path}: the pickle holds more than plain data ({exc}); it was not loaded. "
             "Use the refs file from the official refer release"
