@@ -83,6 +83,19 @@ def test_declared_parts_train_and_frozen_parts_do_not(bases, image):
     assert all(("q_proj" in n or "v_proj" in n) for n in lora_names)
 
 
+def test_conversations_sharing_an_image_equal_separate_samples(bases, image):
+    """Rows of one image share its vision features and SAM embedding; the losses and masks must be
+    those of the same conversations given as separate samples."""
+    model = make_model(bases, train_vision_tower=True, train_sam_image_encoder=True, lora_dropout=0.0)
+    perturb(model)
+    convs = [[("Can you segment the red square?", "Sure, [SEG].")], [("And the rest?", "It is [SEG] and [SEG].")]]
+    masks = np.stack([target(), 1 - target(), target()])
+    shared = model([Sample(image, convs, masks, name="a")])
+    split = model([Sample(image, convs[:1], masks[:1], name="a0"), Sample(image, convs[1:], masks[1:], name="a1")])
+    torch.testing.assert_close(shared.loss, split.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(shared.mask_logits[0], torch.cat(split.mask_logits), rtol=1e-5, atol=1e-5)
+
+
 def test_every_part_can_be_switched(bases, image):
     model = make_model(bases, use_lora=False, train_lm_head=False, train_embed_tokens=False,
                        train_sam_mask_decoder=False, train_vision_tower=True, train_sam_prompt_encoder=True)
