@@ -18,3 +18,7 @@ class CheckpointError(VlmsamError):
 
 class PromptError(VlmsamError):
     """Boxes, points or masks given as prompts that cannot be used."""
+
+
+class DatasetError(VlmsamError):
+    """A dataset folder, file or name that cannot be used as given."""

@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import sam_commands, seg_commands
+    from vlmsam.cli import data_commands, sam_commands, seg_commands
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sam_commands.register(sub)
     seg_commands.register(sub)
+    data_commands.register(sub)
     return parser
 
 

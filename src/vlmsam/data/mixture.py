@@ -16,6 +16,7 @@ import torch
 
 from vlmsam.data.base import SegDataset
 from vlmsam.data.sample import BadSample
+from vlmsam.errors import DatasetError
 
 MAX_ATTEMPTS = 100  # bad samples skipped in a row before the data is declared unusable
 
@@ -64,7 +65,7 @@ class Mixture(torch.utils.data.Dataset):
         self.families = {name: [d for d in ds if len(d)] for name, ds in families.items()}
         empty = [name for name, ds in self.families.items() if not ds]
         if empty:
-            raise ValueError(f"no samples in dataset family {', '.join(empty)}")
+            raise DatasetError(f"no samples in dataset family {', '.join(empty)}")
         self.names = list(self.families)
         self.weights = [float(rates[name]) for name in self.names]
         self.seed, self.rank = seed, rank

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
 from vlmsam.data.masks import fill_polygon
@@ -75,7 +76,7 @@ class ReasonSegDataset(SegDataset):
         self.max_queries = max_queries
         folder = self.root / split
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no ReasonSeg split '{split}' there")
+            raise DatasetError(f"{folder}: no ReasonSeg split '{split}' there")
         # Index by annotation file: an image without its json cannot be a sample.
         self.items = sorted(folder.glob("*.json"))
         self.explanations: dict[str, str] = {}

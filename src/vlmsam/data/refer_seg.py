@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
 from vlmsam.data.masks import coco_segmentation_to_mask
@@ -30,7 +31,7 @@ def parse_name(spec: str) -> tuple[str, str, str]:
     """``refcoco|unc|val`` -> (``refcoco``, ``unc``, ``val``); ``refcocog|val`` uses the default split-by."""
     parts = spec.split("|")
     if parts[0] not in SPLIT_BY or len(parts) not in (2, 3):
-        raise ValueError(f"'{spec}' is not a refer dataset name; use e.g. refcoco|unc|val, refcocog|umd|test")
+        raise DatasetError(f"'{spec}' is not a refer dataset name; use e.g. refcoco|unc|val, refcocog|umd|test")
     return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], SPLIT_BY[parts[0]], parts[1])
 
 
@@ -39,7 +40,7 @@ class ReferSegDataset(SegDataset):
                  split_by: str | None = None, max_refs: int = 3):
         super().__init__()
         if name not in SPLIT_BY:
-            raise ValueError(f"unknown refer dataset '{name}'; choose from {', '.join(NAMES)}")
+            raise DatasetError(f"unknown refer dataset '{name}'; choose from {', '.join(NAMES)}")
         self.source, self.split = name, split
         self.split_by = split_by or SPLIT_BY[name]
         self.max_refs = max_refs
@@ -49,7 +50,7 @@ class ReferSegDataset(SegDataset):
         self.image_dir = base / "images" / ("saiapr_tc-12" if name == "refclef" else "mscoco/images/train2014")
         for p in (self.refs_path, self.instances_path):
             if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing (needed for {name})")
+                raise DatasetError(f"{p}: missing (needed for {name})")
 
         refs = load_pickle(self.refs_path)
         if not isinstance(refs, list):

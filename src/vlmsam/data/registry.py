@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmsam.errors import DatasetError
 from vlmsam.data.base import SegDataset
 from vlmsam.data.reason_seg import ReasonSegDataset
 from vlmsam.data.refer_seg import NAMES as REFER_NAMES
@@ -49,19 +50,19 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
     if family == "refer_seg":
         for name in split_list(spec):
             if name not in REFER_NAMES:
-                raise ValueError(f"unknown refer dataset '{name}'; choose from {', '.join(REFER_NAMES)}")
+                raise DatasetError(f"unknown refer dataset '{name}'; choose from {', '.join(REFER_NAMES)}")
         return [ReferSegDataset(dataset_dir, name, "train", **kwargs) for name in split_list(spec)]
     if family == "sem_seg":
         names = split_list(spec)
         unknown = [n for n in names if n not in SEM_SEG]
         if unknown:
-            raise ValueError(f"unknown semantic dataset(s) {unknown}; choose from {', '.join(SEM_SEG)}")
+            raise DatasetError(f"unknown semantic dataset(s) {unknown}; choose from {', '.join(SEM_SEG)}")
         return [SEM_SEG[n](dataset_dir, **kwargs) for n in names]
     if family == "vqa":
         return [VqaDataset(dataset_dir, name if name.endswith(".json") else name + ".json") for name in split_list(spec)]
     if family in ("seg_pp", "seg++"):
         return [SegPlusPlusDataset(dataset_dir, split_list(spec), **kwargs)]
-    raise ValueError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")
+    raise DatasetError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")
 
 
 def build_eval_dataset(spec: str, dataset_dir: str | Path) -> SegDataset:

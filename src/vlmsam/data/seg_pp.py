@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
 from vlmsam.data.masks import coco_segmentation_to_mask, fill_polygon
@@ -65,12 +66,12 @@ class SegPlusPlusDataset(SegDataset):
         self.tables = {}
         for kind in kinds:
             if kind not in KINDS:
-                raise ValueError(f"unknown seg++ part '{kind}'; choose from {', '.join(KINDS)}")
+                raise DatasetError(f"unknown seg++ part '{kind}'; choose from {', '.join(KINDS)}")
             path = self.root / "seg++" / f"{kind}.arrow"
             if path.is_file():
                 self.tables[kind] = (path, _open_arrow(path))
         if not self.tables:
-            raise FileNotFoundError(f"{self.root / 'seg++'}: none of {', '.join(k + '.arrow' for k in kinds)} there")
+            raise DatasetError(f"{self.root / 'seg++'}: none of {', '.join(k + '.arrow' for k in kinds)} there")
         self.items = [(kind, r) for kind, (_, table) in self.tables.items() for r in range(len(table))]
 
     def annotation_path(self, i: int) -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
 from vlmsam.data.masks import coco_segmentation_to_mask, read_label_png
@@ -53,7 +54,7 @@ class LabelMapDataset(SegDataset):
     def __init__(self, image_dir: Path, label_dir: Path, classes: list[str], *, max_classes: int = 3):
         super().__init__()
         if not label_dir.is_dir():
-            raise FileNotFoundError(f"{label_dir}: missing (the {self.source} label maps)")
+            raise DatasetError(f"{label_dir}: missing (the {self.source} label maps)")
         self.image_dir, self.label_dir = image_dir, label_dir
         self.classes = classes
         self.max_classes = max_classes
@@ -139,7 +140,7 @@ class MapillaryDataset(LabelMapDataset):
         try:
             classes = [entry["readable"].lower() for entry in json.loads(config.read_text())["labels"]]
         except FileNotFoundError:
-            raise FileNotFoundError(f"{config}: missing (the Mapillary class list)") from None
+            raise DatasetError(f"{config}: missing (the Mapillary class list)") from None
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadSample(config, f"not a Mapillary config ({type(exc).__name__}: {exc})") from None
         super().__init__(base / "training" / "images", base / "training" / "v2.0" / "labels", classes, **kwargs)
@@ -160,7 +161,7 @@ class CocoPartsDataset(SegDataset):
         super().__init__()
         self.json_path, self.image_roots, self.max_classes = json_path, image_roots, max_classes
         if not json_path.is_file():
-            raise FileNotFoundError(f"{json_path}: missing (the {self.source} annotations)")
+            raise DatasetError(f"{json_path}: missing (the {self.source} annotations)")
         try:
             data = json.loads(json_path.read_text())
             self.categories = {c["id"]: self._category_name(c["name"]) for c in data["categories"]}

@@ -13,6 +13,7 @@ import json
 import random
 from pathlib import Path
 
+from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset
 from vlmsam.data.sample import BadSample, Sample, empty_masks
@@ -29,7 +30,7 @@ class VqaDataset(SegDataset):
         self.root = Path(dataset_dir)
         self.json_path = self.root / "llava_dataset" / file
         if not self.json_path.is_file():
-            raise FileNotFoundError(f"{self.json_path}: missing (LLaVA instruction data)")
+            raise DatasetError(f"{self.json_path}: missing (LLaVA instruction data)")
         try:
             entries = json.loads(self.json_path.read_text())
         except ValueError as exc:

@@ -1,0 +1,36 @@
+"""``vlmsam data ...``: dataset tools (``check`` now; ``synth`` arrives with the synthetic scenes)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="dataset tools: check a dataset tree", description="Dataset tools.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser(
+        "check",
+        help="list missing/unreadable images and broken annotations in a dataset tree",
+        description="Walk a dataset tree (the layouts in the README) before an expensive run. Prints, per "
+        "dataset and split, the number of samples, missing images, unreadable images and broken "
+        "annotations, each with its path. Exit code 0 when everything is usable, 2 otherwise.",
+    )
+    p.add_argument("--dataset-dir", required=True, help="the folder that holds reason_seg/, refer_seg/, ade20k/, ...")
+    p.add_argument("--datasets", help="families to check, e.g. reason_seg,refer_seg,sem_seg,vqa,seg_pp "
+                   "(default: every family present; a named family that is absent is an error)")
+    p.add_argument("--refer-seg-data", help="e.g. refcoco,refcoco+,refcocog,refclef")
+    p.add_argument("--sem-seg-data", help="e.g. ade20k,cocostuff,mapillary,paco_lvis,pascal_part")
+    p.add_argument("--vqa-data", help="LLaVA json names in llava_dataset/, e.g. llava_instruct_150k")
+    p.add_argument("--seg-pp-data", help="e.g. caption,cot,conversation,instance_seg")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding images and annotations (default 4)")
+    p.set_defaults(run=run_check_command)
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    from vlmsam.data.check import run_check
+    from vlmsam.data.registry import split_list
+
+    lists = {"refer_seg": args.refer_seg_data, "sem_seg": args.sem_seg_data, "vqa": args.vqa_data, "seg_pp": args.seg_pp_data}
+    families = split_list(args.datasets) if args.datasets else None
+    ok = run_check(args.dataset_dir, families, {k: v for k, v in lists.items() if v}, workers=args.workers)
+    return 0 if ok else 2
