@@ -120,3 +120,25 @@ def test_dataloader_with_workers_over_the_mixture(parts, tmp_path):
         return [(s.source, s.name) for batch in loader for s in batch.samples]
 
     assert names(0) == names(2)  # workers change nothing about what is drawn
+
+
+def test_epoch_summary_counts_skipped_samples_with_paths(parts, tmp_path):
+    from vlmsam.data.mixture import BadSampleLog, epoch_batches
+
+    processor, sam = parts
+    trees.write_all(tmp_path)
+    rs = tmp_path / "reason_seg" / "ReasonSeg" / "train"
+    (rs / "kitchen.jpg").write_bytes(b"not an image")  # caught when its header is read
+    (rs / "desk.json").write_text("[]")  # caught by the loader
+    collate = Collator(processor, sam.processor)
+    families = {"reason_seg": build_family("reason_seg", tmp_path), "vqa": build_family("vqa", tmp_path)}
+    mix = Mixture(families, {"reason_seg": 3, "vqa": 1}, seed=1, samples_per_epoch=16, prepare=collate.prepare)
+    loader = torch.utils.data.DataLoader(mix, batch_size=4, sampler=ResumableSampler(16), collate_fn=collate)
+    log, printed = BadSampleLog(), []
+    batches = list(epoch_batches(loader, log, printed.append))
+    assert sum(len(b) for b in batches) == 16
+    assert all(s.name in ("empty", "000000000077") for b in batches for s in b.samples)
+    assert log.counts["reason_seg"] >= 2 and set(log.paths) == {str(rs / "kitchen.jpg"), str(rs / "desk.json")}
+    summary = printed[-1]
+    assert summary.startswith(f"bad samples skipped: {log.counts['reason_seg']} (reason_seg: ")
+    assert f"{rs / 'kitchen.jpg'}: not a readable image" in summary and f"{rs / 'desk.json'}: annotation is not a JSON object" in summary

@@ -124,3 +124,12 @@ class ResumableSampler(torch.utils.data.Sampler):
 
     def load_state_dict(self, state: dict) -> None:
         self.position = int(state["position"])
+
+
+def epoch_batches(loader, log: BadSampleLog, print_fn=print):
+    """Iterate one epoch of ``loader`` (batches from the collator), counting the bad samples the
+    mixture passed over, and print the bad-sample summary when the epoch ends."""
+    for batch in loader:
+        log.extend(batch.skipped)
+        yield batch
+    print_fn(log.summary())
