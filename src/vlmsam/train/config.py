@@ -1,0 +1,163 @@
+"""The training config: a YAML file plus ``key=value`` overrides, saved resolved with the run.
+
+Sections mirror what they configure: ``model`` is the [SEG] model's own config
+(:class:`SegTokenConfig`), ``data`` the datasets and mixture, ``train`` the optimisation, and
+``eval`` validation. An override names a key as ``section.key=value`` or, where unambiguous, as
+``key=value``; values are parsed as YAML (``true``/``false``, numbers, lists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from vlmsam.errors import VlmsamError
+from vlmsam.seg_token.config import SegTokenConfig
+
+
+class ConfigError(VlmsamError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = "dataset"
+    datasets: str = "reason_seg"
+    sample_rates: str = "1"
+    reason_seg_data: str = "ReasonSeg|train"
+    refer_seg_data: str = "refclef,refcoco,refcoco+,refcocog"
+    sem_seg_data: str = "ade20k,cocostuff,pascal_part,paco_lvis,mapillary"
+    vqa_data: str = "llava_instruct_150k"
+    seg_pp_data: str = "caption,conversation,cot,instance_seg"
+    explanatory: float = 0.1
+    num_workers: int = 2
+    on_bad_sample: str = "skip"  # or "error"
+
+
+@dataclass
+class OptimConfig:
+    run_dir: str = "runs/default"
+    epochs: int = 1
+    steps_per_epoch: int = 500
+    batch_size: int = 2  # per rank, per micro-step
+    grad_accumulation_steps: int = 1
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    sam_embedding_cache: str = ""  # a directory: precompute frozen SAM embeddings once
+    resume: str = ""  # "auto", a checkpoint directory, or "" (start fresh)
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    val_dataset: str = ""  # e.g. reason_seg:val ; "" = no validation
+    val_every: int = 500
+    val_samples: int = 0  # 0 = the whole split
+    max_new_tokens: int = 32
+
+
+@dataclass
+class TrainConfig:
+    model: SegTokenConfig = field(default_factory=SegTokenConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    SECTIONS = ("model", "data", "train", "eval")
+
+    def to_dict(self) -> dict:
+        return {name: asdict(getattr(self, name)) for name in self.SECTIONS}
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        cfg = cls()
+        unknown = sorted(set(data) - set(cls.SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; sections are {', '.join(cls.SECTIONS)}")
+        for name, values in data.items():
+            for key, value in (values or {}).items():
+                cfg.set(f"{name}.{key}", value)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+        data = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"{p}: no such config file")
+            try:
+                data = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        cfg = cls.from_dict(data)
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' is not key=value")
+            key, value = item.split("=", 1)
+            cfg.set(key.strip(), yaml.safe_load(value) if value.strip() else "")
+        return cfg
+
+    def set(self, key: str, value) -> None:
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in self.SECTIONS:
+                raise ConfigError(f"unknown config section '{section}' in '{key}'")
+        else:
+            owners = [s for s in self.SECTIONS if name_in(getattr(self, s), key)]
+            if len(owners) != 1:
+                raise ConfigError(f"'{key}' is {'ambiguous' if owners else 'not a config key'}; write it as section.key")
+            section, name = owners[0], key
+        target = getattr(self, section)
+        types = {f.name: f.type for f in fields(target)}
+        if name not in types:
+            raise ConfigError(f"unknown config key '{section}.{name}'")
+        setattr(target, name, coerce(value, getattr(target, name), f"{section}.{name}"))
+
+
+def name_in(obj, key: str) -> bool:
+    return key in {f.name for f in fields(obj)}
+
+
+def coerce(value, current, key: str):
+    """Check ``value`` against the type of the default it replaces."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(current, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if current and isinstance(current[0], float):
+            try:
+                return [float(v) for v in value]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be a list of numbers, got {value!r}") from None
+        return value
+    if isinstance(current, str):
+        return "" if value is None else str(value)
+    return value
