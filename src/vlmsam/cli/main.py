@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import data_commands, sam_commands, seg_commands
+    from vlmsam.cli import data_commands, sam_commands, seg_commands, train_commands
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sam_commands.register(sub)
     seg_commands.register(sub)
     data_commands.register(sub)
+    train_commands.register(sub)
     return parser
 
 
@@ -40,6 +41,7 @@ def _quiet_libraries(verbose: bool) -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         import warnings
 
         warnings.filterwarnings("ignore", category=UserWarning)

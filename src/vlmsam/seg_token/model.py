@@ -323,8 +323,6 @@ class SegTokenModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device=None) -> SegTokenModel:
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: not a vlmsam [SEG] checkpoint (no {CONFIG_NAME})")
@@ -340,8 +338,17 @@ class SegTokenModel(nn.Module):
             from peft import PeftModel
 
             model.vlm = PeftModel.from_pretrained(vlm, str(path / ADAPTER_DIR))
+        model._load_trainable_weights(path)
+        model.apply_trainable()
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def _load_trainable_weights(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
         state = load_file(str(path / TRAINABLE_WEIGHTS))
-        for name, module in model._parts().items():
+        for name, module in self._parts().items():
             sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
             if not sub:
                 continue
@@ -350,10 +357,23 @@ class SegTokenModel(nn.Module):
             missing, unexpected = module.load_state_dict(sub, strict=False)
             if unexpected or (missing and name == "projection"):
                 raise CheckpointError(f"{path}: {name} weights do not fit: missing {missing}, unexpected {unexpected}")
-        model.apply_trainable()
-        if device is not None:
-            model.to(device)
-        return model.eval()
+
+    def load_trainable(self, path: str | Path) -> None:
+        """Load a checkpoint's trained weights (LoRA adapter + declared parts) into this model, which
+        must have been built from the same config (how training resumes)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if self.config.use_lora:
+            from peft import set_peft_model_state_dict
+
+            adapter = path / ADAPTER_DIR / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise CheckpointError(f"{path}: no LoRA adapter ({adapter.name}) in this checkpoint")
+            result = set_peft_model_state_dict(self.vlm, load_file(str(adapter)))
+            if getattr(result, "unexpected_keys", None):
+                raise CheckpointError(f"{path}: LoRA adapter does not fit this model: {result.unexpected_keys[:3]}")
+        self._load_trainable_weights(path)
 
     def merge_lora(self) -> SegTokenModel:
         """Fold LoRA into the base weights (in place); the model no longer needs peft."""

@@ -1,0 +1,102 @@
+"""``vlmsam train``, ``vlmsam evaluate`` and ``vlmsam score``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the [SEG] model (one process, or under torchrun for DDP)",
+        description="Train the [SEG]-token model from a YAML config plus key=value overrides (section.key=value, "
+        "or key=value where unambiguous; booleans as true/false). The same command runs under "
+        "`torchrun --nproc_per_node=N -m vlmsam train ...`. The resolved config is saved as RUN_DIR/config.yaml.",
+        epilog="example: vlmsam train configs/reason_seg.yaml train.run_dir=runs/exp1 lr=1e-4 "
+        "datasets=reason_seg,refer_seg sample_rates=1,3 gradient_checkpointing=true --resume auto",
+    )
+    p.add_argument("config", nargs="?", help="YAML config (sections model, data, train, eval)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--resume", help="'auto' (the newest checkpoint of the run directory) or a checkpoint directory")
+    p.add_argument("--on-bad-sample", choices=["skip", "error"], help="skip and count bad samples (default) or stop")
+    p.set_defaults(run=run_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="answer an evaluation split by generation and score it (gIoU, cIoU)",
+        description="Evaluate a segmenter by generation on ReasonSeg or a refer split; writes OUT/metrics.json, "
+        "OUT/predictions.jsonl and OUT/summary.png. Runs sharded under torchrun.",
+    )
+    e.add_argument("--segmenter", default="seg_token", choices=["seg_token"], help="which segmenter (default seg_token)")
+    e.add_argument("--model", required=True, help="a [SEG] checkpoint directory")
+    e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...")
+    e.add_argument("--dataset-dir", required=True)
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    e.set_defaults(run=run_evaluate)
+
+    s = sub.add_parser(
+        "score",
+        help="score saved predictions (any system) against a dataset, with no model",
+        description="Score a predictions.jsonl ({\"image\": STEM, \"query\": TEXT, \"answer\": TEXT, \"masks\": [COCO RLE]} "
+        "per line) against an evaluation split; writes OUT/metrics.json and OUT/summary.png.",
+    )
+    s.add_argument("--predictions", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset-dir", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(run=run_score)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from vlmsam.train.trainer import run_from_cli
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    if args.on_bad_sample:
+        overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
+    config = args.config
+    if config and "=" in config and not Path(config).is_file():  # only overrides were given
+        overrides.insert(0, config)
+        config = None
+    return run_from_cli(config, overrides)
+
+
+def _eval_dataset(args):
+    from vlmsam.data.registry import build_eval_dataset
+
+    return build_eval_dataset(args.dataset, args.dataset_dir)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from vlmsam.errors import CheckpointError
+    from vlmsam.evaluation.evaluate import evaluate
+    from vlmsam.seg_token import SegTokenModel
+    from vlmsam.train.distributed import init_distributed, shutdown
+
+    info = init_distributed()
+    try:
+        ds = _eval_dataset(args)
+        if not Path(args.model).is_dir():
+            raise CheckpointError(f"{args.model}: no such checkpoint directory")
+        model = SegTokenModel.from_pretrained(args.model, device=info.device)
+        metrics = evaluate(model, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens, limit=args.limit)
+        if info.is_main:
+            print(json.dumps(metrics, indent=2))
+            print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, summary.png")
+    finally:
+        shutdown()
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from vlmsam.evaluation.evaluate import score_predictions
+
+    metrics = score_predictions(args.predictions, _eval_dataset(args), Path(args.out))
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation by generation (``vlmsam evaluate``) and scoring of saved predictions (``vlmsam score``)."""

@@ -1,0 +1,1 @@
+"""Training the [SEG] model: config, trainer (one process or torchrun), checkpoints."""

@@ -1,0 +1,235 @@
+"""``vlmsam train``: the same loop as one process or under ``torchrun`` (DDP).
+
+Per optimizer step each rank reads ``batch_size x grad_accumulation_steps`` samples from its own
+stream of the mixture (sample ``k`` of rank ``r`` depends only on ``(seed, r, k)``), so a resumed
+run continues with exactly the data an uninterrupted one would have seen. Validation answers the
+validation prompts with the real generation path; rank 0 writes checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vlmsam.data.mixture import BadSampleLog, Mixture, ResumableSampler
+from vlmsam.data.registry import build_eval_dataset, build_family, split_list
+from vlmsam.errors import VlmsamError
+from vlmsam.evaluation.evaluate import evaluate
+from vlmsam.seg_token.model import SegTokenModel
+from vlmsam.train import checkpoint as ckpt
+from vlmsam.train.config import ConfigError, TrainConfig
+from vlmsam.train.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
+from vlmsam.train.plots import plot_curves
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up to the base rate, then linear decay to zero at the last step."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def build_mixture(cfg: TrainConfig, rank: int, prepare) -> Mixture:
+    d, t = cfg.data, cfg.train
+    families = split_list(d.datasets)
+    rates = [float(r) for r in split_list(d.sample_rates)]
+    if len(rates) != len(families):
+        raise ConfigError(f"data.sample_rates has {len(rates)} value(s) for {len(families)} dataset famil(ies) {families}")
+    lists = {"reason_seg": d.reason_seg_data, "refer_seg": d.refer_seg_data, "sem_seg": d.sem_seg_data,
+             "vqa": d.vqa_data, "seg_pp": d.seg_pp_data}
+    built = {}
+    for family in families:
+        kwargs = {"explanatory": d.explanatory} if family == "reason_seg" else {}
+        built[family] = build_family(family, d.dataset_dir, lists.get(family), **kwargs)
+    return Mixture(built, dict(zip(families, rates)), seed=t.seed, rank=rank,
+                   samples_per_epoch=t.steps_per_epoch * t.batch_size * t.grad_accumulation_steps,
+                   prepare=prepare, on_bad_sample=d.on_bad_sample)
+
+
+class Logger:
+    """``log.jsonl`` always; TensorBoard too when the ``tensorboard`` package is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def log(self, step: int, **values) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def records(self) -> list[dict]:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) -> dict:
+    """Run (or resume) training as configured. ``stop_after`` ends the loop after that many global
+    steps without finishing the run (tests use it to simulate an interruption)."""
+    info = init_distributed()
+    t = cfg.train
+    if t.precision not in DTYPES:
+        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    run_dir = Path(t.run_dir)
+    resume_from = ckpt.find_resume(run_dir, t.resume)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    barrier()
+
+    seed_everything(t.seed)  # identical initial weights on every rank
+    model = SegTokenModel.build(cfg.model)
+    seed_everything(t.seed + info.rank)  # then independent dropout per rank
+    if t.gradient_checkpointing:
+        model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.vlm.gradient_checkpointing_disable()
+    if t.sam_embedding_cache:
+        from vlmsam.train.sam_cache import attach_sam_cache
+
+        attach_sam_cache(model, Path(t.sam_embedding_cache), cfg, info)
+    model.to(info.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    total_steps = t.epochs * t.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=t.precision == "fp16")
+
+    step, consumed, best = 0, 0, {"giou": -1.0, "step": None}
+    if resume_from is not None:
+        state = ckpt.load_trainer_state(resume_from)
+        model.load_trainable(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, consumed, best = state["step"], state["consumed"], state["best"]
+        rngs = state["rng"]
+        if len(rngs) != info.world_size:
+            raise ConfigError(f"{resume_from} was written by {len(rngs)} rank(s); resume it with as many")
+        ckpt.set_rng_state(rngs[info.rank])
+        if info.is_main:
+            print_fn(f"resumed from {resume_from} at step {step}")
+
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled else None
+    net = ddp or model
+    mixture = build_mixture(cfg, info.rank, model.collator.prepare)
+    eval_ds = build_eval_dataset(cfg.eval.val_dataset, cfg.data.dataset_dir) if cfg.eval.val_dataset else None
+    logger = Logger(run_dir, info.is_main)
+    bad = BadSampleLog()
+    autocast = (lambda: torch.autocast(info.device.type, dtype=DTYPES[t.precision])) if DTYPES[t.precision] else contextlib.nullcontext
+    per_step = t.batch_size * t.grad_accumulation_steps
+    last_metrics: dict = {}
+    end = total_steps if stop_after is None else min(total_steps, stop_after)
+
+    def save(at_step: int) -> None:
+        rngs = gather_objects(ckpt.rng_state())
+        if info.is_main:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "step": at_step, "consumed": consumed, "best": best, "rng": rngs}
+            path = ckpt.save_checkpoint(run_dir, at_step, model, state, (run_dir / "config.yaml").read_text(),
+                                        t.keep_last, best["step"])
+            print_fn(f"saved {path}")
+        barrier()
+
+    bar = tqdm(total=end, initial=step, desc="train", unit="step", disable=not (t.progress and info.is_main))
+    try:
+        while step < end:
+            sampler = ResumableSampler(len(mixture), start=consumed)
+            loader = torch.utils.data.DataLoader(mixture, batch_size=t.batch_size, sampler=sampler,
+                                                 collate_fn=model.collator, num_workers=cfg.data.num_workers)
+            batches = iter(loader)
+            epoch_end = (step // t.steps_per_epoch + 1) * t.steps_per_epoch
+            while step < min(epoch_end, end):
+                model.train()
+                t0 = time.perf_counter()
+                sums = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0}
+                for micro in range(t.grad_accumulation_steps):
+                    batch = next(batches)
+                    bad.extend(batch.skipped)
+                    sync = ddp.no_sync if (ddp is not None and micro < t.grad_accumulation_steps - 1) else contextlib.nullcontext
+                    with sync():  # gradients are all-reduced on the last micro-step only
+                        with autocast():
+                            out = net(batch)
+                        scaler.scale(out.loss / t.grad_accumulation_steps).backward()
+                    for k in sums:
+                        sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                consumed += per_step
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss']:.3f}")
+                if step % t.log_every == 0 or step == end:
+                    logger.log(step, **sums, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                               step_time=time.perf_counter() - t0)
+                if eval_ds is not None and (step % cfg.eval.val_every == 0 or step == total_steps):
+                    model.eval()
+                    last_metrics = evaluate(model, eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
+                                            limit=cfg.eval.val_samples, progress=False)
+                    logger.log(step, val_giou=last_metrics["giou"], val_ciou=last_metrics["ciou"], val_n=last_metrics["n"])
+                    if info.is_main:
+                        print_fn(f"step {step}: val gIoU {last_metrics['giou']:.4f} cIoU {last_metrics['ciou']:.4f} (n={last_metrics['n']})")
+                    if last_metrics["giou"] > best["giou"]:
+                        best = {"giou": last_metrics["giou"], "step": step}
+                        save(step)
+                        continue
+                if step % t.save_every == 0 or step == total_steps:
+                    save(step)
+            if step >= epoch_end and info.is_main:
+                print_fn(f"epoch {step // t.steps_per_epoch} done; {bad.summary()}")
+        if step == total_steps and info.is_main:
+            plot_curves(logger.records(), run_dir / "curves.png")
+            print_fn(f"done: {step} steps; curves in {run_dir / 'curves.png'}")
+    finally:
+        bar.close()
+        logger.close()
+        shutdown(ddp)
+    return {"step": step, "consumed": consumed, "best": best, "val": last_metrics, "model": model}
+
+
+def run_from_cli(config_path: str | None, overrides: list[str]) -> int:
+    cfg = TrainConfig.load(config_path, overrides)
+    try:
+        train(cfg)
+    except FileNotFoundError as exc:
+        raise VlmsamError(str(exc)) from None
+    return 0
