@@ -170,8 +170,11 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     try:
         while step < end:
             sampler = ResumableSampler(len(mixture), start=consumed)
+            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
+            # run's dropout would drift from an uninterrupted one's.
             loader = torch.utils.data.DataLoader(mixture, batch_size=t.batch_size, sampler=sampler,
-                                                 collate_fn=model.collator, num_workers=cfg.data.num_workers)
+                                                 collate_fn=model.collator, num_workers=cfg.data.num_workers,
+                                                 generator=torch.Generator().manual_seed(t.seed + info.rank))
             batches = iter(loader)
             epoch_end = (step // t.steps_per_epoch + 1) * t.steps_per_epoch
             while step < min(epoch_end, end):
@@ -190,6 +193,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                         sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+                lr = scheduler.get_last_lr()[0]  # the rate this step used
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -199,7 +203,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
                 if step % t.log_every == 0 or step == end:
-                    logger.log(step, **sums, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                    logger.log(step, **sums, lr=lr, grad_norm=float(grad_norm),
                                step_time=time.perf_counter() - t0)
                 if eval_ds is not None and (step % cfg.eval.val_every == 0 or step == total_steps):
                     model.eval()

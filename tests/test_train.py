@@ -1,0 +1,192 @@
+"""`vlmsam train` on tiny real models: a full run, exact resume after SIGKILL, atomic checkpoints,
+every switch both ways."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+from tests.helpers.train_setup import overrides, write_setup
+from vlmsam.errors import CheckpointError
+from vlmsam.seg_token import SegTokenModel
+from vlmsam.train import checkpoint as ckpt
+from vlmsam.train.config import ConfigError, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return write_setup(tmp_path_factory.mktemp("train"))
+
+
+def weights(checkpoint):
+    out = dict(load_file(str(checkpoint / "trainable.safetensors")))
+    out.update({f"lora.{k}": v for k, v in load_file(str(checkpoint / "adapter" / "adapter_model.safetensors")).items()})
+    return out
+
+
+def test_full_run_writes_everything_and_the_checkpoint_serves(setup, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", *overrides(setup, run, **{"train.keep_last": 1}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val gIoU" in proc.stdout and "epoch 1 done; bad samples: none" in proc.stdout
+    names = sorted(p.name for p in ckpt.list_checkpoints(run))
+    best = json.loads((run / "best.json").read_text())["checkpoint"].split("/")[-1]
+    assert names == sorted({"step_000008", best})  # the last one plus the best
+    saved = TrainConfig.load(run / "config.yaml")
+    assert saved.train.batch_size == 2 and saved.data.refer_seg_data == "refcoco" and saved.model.lora_r == 4
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
+    assert [r["step"] for r in log if "val_giou" in r] == [4, 8]
+    lrs = [r["lr"] for r in log if "lr" in r]
+    # Linear warm-up over 2 steps, then linear decay to zero after the last step.
+    assert lrs[:2] == pytest.approx([1.5e-4, 3e-4]) and lrs[-1] == pytest.approx(3e-4 / 6)
+    assert lrs[2] == pytest.approx(3e-4) and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert (run / "curves.png").stat().st_size > 1000
+    model = SegTokenModel.from_pretrained(run / "checkpoints" / "step_000008")
+    assert model.config.lora_r == 4
+    out = tmp_path / "eval"
+    proc = run_cli("evaluate", "--model", run / "checkpoints" / "step_000008", "--dataset", "reason_seg:val",
+                   "--dataset-dir", setup / "data", "--out", out, "--max-new-tokens", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 1 and set(metrics) >= {"giou", "ciou", "short_query", "long_query"}
+    line = json.loads((out / "predictions.jsonl").read_text())
+    assert line["image"] == "street" and line["query"] == "What would stop traffic?"
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def _run_until(args, path, timeout=240):
+    """Start `vlmsam train` and SIGKILL it as soon as ``path`` exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "train", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {path.name}: {proc.stderr.read().decode()[-2000:]}")
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+def test_resume_after_sigkill_is_exact(setup, tmp_path):
+    common = {"train.steps_per_epoch": 12, "train.epochs": 1, "train.save_every": 3, "train.batch_size": 3,
+              "train.grad_accumulation_steps": 2, "eval.val_dataset": "", "train.keep_last": 10}
+    full = tmp_path / "full"
+    assert run_cli("train", *overrides(setup, full, **common)).returncode == 0
+    cut = tmp_path / "cut"
+    _run_until(overrides(setup, cut, **common), cut / "checkpoints" / "step_000006")
+    done = ckpt.list_checkpoints(cut)
+    assert done and done[-1].name != "step_000012"  # really interrupted
+    proc = run_cli("train", *overrides(setup, cut, **common), "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(full / "checkpoints" / "step_000012"), weights(cut / "checkpoints" / "step_000012")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    state_a = ckpt.load_trainer_state(full / "checkpoints" / "step_000012")
+    state_b = ckpt.load_trainer_state(cut / "checkpoints" / "step_000012")
+    assert state_a["consumed"] == state_b["consumed"] == 12 * 6
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(setup, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_cli("train", *overrides(setup, run, **{"train.epochs": 1, "eval.val_dataset": ""})).returncode == 0
+    previous = ckpt.list_checkpoints(run)[-1]
+    model = SegTokenModel.from_pretrained(previous)
+
+    def killed(*args, **kwargs):  # the process dies after the model files, before the trainer state
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(run, 99, model, {}, "", keep_last=1, best_step=None)
+    monkeypatch.undo()
+    assert (run / "checkpoints" / "step_000099.tmp").is_dir()
+    assert ckpt.find_resume(run, "auto") == previous
+    assert ckpt.list_checkpoints(run)[-1] == previous
+    SegTokenModel.from_pretrained(previous)  # still loadable
+    ckpt.save_checkpoint(run, 100, model, {"x": torch.zeros(1)}, "", keep_last=1, best_step=None)
+    assert ckpt.find_resume(run, "auto").name == "step_000100"
+
+
+def test_every_boolean_option_switches_both_ways():
+    cfg = TrainConfig()
+    bools = [(s, f.name) for s in TrainConfig.SECTIONS for f in dataclasses.fields(getattr(cfg, s))
+             if isinstance(getattr(getattr(cfg, s), f.name), bool)]
+    assert len(bools) >= 10
+    for section, name in bools:
+        for value in (True, False):
+            loaded = TrainConfig.load(None, [f"{section}.{name}={str(value).lower()}"])
+            assert getattr(getattr(loaded, section), name) is value
+            if name != "progress":  # the short form too, where unambiguous
+                assert getattr(getattr(TrainConfig.load(None, [f"{name}={value}"]), section), name) is value
+    with pytest.raises(ConfigError, match="must be true or false"):
+        TrainConfig.load(None, ["use_lora=maybe"])
+    with pytest.raises(ConfigError, match="not a config key"):
+        TrainConfig.load(None, ["learning_rate=1"])
+
+
+def test_switches_reach_the_run(setup, tmp_path):
+    """A real run with every model switch flipped from its default: the saved config and the trained
+    checkpoint show the flip."""
+    run = tmp_path / "run"
+    flips = {"model.use_lora": False, "model.train_lm_head": False, "model.train_embed_tokens": False,
+             "model.train_vision_tower": True, "model.train_sam_prompt_encoder": True, "model.train_sam_mask_decoder": False,
+             "train.gradient_checkpointing": True, "train.epochs": 1, "train.steps_per_epoch": 2, "eval.val_dataset": ""}
+    proc = run_cli("train", *overrides(setup, run, **flips))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = TrainConfig.load(run / "config.yaml")
+    for key, value in flips.items():
+        section, name = key.split(".")
+        assert getattr(getattr(saved, section), name) == value
+    last = ckpt.list_checkpoints(run)[-1]
+    keys = load_file(str(last / "trainable.safetensors")).keys()
+    assert not (last / "adapter").exists()
+    assert any(k.startswith("vision_tower.") for k in keys) and any(k.startswith("sam_prompt_encoder.") for k in keys)
+    assert not any(k.startswith(("lm_head.", "embed_tokens.", "sam_mask_decoder.")) for k in keys)
+
+
+def test_gradient_checkpointing_really_recomputes(setup):
+    from vlmsam.data import Sample
+    import numpy as np
+
+    counts = {}
+    for flag in (False, True):
+        cfg = TrainConfig.load(None, overrides(setup, setup / "unused"))
+        model = SegTokenModel.build(cfg.model)
+        if flag:
+            model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        # transformers re-runs the layer's forward (not its __call__) when it recomputes, and torch
+        # stops recomputing once it has what backward needs: watch the layer's first module.
+        norm = model._base_vlm().model.language_model.layers[0].input_layernorm
+        calls = []
+        norm.register_forward_pre_hook(lambda *a: calls.append(1))
+        img = np.zeros((40, 40, 3), np.uint8)
+        model([Sample(img, [[("segment it", "[SEG].")]], np.zeros((1, 40, 40), np.uint8))]).loss.backward()
+        counts[flag] = len(calls)
+    assert counts == {False: 1, True: 2}  # the layer runs again during backward
+
+
+def test_bad_config_is_a_user_error(setup, tmp_path):
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    for args, words in [((tmp_path / "bad.yaml",), "not valid YAML"), ((tmp_path / "none.yaml",), "no such config file"),
+                        (("train.lr=fast",), "train.lr must be a number"),
+                        (("model.vlm=/nonexistent", f"data.dataset_dir={setup / 'data'}", f"train.run_dir={tmp_path / 'r'}"), "/nonexistent"),
+                        ((*overrides(setup, tmp_path / "r2"), "--resume", tmp_path), "not a training checkpoint")]:
+        proc = run_cli("train", *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert words in proc.stderr, proc.stderr
+    with pytest.raises(CheckpointError):
+        ckpt.find_resume(tmp_path, str(tmp_path))
