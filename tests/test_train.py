@@ -190,3 +190,27 @@ def test_bad_config_is_a_user_error(setup, tmp_path):
         assert words in proc.stderr, proc.stderr
     with pytest.raises(CheckpointError):
         ckpt.find_resume(tmp_path, str(tmp_path))
+
+
+def test_sam_embedding_cache_is_filled_once_and_changes_nothing(setup, tmp_path):
+    cache = tmp_path / "cache"
+    extra = {"train.epochs": 1, "eval.val_dataset": ""}
+    plain = tmp_path / "plain"
+    assert run_cli("train", *overrides(setup, plain, **extra)).returncode == 0
+    cached = tmp_path / "cached"
+    proc = run_cli("train", *overrides(setup, cached, **extra, **{"train.sam_embedding_cache": cache}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from vlmsam.data.registry import build_family
+
+    images = {str(ds.image_path(i)) for f, spec in [("reason_seg", None), ("refer_seg", "refcoco"), ("sem_seg", None), ("vqa", None)]
+              for ds in build_family(f, setup / "data", spec) for i in range(len(ds))}
+    entries = sorted(cache.glob("*.safetensors"))
+    assert len(entries) == len(images) > 5
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    assert run_cli("train", *overrides(setup, tmp_path / "again", **extra, **{"train.sam_embedding_cache": cache})).returncode == 0
+    assert [e.stat().st_mtime_ns for e in sorted(cache.glob("*.safetensors"))] == stamps  # nothing recomputed
+    losses = lambda run: [json.loads(x)["loss"] for x in (run / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(cached) == pytest.approx(losses(plain), rel=1e-4)
+    proc = run_cli("train", *overrides(setup, tmp_path / "x", **extra, **{"train.sam_embedding_cache": cache,
+                                                                         "model.train_sam_image_encoder": True}))
+    assert proc.returncode == 2 and "needs a frozen SAM image encoder" in proc.stderr

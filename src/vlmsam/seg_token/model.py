@@ -154,11 +154,25 @@ class SegTokenModel(nn.Module):
 
     def encode_sam_batch(self, batch: Batch) -> list[ImageEmbedding]:
         """SAM image embeddings of the batch's images, in one encoder call (with gradients only when
-        the SAM image encoder trains)."""
+        the SAM image encoder trains), or read from the SAM embedding cache when one is attached."""
+        cache = getattr(self, "sam_cache", None)
+        if cache is not None and not self.config.train_sam_image_encoder:
+            return [self._cached_embedding(cache, s.image) for s in batch.samples]
         pixels = batch.sam_pixels.to(self.sam_backend.device, self.sam_backend.dtype)
         with torch.set_grad_enabled(self.config.train_sam_image_encoder and torch.is_grad_enabled()):
             emb = self.sam.vision_encoder(pixels).last_hidden_state
         return [ImageEmbedding(emb[b : b + 1], o, r) for b, (o, r) in enumerate(zip(batch.original_sizes, batch.input_sizes))]
+
+    def _cached_embedding(self, cache, image) -> ImageEmbedding:
+        from pathlib import Path as _Path
+
+        if not isinstance(image, (str, _Path)):  # in-memory images are not cached
+            return self.sam_backend.encode(image)
+        emb = cache.get(image)
+        if emb is None:
+            emb = self.sam_backend.encode(image)
+            cache.put(image, emb)
+        return ImageEmbedding(emb.embeddings.to(self.sam_backend.device, self.sam_backend.dtype), emb.original_size, emb.input_size)
 
     def vision_features(self, batch: Batch):
         """The VLM's vision features, computed once per image and shared by the image's rows."""

@@ -119,11 +119,13 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.vlm.gradient_checkpointing_disable()
+    model.to(info.device)
+    mixture = build_mixture(cfg, info.rank, model.collator.prepare)
     if t.sam_embedding_cache:
         from vlmsam.train.sam_cache import attach_sam_cache
 
-        attach_sam_cache(model, Path(t.sam_embedding_cache), cfg, info)
-    model.to(info.device)
+        attach_sam_cache(model, Path(t.sam_embedding_cache), mixture, info, progress=t.progress)
+        model.collator.sam_processor = None  # SAM's pixels are not needed any more
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     total_steps = t.epochs * t.steps_per_epoch
@@ -147,7 +149,6 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
 
     ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled else None
     net = ddp or model
-    mixture = build_mixture(cfg, info.rank, model.collator.prepare)
     eval_ds = build_eval_dataset(cfg.eval.val_dataset, cfg.data.dataset_dir) if cfg.eval.val_dataset else None
     logger = Logger(run_dir, info.is_main)
     bad = BadSampleLog()
