@@ -146,6 +146,11 @@ def coerce(value, current, key: str):
     if isinstance(current, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            if isinstance(value, str):
+                return float(value)
+        except ValueError:
+            pass
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if isinstance(current, list):
         if isinstance(value, str):
