@@ -214,3 +214,13 @@ def test_sam_embedding_cache_is_filled_once_and_changes_nothing(setup, tmp_path)
     proc = run_cli("train", *overrides(setup, tmp_path / "x", **extra, **{"train.sam_embedding_cache": cache,
                                                                          "model.train_sam_image_encoder": True}))
     assert proc.returncode == 2 and "needs a frozen SAM image encoder" in proc.stderr
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = TrainConfig.load(path)
+        assert cfg.train.run_dir and cfg.data.datasets
