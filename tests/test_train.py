@@ -224,3 +224,35 @@ def test_shipped_configs_load():
     for path in configs:
         cfg = TrainConfig.load(path)
         assert cfg.train.run_dir and cfg.data.datasets
+
+
+def test_deepspeed_config_takes_batch_precision_and_clipping_from_ours(tmp_path):
+    from pathlib import Path
+
+    from vlmsam.train.deepspeed_engine import ds_config
+
+    repo = Path(__file__).parent.parent
+    cfg = TrainConfig.load(repo / "configs" / "full_finetune_7b_zero3.yaml", [f"deepspeed={repo / 'configs' / 'deepspeed_zero3.json'}"])
+    conf = ds_config(cfg, world_size=8)
+    assert conf["train_batch_size"] == 1 * 16 * 8 and conf["gradient_accumulation_steps"] == 16
+    assert conf["bf16"]["enabled"] and not conf["fp16"]["enabled"] and conf["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in conf and "scheduler" not in conf
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4}))
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=4 disagrees"):
+        ds_config(TrainConfig.load(None, [f"deepspeed={bad}", "batch_size=2"]), 1)
+
+
+@pytest.mark.gpu
+def test_deepspeed_zero2_run_and_resume_on_gpu(setup, tmp_path):
+    pytest.importorskip("deepspeed")
+    from pathlib import Path
+
+    ds = Path(__file__).parent.parent / "configs" / "deepspeed_zero2.json"
+    run = tmp_path / "run"
+    args = overrides(setup, run, **{"train.deepspeed": ds, "train.precision": "bf16", "train.epochs": 1, "eval.val_dataset": ""})
+    proc = run_cli("train", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = ckpt.list_checkpoints(run)[-1]
+    assert (last / "deepspeed").is_dir()
+    SegTokenModel.from_pretrained(last)

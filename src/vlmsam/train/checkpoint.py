@@ -60,14 +60,21 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
 
 
+def temp_dir(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"{PREFIX}{step:06d}.tmp"
+
+
 def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, config_yaml: str, keep_last: int,
-                    best_step: int | None) -> Path:
-    """Write ``step_{step}`` atomically, then prune to the last ``keep_last`` plus ``best_step``."""
+                    best_step: int | None, *, tmp_started: bool = False) -> Path:
+    """Write ``step_{step}`` atomically, then prune to the last ``keep_last`` plus ``best_step``.
+
+    ``tmp_started``: other ranks have already written their part (DeepSpeed shards) into the
+    temporary directory; keep it."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f"{final.name}.tmp"
-    if tmp.exists():
+    tmp = temp_dir(run_dir, step)
+    if tmp.exists() and not tmp_started:
         shutil.rmtree(tmp)
     model.save_pretrained(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)

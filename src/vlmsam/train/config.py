@@ -55,6 +55,7 @@ class OptimConfig:
     keep_last: int = 2
     log_every: int = 10
     sam_embedding_cache: str = ""  # a directory: precompute frozen SAM embeddings once
+    deepspeed: str = ""  # a DeepSpeed JSON config (ZeRO-2/3) instead of DDP
     resume: str = ""  # "auto", a checkpoint directory, or "" (start fresh)
     progress: bool = True
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -132,13 +133,21 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps))
     scaler = torch.amp.GradScaler(info.device.type, enabled=t.precision == "fp16")
 
+    engine = None
+    if t.deepspeed:
+        from vlmsam.train import deepspeed_engine as dse
+
+        engine = dse.initialize(model, optimizer, scheduler, cfg, info.world_size)
     step, consumed, best = 0, 0, {"giou": -1.0, "step": None}
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
-        model.load_trainable(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if engine is not None:  # module, optimizer and scheduler from the engine's shards
+            dse.load_engine_state(engine, resume_from / "deepspeed")
+        else:
+            model.load_trainable(resume_from)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
         step, consumed, best = state["step"], state["consumed"], state["best"]
         rngs = state["rng"]
         if len(rngs) != info.world_size:
@@ -147,8 +156,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         if info.is_main:
             print_fn(f"resumed from {resume_from} at step {step}")
 
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled else None
-    net = ddp or model
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled and engine is None else None
+    net = engine or ddp or model
     eval_ds = build_eval_dataset(cfg.eval.val_dataset, cfg.data.dataset_dir) if cfg.eval.val_dataset else None
     logger = Logger(run_dir, info.is_main)
     bad = BadSampleLog()
@@ -159,12 +168,21 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
 
     def save(at_step: int) -> None:
         rngs = gather_objects(ckpt.rng_state())
-        if info.is_main:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "step": at_step, "consumed": consumed, "best": best, "rng": rngs}
-            path = ckpt.save_checkpoint(run_dir, at_step, model, state, (run_dir / "config.yaml").read_text(),
-                                        t.keep_last, best["step"])
-            print_fn(f"saved {path}")
+        if engine is not None:  # every rank writes its shard into the temporary directory first
+            tmp = ckpt.temp_dir(run_dir, at_step)
+            if info.is_main and tmp.exists():
+                shutil.rmtree(tmp)
+            barrier()
+            dse.save_engine_state(engine, tmp / "deepspeed")
+            barrier()
+        with (dse.gathered(model, engine) if engine is not None else contextlib.nullcontext()):
+            if info.is_main:
+                state = {"step": at_step, "consumed": consumed, "best": best, "rng": rngs}
+                if engine is None:
+                    state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
+                path = ckpt.save_checkpoint(run_dir, at_step, model, state, (run_dir / "config.yaml").read_text(),
+                                            t.keep_last, best["step"], tmp_started=engine is not None)
+                print_fn(f"saved {path}")
         barrier()
 
     bar = tqdm(total=end, initial=step, desc="train", unit="step", disable=not (t.progress and info.is_main))
@@ -182,9 +200,17 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                 model.train()
                 t0 = time.perf_counter()
                 sums = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0}
+                lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 for micro in range(t.grad_accumulation_steps):
                     batch = next(batches)
                     bad.extend(batch.skipped)
+                    if engine is not None:  # DeepSpeed scales, accumulates, clips and steps itself
+                        out = engine(batch)
+                        engine.backward(out.loss)
+                        engine.step()
+                        for k in sums:
+                            sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
+                        continue
                     sync = ddp.no_sync if (ddp is not None and micro < t.grad_accumulation_steps - 1) else contextlib.nullcontext
                     with sync():  # gradients are all-reduced on the last micro-step only
                         with autocast():
@@ -192,13 +218,15 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                         scaler.scale(out.loss / t.grad_accumulation_steps).backward()
                     for k in sums:
                         sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
-                lr = scheduler.get_last_lr()[0]  # the rate this step used
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
+                if engine is not None:
+                    grad_norm = engine.get_global_grad_norm() or 0.0
+                else:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
                 step += 1
                 consumed += per_step
                 bar.update(1)
