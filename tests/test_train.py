@@ -51,6 +51,7 @@ def test_full_run_writes_everything_and_the_checkpoint_serves(setup, tmp_path):
     assert lrs[:2] == pytest.approx([1.5e-4, 3e-4]) and lrs[-1] == pytest.approx(3e-4 / 6)
     assert lrs[2] == pytest.approx(3e-4) and all(a > b for a, b in zip(lrs[2:], lrs[3:]))
     assert (run / "curves.png").stat().st_size > 1000
+    assert list((run / "tensorboard").glob("events.out.tfevents*"))
     model = SegTokenModel.from_pretrained(run / "checkpoints" / "step_000008")
     assert model.config.lora_r == 4
     out = tmp_path / "eval"
