@@ -75,8 +75,8 @@ def test_declared_parts_train_and_frozen_parts_do_not(bases, image):
     out.loss.backward()
     grads = {name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps) for name, ps in model.components().items()}
     assert grads == {
-        "lora": True, "lm_head": True, "embed_tokens": True, "projection": True, "sam_mask_decoder": True,
-        "vision_tower": False, "sam_image_encoder": False, "sam_prompt_encoder": False,
+        "lora": True, "language_model": False, "lm_head": True, "embed_tokens": True, "projection": True,
+        "sam_mask_decoder": True, "vision_tower": False, "sam_image_encoder": False, "sam_prompt_encoder": False,
     }
     lora_names = [n for n, p in model.vlm.named_parameters() if ".lora_" in n]
     assert lora_names and all("language_model" in n for n in lora_names)  # never the vision tower
@@ -97,11 +97,11 @@ def test_conversations_sharing_an_image_equal_separate_samples(bases, image):
 
 
 def test_every_part_can_be_switched(bases, image):
-    model = make_model(bases, use_lora=False, train_lm_head=False, train_embed_tokens=False,
+    model = make_model(bases, use_lora=False, train_lm_head=False, train_embed_tokens=False, train_language_model=True,
                        train_sam_mask_decoder=False, train_vision_tower=True, train_sam_prompt_encoder=True)
     trainable = {name: all(p.requires_grad for p in ps) for name, ps in model.components().items() if ps}
     assert trainable == {
-        "lm_head": False, "embed_tokens": False, "projection": True, "sam_mask_decoder": False,
+        "language_model": True, "lm_head": False, "embed_tokens": False, "projection": True, "sam_mask_decoder": False,
         "vision_tower": True, "sam_image_encoder": False, "sam_prompt_encoder": True,
     }
     assert not model.components()["lora"]

@@ -137,6 +137,8 @@ class ReasonSegDataset(SegDataset):
         as in LISA's evaluation, so ``n`` and the scores compare with published numbers."""
         texts, is_sentence, mask = self._read(i)
         texts = texts[:1]
+        kind = read_annotation(self.items[i]).get("kind")  # synthetic scenes label their request kind
         conversations = [[(prompts.eval_question(t, is_sentence), prompts.EVAL_ANSWER)] for t in texts]
         return Sample(self.image_path(i), conversations, np.repeat(mask[None], len(texts), axis=0), self.source,
-                      self.items[i].stem, {"queries": texts, "is_sentence": [is_sentence] * len(texts)})
+                      self.items[i].stem, {"queries": texts, "is_sentence": [is_sentence] * len(texts),
+                                           "kinds": [kind] * len(texts)})

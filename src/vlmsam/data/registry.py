@@ -19,7 +19,7 @@ from vlmsam.data.seg_pp import SegPlusPlusDataset
 from vlmsam.data.sem_seg import SEM_SEG
 from vlmsam.data.vqa import VqaDataset
 
-FAMILIES = ("reason_seg", "refer_seg", "sem_seg", "vqa", "seg_pp")
+FAMILIES = ("reason_seg", "refer_seg", "sem_seg", "vqa", "seg_pp", "synth")
 
 # What each family reads when its list is not given (LISA's defaults).
 DEFAULT_DATA = {
@@ -28,6 +28,7 @@ DEFAULT_DATA = {
     "sem_seg": "ade20k,cocostuff,pascal_part,paco_lvis,mapillary",
     "vqa": "llava_instruct_150k",
     "seg_pp": ",".join(SEG_PP_KINDS),
+    "synth": "train",
 }
 
 
@@ -60,6 +61,10 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
         return [SEM_SEG[n](dataset_dir, **kwargs) for n in names]
     if family == "vqa":
         return [VqaDataset(dataset_dir, name if name.endswith(".json") else name + ".json") for name in split_list(spec)]
+    if family == "synth":  # the project's own scenes (vlmsam data synth), ReasonSeg layout
+        from vlmsam.data.synth import SynthDataset
+
+        return [SynthDataset(dataset_dir, split) for split in split_list(spec)]
     if family in ("seg_pp", "seg++"):
         return [SegPlusPlusDataset(dataset_dir, split_list(spec), **kwargs)]
     raise DatasetError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")

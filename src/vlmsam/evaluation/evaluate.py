@@ -26,8 +26,9 @@ from vlmsam.train.distributed import DistInfo, gather_objects
 
 
 def _requests(sample):
-    """(prompt, target, raw query, is_sentence) for each request of an evaluation sample."""
-    return zip([c[0][0] for c in sample.conversations], sample.masks, sample.meta["queries"], sample.meta["is_sentence"])
+    """(prompt, target, raw query, is_sentence, kind) for each request of an evaluation sample."""
+    kinds = sample.meta.get("kinds") or [None] * len(sample.masks)
+    return zip([c[0][0] for c in sample.conversations], sample.masks, sample.meta["queries"], sample.meta["is_sentence"], kinds)
 
 
 def evaluate(model, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Path | None = None,
@@ -45,9 +46,9 @@ def evaluate(model, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Pat
         except (BadSample, VlmsamError) as exc:
             skipped.append(str(exc))
             continue
-        for j, (prompt, target, query, is_sentence) in enumerate(_requests(sample)):
+        for j, (prompt, target, query, is_sentence, kind) in enumerate(_requests(sample)):
             result = model.segment(prompt, max_new_tokens=max_new_tokens)
-            iou = scorer.update(result.masks, target, is_sentence)
+            iou = scorer.update(result.masks, target, is_sentence, kind)
             lines.append({"order": (i, j), "iou": iou, "image_path": str(sample.image), "line": {
                 "image": Path(sample.image).stem, "query": query, "answer": result.text,
                 "masks": [mask_to_rle(m) for m in result.masks]}})
@@ -110,7 +111,7 @@ def score_predictions(path: str | Path, ds: SegDataset, out_dir: Path | None = N
     for i in tqdm(range(len(ds)), desc="score", unit="image", disable=not progress or len(ds) < 50):
         sample = ds.load_eval(i)
         stem = Path(sample.image).stem
-        for j, (_, target, query, is_sentence) in enumerate(_requests(sample)):
+        for j, (_, target, query, is_sentence, kind) in enumerate(_requests(sample)):
             queue = predictions.get((stem, query))
             if queue:
                 line = queue.pop(0)
@@ -124,7 +125,7 @@ def score_predictions(path: str | Path, ds: SegDataset, out_dir: Path | None = N
             else:
                 missing += 1
                 line, masks = {"image": stem, "query": query, "answer": "", "masks": []}, np.zeros((0, *target.shape), bool)
-            iou = scorer.update(masks, target, is_sentence)
+            iou = scorer.update(masks, target, is_sentence, kind)
             lines.append(line)
             cases.append({"order": (i, j), "iou": iou, "image_path": str(sample.image), "line": line})
     metrics = scorer.metrics()

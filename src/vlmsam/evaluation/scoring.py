@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from vlmsam.metrics import IoUAccumulator
 
@@ -18,25 +19,47 @@ def union_of(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 class Scorer:
+    """Overall scores; the short/long split for ReasonSeg; per request kind where requests carry one
+    (the synthetic scenes), with, for requests that match nothing, how often no mask was given."""
+
+    KINDS = ("attribute", "relation", "superlative", "uniqueness", "multiple", "none")
+
     def __init__(self, split_by_length: bool):
         self.overall = IoUAccumulator()
         self.split = {"short_query": IoUAccumulator(), "long_query": IoUAccumulator()} if split_by_length else {}
+        self.kinds = {k: IoUAccumulator() for k in self.KINDS}
+        self.no_mask = torch.zeros(2, dtype=torch.float64)  # [none-requests answered without a mask, none-requests]
 
-    def update(self, pred_masks: np.ndarray, target: np.ndarray, is_sentence: bool) -> float:
+    def update(self, pred_masks: np.ndarray, target: np.ndarray, is_sentence: bool, kind: str | None = None) -> float:
         pred = union_of(pred_masks, target.shape)
         iou = self.overall.update(pred[None], target[None])[0]
         if self.split:
             self.split["long_query" if is_sentence else "short_query"].update(pred[None], target[None])
+        if kind in self.kinds:
+            self.kinds[kind].update(pred[None], target[None])
+            if kind == "none":
+                self.no_mask += torch.tensor([float(len(pred_masks) == 0), 1.0], dtype=torch.float64)
         return iou
 
     def all_reduce(self) -> Scorer:
-        self.overall.all_reduce()
-        for acc in self.split.values():
+        import torch.distributed as dist
+
+        for acc in (self.overall, *self.split.values(), *self.kinds.values()):
             acc.all_reduce()
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+            counts = self.no_mask.to(device)
+            dist.all_reduce(counts)
+            self.no_mask = counts.cpu()
         return self
 
     def metrics(self) -> dict:
         out = dict(self.overall.summary())
         for name, acc in self.split.items():
             out[name] = acc.summary()
+        by_kind = {k: acc.summary() for k, acc in self.kinds.items() if acc.summary()["n"]}
+        if by_kind:
+            out["by_kind"] = by_kind
+        if self.no_mask[1] > 0:
+            out["no_target_no_mask_rate"] = float(self.no_mask[0] / self.no_mask[1])
         return out

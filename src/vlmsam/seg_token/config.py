@@ -28,6 +28,7 @@ class SegTokenConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     # declared trainable parts (LoRA is governed by use_lora)
+    train_language_model: bool = False  # every language-model weight (full fine-tune / from scratch)
     train_lm_head: bool = True
     train_embed_tokens: bool = True
     train_projection: bool = True

@@ -87,6 +87,7 @@ class SegTokenModel(nn.Module):
         the prompt encoder covers both."""
         base = self._base_vlm()
         return {
+            "language_model": base.model.language_model,
             "lm_head": base.get_output_embeddings(),
             "embed_tokens": base.get_input_embeddings(),
             "projection": self.projection,
@@ -96,10 +97,17 @@ class SegTokenModel(nn.Module):
             "sam_prompt_encoder": self.sam.prompt_encoder,
         }
 
+    @staticmethod
+    def _own(part: str, key: str) -> bool:
+        """Whether ``key`` (a name inside part ``part``) belongs to that part: LoRA weights are their
+        own part, and the language model's embeddings are ``embed_tokens``."""
+        return "lora_" not in key and not (part == "language_model" and key.startswith("embed_tokens."))
+
     def components(self) -> dict[str, list[nn.Parameter]]:
         """The parameters of every part that can train, by name (LoRA first)."""
         lora = [p for n, p in self.vlm.named_parameters() if ".lora_" in n]
-        return {"lora": lora, **{name: list(module.parameters()) for name, module in self._parts().items()}}
+        return {"lora": lora, **{name: [p for n, p in module.named_parameters() if self._own(name, n)]
+                                 for name, module in self._parts().items()}}
 
     def apply_trainable(self) -> None:
         """Freeze everything, then unfreeze exactly the components the config declares."""
@@ -312,17 +320,21 @@ class SegTokenModel(nn.Module):
         for name, module in self._parts().items():
             if name == "projection" or self.config.trainable(name):
                 for key, value in module.state_dict().items():
-                    if "lora_" not in key:
+                    if self._own(name, key):
                         out[f"{name}.{key.replace('base_layer.', '')}"] = value.detach().contiguous().cpu()
         return out
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
+    def save_pretrained(self, out_dir: str | Path, *, projection_only: bool = False) -> Path:
+        """Config, trained weights (``trainable.safetensors``, LoRA as a peft adapter) and tokenizer.
+        ``projection_only``: the other weights are saved in full beside it (``save_merged``)."""
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.config.save(out / CONFIG_NAME)
         state = self.trainable_state_dict()
+        if projection_only:
+            state = {k: v for k, v in state.items() if k.startswith("projection.")}
         if self.config.train_lm_head and self.config.train_embed_tokens and self._tied():
             state.pop("embed_tokens.weight", None)  # the same tensor as lm_head
         save_file(state, str(out / TRAINABLE_WEIGHTS))
@@ -403,7 +415,7 @@ class SegTokenModel(nn.Module):
         self._base_vlm().save_pretrained(out / "vlm")
         self.sam.save_pretrained(out / "sam")
         self.config.vlm, self.config.sam = "vlm", "sam"
-        return self.save_pretrained(out)
+        return self.save_pretrained(out, projection_only=True)
 
 
 def _resolve(name: str, base_dir: Path | None) -> str:

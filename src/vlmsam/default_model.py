@@ -1,0 +1,71 @@
+"""``vlmsam-tiny``, the bundled default: the real Qwen2.5-VL and SAM classes at small sizes,
+trained from scratch on the synthetic scenes, shipped inside the package.
+
+:func:`build_base` writes the untrained starting point (its own tokenizer, trained on the request
+vocabulary); ``configs/vlmsam_tiny.yaml`` trains it with ``vlmsam train``; :func:`export` turns the
+trained checkpoint into the standalone directory the package ships (``make tiny-model`` runs all
+of it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "vlmsam-tiny"
+DEFAULT_MODEL_NAME = "vlmsam-tiny"
+
+IMAGE_PIXELS = 128 * 128  # about 8 x 8 = 64 visual tokens with 8-pixel patches merged 2 x 2
+VISION_PATCH = 8
+
+
+def request_corpus() -> str:
+    """Every word the scenes, prompts and answers use, so the tokenizer has whole-word tokens."""
+    from vlmsam.data import prompts
+    from vlmsam.data.synth import COLORS, PHRASE, RELATIONS, SENTENCE, SHAPES
+
+    lines = [prompts.SHORT_QUESTIONS, prompts.LONG_QUESTIONS, prompts.ANSWERS, prompts.EXPLANATORY_QUESTIONS,
+             [prompts.MULTI_QUESTION, prompts.MULTI_ANSWER, prompts.EVAL_LONG, prompts.EVAL_SHORT, "You are a helpful assistant.",
+              "system user assistant", "There is no such object in this image."]]
+    words = [*COLORS, *SHAPES, *[s + "s" for s in SHAPES], *RELATIONS, "largest smallest leftmost rightmost topmost bottommost",
+             "colour type shape shapes odd one out appears only once"]
+    text = [" ".join(x for group in lines for x in group), " ".join(words)]
+    text += [t for group in (*PHRASE.values(), *SENTENCE.values()) for t in group]
+    for c in COLORS:
+        for s in SHAPES:
+            text.append(f"the {c} {s}. There is no {c} {s} in this image. all the {c} shapes, all the {s}s.")
+    return "\n".join(text * 3)
+
+
+def build_base(out_dir: str | Path, seed: int = 0) -> Path:
+    """The untrained vlmsam-tiny: ``out_dir/vlm`` (Qwen2.5-VL) and ``out_dir/sam`` (SAM)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.processor import VlmProcessor
+    from vlmsam.vlm.tiny import build_tokenizer, tiny_config
+
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(request_corpus(), vocab_size=700)
+    config = tiny_config("qwen2_5_vl", tokenizer, text_hidden=160, text_layers=4, vision_hidden=96, vision_depth=4)
+    config.vision_config.patch_size = VISION_PATCH
+    config.vision_config.window_size = VISION_PATCH * 2 * 4  # 4 x 4 merged tokens
+    config.vision_config.fullatt_block_indexes = [1, 3]
+    config.vision_config.num_heads = 4
+    torch.manual_seed(seed)
+    vlm = Qwen2_5_VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessorPil(patch_size=VISION_PATCH, merge_size=2, temporal_patch_size=2,
+                                               size={"shortest_edge": IMAGE_PIXELS, "longest_edge": IMAGE_PIXELS})
+    vlm.save_pretrained(out / "vlm")
+    VlmProcessor(image_processor, tokenizer).save_pretrained(out / "vlm")
+    build_tiny_sam(seed, image_size=128, patch_size=8, hidden=64, prompt_dim=64, layers=3).save_pretrained(out / "sam")
+    return out
+
+
+def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
+    """A trained checkpoint -> a standalone model directory (full weights, no references)."""
+    from vlmsam.seg_token import SegTokenModel
+
+    model = SegTokenModel.from_pretrained(checkpoint)
+    return model.save_merged(out_dir)
