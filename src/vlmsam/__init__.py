@@ -16,6 +16,8 @@ _LAZY = {
     "VlmsamError": "vlmsam.errors",
     "SegTokenModel": "vlmsam.seg_token.model",
     "SegTokenConfig": "vlmsam.seg_token.config",
+    "load_segmenter": "vlmsam.segmenter",
+    "Segmenter": "vlmsam.segmenter",
 }
 
 __all__ = sorted(_LAZY)

@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import data_commands, sam_commands, seg_commands, train_commands
+    from vlmsam.cli import data_commands, sam_commands, seg_commands, segment_commands, train_commands
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg_commands.register(sub)
     data_commands.register(sub)
     train_commands.register(sub)
+    segment_commands.register(sub)
     return parser
 
 
