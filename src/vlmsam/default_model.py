@@ -63,9 +63,25 @@ def build_base(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
-    """A trained checkpoint -> a standalone model directory (full weights, no references)."""
+def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, data_seed: int = 0,
+           n_scenes: int = 25000) -> Path:
+    """A trained checkpoint -> a standalone model directory (full weights, no references), with the
+    training config and where its data came from."""
+    import json
+    import shutil
+
     from vlmsam.seg_token import SegTokenModel
 
+    checkpoint, out = Path(checkpoint), Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
-    return model.save_merged(out_dir)
+    model.save_merged(out)
+    shutil.copy(checkpoint / "config.yaml", out / "train_config.yaml")
+    (out / "provenance.json").write_text(json.dumps({
+        "trained_from": "scratch (configs/vlmsam_tiny.yaml, make tiny-model)",
+        "checkpoint_step": int(checkpoint.name.split("_")[-1]),
+        "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",
+        "evaluation": "vlmsam data synth --n 5000 --seed 7 (test split, a seed not used in training) -> eval/metrics.json",
+    }, indent=2))
+    return out

@@ -170,7 +170,7 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
                 hits = [j for j, o in enumerate(shapes) if j != k and test(o, s)]
                 if len(hits) == 1:
                     out["relation"].append(({"name": s.name, "rel": rel}, hits))
-    for kind in {s.kind for s in shapes}:
+    for kind in sorted({s.kind for s in shapes}):
         members = [k for k, s in enumerate(shapes) if s.kind == kind]
         if len(members) >= 2:
             areas = sorted(((shapes[k].area(), k) for k in members), reverse=True)
@@ -179,7 +179,7 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
             if areas[-2][0] > 1.4 * areas[-1][0]:
                 out["superlative"].append(({"sup": f"smallest {kind}"}, [areas[-1][1]]))
             out["multiple"].append(({"group": _plural(kind)}, members))
-    for color in {s.color for s in shapes}:
+    for color in sorted({s.color for s in shapes}):
         members = [k for k, s in enumerate(shapes) if s.color == color]
         if len(members) >= 2:
             out["multiple"].append(({"group": f"{color} shapes"}, members))

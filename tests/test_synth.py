@@ -1,0 +1,74 @@
+"""`vlmsam data synth`: the ReasonSeg layout, every request kind, answers that match the masks."""
+
+from __future__ import annotations
+
+import collections
+import json
+import random
+
+import numpy as np
+
+from tests.conftest import run_cli
+from vlmsam.data.reason_seg import ReasonSegDataset
+from vlmsam.data.synth import KINDS, SynthDataset, make_scene, write_synth
+
+
+def test_cli_writes_the_reason_seg_layout_deterministically(tmp_path):
+    proc = run_cli("data", "synth", "--out", tmp_path / "a", "--n", "60", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 60 scenes" in proc.stdout and "train: 48, val: 6, test: 6" in proc.stdout
+    run_cli("data", "synth", "--out", tmp_path / "b", "--n", "60", "--seed", "3")
+    a = sorted((tmp_path / "a").rglob("*.json"))
+    b = sorted((tmp_path / "b").rglob("*.json"))
+    assert [p.read_text() for p in a] == [p.read_text() for p in b]
+    assert run_cli("data", "check", "--dataset-dir", tmp_path / "a").returncode == 0
+    assert run_cli("data", "synth", "--out", tmp_path / "c", "--n", "0").returncode == 2
+
+
+def test_every_kind_with_consistent_answers_and_masks(tmp_path):
+    write_synth(tmp_path, 400, seed=5, progress=False)
+    ds = SynthDataset(tmp_path, "train")
+    plain = ReasonSegDataset(tmp_path, "train")
+    kinds = collections.Counter()
+    for i in range(len(ds)):
+        anno = json.loads(ds.items[i].read_text())
+        kinds[anno["kind"]] += 1
+        s = ds.load(i, random.Random(i))
+        (question, answer), = s.conversations[0]
+        assert anno["text"][0] in question
+        assert s.seg_count == len(s.masks) == len(anno["shapes"])
+        if anno["kind"] == "none":
+            assert len(s.masks) == 0 and answer.startswith("There is no ")
+        elif anno["kind"] == "multiple":
+            assert len(s.masks) >= 2
+        else:
+            assert len(s.masks) == 1
+        union = plain.load(i, random.Random(0)).masks[0] if plain.load(i, random.Random(0)).masks.size else None
+        if len(s.masks):
+            np.testing.assert_array_equal(np.any(s.masks, axis=0).astype(np.uint8), union)
+            assert all(m.sum() > 20 for m in s.masks)  # every target is visible
+    assert set(kinds) == set(KINDS) and min(kinds.values()) >= 15
+    sentences = sum(json.loads(p.read_text())["is_sentence"] for p in ds.items)
+    assert 0.35 < sentences / len(ds) < 0.65
+
+
+def test_relation_and_superlative_answers_are_right():
+    rng = random.Random(11)
+    checked = collections.Counter()
+    while min(checked.get(k, 0) for k in ("relation", "superlative")) < 20:
+        kind = rng.choice(["relation", "superlative"])
+        scene = make_scene(rng, kind)
+        if scene is None:
+            continue
+        j = scene["json"]
+        text, shapes = j["text"][0], j["scene"]
+        target = [np.mean(s["points"], axis=0) for s in j["shapes"]][0]
+        chosen = min(shapes, key=lambda s: np.hypot(s["center"][0] - target[0], s["center"][1] - target[1]))
+        if "leftmost" in text:
+            assert chosen["center"][0] == min(s["center"][0] for s in shapes)
+        elif "topmost" in text:
+            assert chosen["center"][1] == min(s["center"][1] for s in shapes)
+        elif "left of" in text:
+            anchor = next(s for s in shapes if f"{s['color']} {s['shape']}" in text)
+            assert chosen["center"][0] < anchor["center"][0]
+        checked[kind] += 1
