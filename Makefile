@@ -32,7 +32,7 @@ demo: $(STAMP)
 # Rebuilds the bundled vlmsam-tiny from scratch (about an hour on 2 CPU cores): synthetic scenes,
 # the untrained base, training with configs/vlmsam_tiny.yaml, export into the package, and an
 # evaluation on freshly generated test scenes (a seed not used in training).
-TINY_STEPS := 6000
+TINY_STEPS := 5500
 tiny-model: $(STAMP)
 	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh
 	$(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0

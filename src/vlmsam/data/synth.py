@@ -291,7 +291,8 @@ class SynthDataset(ReasonSegDataset):
             raise BadSample(path, f"not a synthetic-scene annotation ({type(exc).__name__}: {exc})") from None
         h, w = self.image_size(i)
         masks = np.stack([fill_polygon(s["points"], h, w) for s in polygons]) if polygons else np.zeros((0, h, w), np.uint8)
-        if len(polygons) == 1:
-            answer = prompts.answer(rng)
+        # The stored answer is kept as is ("[SEG]." for one target): with LISA's five phrasings
+        # no single first token beats "There is no ..." under greedy decoding, and a tiny model
+        # trained that way answers every attribute request with "There is no".
         return Sample(self.image_path(i), [[(prompts.question(text, is_sentence, rng), answer)]], masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence})
