@@ -20,6 +20,7 @@ from vlmsam.errors import CheckpointError
 from vlmsam.seg_token import SegTokenModel
 from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
+from vlmsam.train.trainer import set_gradient_checkpointing
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +167,7 @@ def test_gradient_checkpointing_really_recomputes(setup):
     for flag in (False, True):
         cfg = TrainConfig.load(None, overrides(setup, setup / "unused"))
         model = SegTokenModel.build(cfg.model)
-        if flag:
-            model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_gradient_checkpointing(model.vlm, flag)
         model.train()
         # transformers re-runs the layer's forward (not its __call__) when it recomputes, and torch
         # stops recomputing once it has what backward needs: watch the layer's first module.

@@ -40,6 +40,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_gradient_checkpointing(vlm, enabled: bool) -> None:
+    """Recompute activations in backward (transformers >= 5.2 calls it activation checkpointing)."""
+    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs) if enabled else base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
+
+
 def lr_lambda(warmup: int, total: int):
     """Linear warm-up to the base rate, then linear decay to zero at the last step."""
     def f(step: int) -> float:
@@ -116,10 +126,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     seed_everything(t.seed)  # identical initial weights on every rank
     model = SegTokenModel.build(cfg.model)
     seed_everything(t.seed + info.rank)  # then independent dropout per rank
-    if t.gradient_checkpointing:
-        model.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.vlm.gradient_checkpointing_disable()
+    set_gradient_checkpointing(model.vlm, t.gradient_checkpointing)
     model.to(info.device)
     mixture = build_mixture(cfg, info.rank, model.collator.prepare)
     if t.sam_embedding_cache:
