@@ -59,7 +59,8 @@ def _answer(seg, image_source, image, request: str, out: Path, stem: str) -> Non
     result = seg.segment(request)
     elapsed = time.perf_counter() - t0
     written = write_result(result, image, out, stem, extra={"request": request, "model": seg.name})
-    print(f"answer: {result.text}")
+    # [SEG] is a special token and hidden from the text: "[SEG]." alone reads as "."
+    print(f"answer: {result.text if any(c.isalnum() for c in result.text) else '(a mask; no words)'}")
     print(f"masks: {result.num_masks}    time: {elapsed:.2f} s")
     print(f"overlay: {written['overlay']}")
 
