@@ -257,3 +257,14 @@ def test_deepspeed_zero2_run_and_resume_on_gpu(setup, tmp_path):
     last = ckpt.list_checkpoints(run)[-1]
     assert (last / "deepspeed").is_dir()
     SegTokenModel.from_pretrained(last)
+
+
+def test_stop_at_step_ends_early_on_the_same_schedule(setup, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", *overrides(setup, run, **{"train.epochs": 1, "eval.val_dataset": "", "train.stop_at_step": 3}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert log[-1]["lr"] == pytest.approx(3e-4 * (4 - 2) / (4 - 2))  # still the 4-step schedule
+    assert not (run / "curves.png").exists()  # the run is not finished
+    assert ckpt.list_checkpoints(run)[-1].name == "step_000003"  # but where it stopped is saved

@@ -57,6 +57,7 @@ class OptimConfig:
     sam_embedding_cache: str = ""  # a directory: precompute frozen SAM embeddings once
     deepspeed: str = ""  # a DeepSpeed JSON config (ZeRO-2/3) instead of DDP
     resume: str = ""  # "auto", a checkpoint directory, or "" (start fresh)
+    stop_at_step: int = 0  # end the run early at this step, schedule unchanged (0 = run to the end)
     progress: bool = True
 
 

@@ -171,7 +171,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     autocast = (lambda: torch.autocast(info.device.type, dtype=DTYPES[t.precision])) if DTYPES[t.precision] else contextlib.nullcontext
     per_step = t.batch_size * t.grad_accumulation_steps
     last_metrics: dict = {}
-    end = total_steps if stop_after is None else min(total_steps, stop_after)
+    stop = stop_after if stop_after is not None else (t.stop_at_step or None)
+    end = total_steps if stop is None else min(total_steps, stop)
 
     def save(at_step: int) -> None:
         rngs = gather_objects(ckpt.rng_state())
@@ -256,6 +257,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                     save(step)
             if step >= epoch_end and info.is_main:
                 print_fn(f"epoch {step // t.steps_per_epoch} done; {bad.summary()}")
+        if stop_after is None and step == end < total_steps and step % t.save_every:
+            save(step)  # stopped early on purpose: keep where it stopped
         if step == total_steps and info.is_main:
             plot_curves(logger.records(), run_dir / "curves.png")
             print_fn(f"done: {step} steps; curves in {run_dir / 'curves.png'}")
