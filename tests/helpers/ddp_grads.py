@@ -32,7 +32,8 @@ def main(out, overrides):
             (model(batch_of(model, cfg, rank)).loss / 2).backward()
     if info.is_main:
         torch.save({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, out)
-    shutdown(ddp)
+    del ddp
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def _load(args):
                           max_new_tokens=args.max_new_tokens)
 
 
-def _answer(seg, image_source, image, request: str, out: Path, stem: str) -> None:
+def _answer(seg, image, request: str, out: Path, stem: str) -> None:
     from vlmsam.io import write_result
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def run_segment(args: argparse.Namespace) -> int:
     image = load_image(args.image)  # a bad image fails before the model loads
     seg = _load(args)
     seg.set_image(image)
-    _answer(seg, args.image, image, args.request, Path(args.out), Path(str(args.image)).stem or "image")
+    _answer(seg, image, args.request, Path(args.out), Path(str(args.image)).stem or "image")
     return 0
 
 
@@ -101,7 +101,7 @@ def run_chat(args: argparse.Namespace) -> int:
                 print("error: no image yet; give an image path or URL", file=sys.stderr)
                 continue
             turn += 1
-            _answer(seg, source, image, request, Path(args.out), f"{stem}_{turn}")
+            _answer(seg, image, request, Path(args.out), f"{stem}_{turn}")
         except VlmsamError as exc:  # a bad image or request ends that turn, not the session
             print(f"error: {exc}", file=sys.stderr)
 

@@ -18,9 +18,8 @@ from tqdm import tqdm
 
 from vlmsam.data.base import SegDataset
 from vlmsam.data.reason_seg import ReasonSegDataset, find_root
-from vlmsam.data.refer_seg import SPLIT_BY, ReferSegDataset
+from vlmsam.data.refer_seg import SPLIT_BY, ReferSegDataset, splits_of
 from vlmsam.data.registry import FAMILIES, DEFAULT_DATA, split_list
-from vlmsam.data.safe_pickle import load_pickle
 from vlmsam.data.sample import BadSample
 from vlmsam.data.seg_pp import KINDS as SEG_PP_KINDS
 from vlmsam.data.seg_pp import SegPlusPlusDataset
@@ -117,7 +116,7 @@ def datasets_to_check(root: Path, families: list[str], lists: dict[str, str], ex
                         out.append((Report(name, "-", absent=f"{refs}: missing"), None))
                     continue
                 try:
-                    splits = sorted({r.get("split") for r in load_pickle(refs) if isinstance(r, dict)} - {None})
+                    splits = splits_of(refs, refs.parent / "instances.json")
                 except VlmsamError as exc:
                     out.append((Report(name, "-", absent=str(exc)), None))
                     continue

@@ -9,6 +9,7 @@ input: a pickle can run code).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections import defaultdict
@@ -35,6 +36,32 @@ def parse_name(spec: str) -> tuple[str, str, str]:
     return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], SPLIT_BY[parts[0]], parts[1])
 
 
+@functools.lru_cache(maxsize=4)
+def _read_refer_files(refs_path: Path, instances_path: Path, stamp: tuple):
+    refs = load_pickle(refs_path)
+    if not isinstance(refs, list):
+        raise BadSample(refs_path, "expected a list of refs")
+    try:
+        instances = json.loads(instances_path.read_text())
+        images = {img["id"]: img for img in instances["images"]}
+        anns = {ann["id"]: ann for ann in instances["annotations"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadSample(instances_path, f"not a COCO instances file ({type(exc).__name__}: {exc})") from None
+    return refs, images, anns
+
+
+def read_refer_files(refs_path: Path, instances_path: Path) -> tuple[list, dict, dict]:
+    """The refs, images by id and annotations by id, parsed once per file version: every split of a
+    dataset (and ``vlmsam data check``) shares one parse of a ``instances.json`` that can be 100 MB."""
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) for p in (refs_path, instances_path))
+    return _read_refer_files(refs_path, instances_path, stamp)
+
+
+def splits_of(refs_path: Path, instances_path: Path) -> list[str]:
+    refs, _, _ = read_refer_files(refs_path, instances_path)
+    return sorted({r.get("split") for r in refs if isinstance(r, dict)} - {None})
+
+
 class ReferSegDataset(SegDataset):
     def __init__(self, dataset_dir: str | Path, name: str = "refcoco", split: str = "train", *,
                  split_by: str | None = None, max_refs: int = 3):
@@ -52,15 +79,7 @@ class ReferSegDataset(SegDataset):
             if not p.is_file():
                 raise DatasetError(f"{p}: missing (needed for {name})")
 
-        refs = load_pickle(self.refs_path)
-        if not isinstance(refs, list):
-            raise BadSample(self.refs_path, "expected a list of refs")
-        try:
-            instances = json.loads(self.instances_path.read_text())
-            self.images = {img["id"]: img for img in instances["images"]}
-            self.anns = {ann["id"]: ann for ann in instances["annotations"]}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BadSample(self.instances_path, f"not a COCO instances file ({type(exc).__name__}: {exc})") from None
+        refs, self.images, self.anns = read_refer_files(self.refs_path, self.instances_path)
 
         by_image: dict[int, list[dict]] = defaultdict(list)
         for ref in refs:

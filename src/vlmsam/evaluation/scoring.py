@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vlmsam.data.synth import KINDS
 from vlmsam.metrics import IoUAccumulator
 
 
@@ -22,12 +23,10 @@ class Scorer:
     """Overall scores; the short/long split for ReasonSeg; per request kind where requests carry one
     (the synthetic scenes), with, for requests that match nothing, how often no mask was given."""
 
-    KINDS = ("attribute", "relation", "superlative", "uniqueness", "multiple", "none")
-
     def __init__(self, split_by_length: bool):
         self.overall = IoUAccumulator()
         self.split = {"short_query": IoUAccumulator(), "long_query": IoUAccumulator()} if split_by_length else {}
-        self.kinds = {k: IoUAccumulator() for k in self.KINDS}
+        self.kinds = {k: IoUAccumulator() for k in KINDS}  # fixed keys: every rank all-reduces the same set
         self.no_mask = torch.zeros(2, dtype=torch.float64)  # [none-requests answered without a mask, none-requests]
 
     def update(self, pred_masks: np.ndarray, target: np.ndarray, is_sentence: bool, kind: str | None = None) -> float:

@@ -172,9 +172,7 @@ class SegTokenModel(nn.Module):
         return [ImageEmbedding(emb[b : b + 1], o, r) for b, (o, r) in enumerate(zip(batch.original_sizes, batch.input_sizes))]
 
     def _cached_embedding(self, cache, image) -> ImageEmbedding:
-        from pathlib import Path as _Path
-
-        if not isinstance(image, (str, _Path)):  # in-memory images are not cached
+        if not isinstance(image, (str, Path)):  # in-memory images are not cached
             return self.sam_backend.encode(image)
         emb = cache.get(image)
         if emb is None:

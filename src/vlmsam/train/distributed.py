@@ -54,10 +54,9 @@ def gather_objects(obj) -> list:
     return out
 
 
-def shutdown(*ddp_models) -> None:
-    """Tear down in the order that avoids gloo's abort at interpreter exit (see ENVIRONMENT.md)."""
-    for m in ddp_models:
-        del m
+def shutdown() -> None:
+    """Tear down in the order that avoids gloo's abort at interpreter exit (see ENVIRONMENT.md); the
+    caller drops its DDP wrapper first, so that the collection below frees it."""
     gc.collect()
     if dist.is_initialized():
         dist.barrier()

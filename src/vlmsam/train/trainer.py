@@ -265,7 +265,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     finally:
         bar.close()
         logger.close()
-        shutdown(ddp)
+        net = ddp = engine = None  # noqa: F841 -- released before the process group goes
+        shutdown()
     return {"step": step, "consumed": consumed, "best": best, "val": last_metrics, "model": model}
 
 
