@@ -240,3 +240,27 @@ def test_tiny_model_overfits_a_handful_of_triples(bases):
         assert result.num_masks == 1, result.text
         acc.update(result.masks, sample.masks)
     assert acc.giou > 0.9, acc.summary()
+
+
+def test_point_prompt_loss_targets_sams_own_point_embedding(bases, image):
+    """With point_prompt_weight the projected [SEG] is pulled towards what SAM's prompt encoder
+    makes of a point on the target (the target pixel nearest its centre of mass)."""
+    model = make_model(bases, point_prompt_weight=1.0)
+    sample = Sample(image, [[("Can you segment the red square?", "Sure, [SEG].")]], target()[None], name="s0")
+    out = model([sample])
+    c = model.config
+    assert out.point_loss is not None and out.point_loss > 0
+    torch.testing.assert_close(out.loss.detach(), c.ce_weight * out.ce_loss + c.bce_weight * out.bce_loss
+                               + c.dice_weight * out.dice_loss + out.point_loss, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projection.parameters())
+
+    embedding = model.sam_backend.encode(image)
+    states = torch.randn(1, model.projection[0].in_features)
+    # rows 10-29, columns 20-49: centre (34.5, 19.5); the first nearest pixel is x=34, y=19
+    sparse, _ = model.sam_backend.encode_prompts(embedding, points=[[[34, 19]]])
+    wanted = sparse[:, 0]  # the point itself (the padding point follows it)
+    expected = ((model.projection(states) - wanted) ** 2).mean()
+    got = model.point_prompt_loss(states, torch.from_numpy(target()[None]), embedding)
+    torch.testing.assert_close(got, expected)
+    assert make_model(bases)([sample]).point_loss is None  # off by default, as in LISA

@@ -72,3 +72,27 @@ def test_relation_and_superlative_answers_are_right():
             anchor = next(s for s in shapes if f"{s['color']} {s['shape']}" in text)
             assert chosen["center"][0] < anchor["center"][0]
         checked[kind] += 1
+
+
+def test_visible_masks_rebuild_what_the_scene_shows():
+    from vlmsam.data.masks import fill_polygon
+    from vlmsam.data.synth import visible_masks
+
+    rng = random.Random(4)
+    overlapping = 0
+    for _ in range(60):
+        scene = make_scene(rng)
+        if scene is None:
+            continue
+        j = scene["json"]
+        h, w = j["imageHeight"], j["imageWidth"]
+        masks = visible_masks(j["scene"], h, w)
+        polygons = np.stack([fill_polygon(s["points"], h, w) == 1 for s in j["scene"]])
+        assert masks.shape == polygons.shape
+        assert masks.sum(0).max() <= 1  # what is seen of each shape is disjoint from the others
+        np.testing.assert_array_equal(masks.any(0), polygons.any(0))
+        overlapping += int((masks.sum((1, 2)) < polygons.sum((1, 2))).any())
+        for t in j["shapes"]:  # targets are painted last, so they are wholly visible
+            drawn = fill_polygon(t["points"], h, w) == 1
+            assert any(np.array_equal(drawn, m) for m in masks)
+    assert overlapping > 0  # some scenes did hide part of a shape

@@ -76,11 +76,13 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
     if out.exists():
         shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
+    sam_record = Path(model.config.sam) / "pretrain.json"  # before save_merged renames the base
     model.save_merged(out)
     shutil.copy(checkpoint / "config.yaml", out / "train_config.yaml")
     (out / "provenance.json").write_text(json.dumps({
         "trained_from": "scratch (configs/vlmsam_tiny.yaml, make tiny-model)",
         "checkpoint_step": int(checkpoint.name.split("_")[-1]),
+        "sam_pretraining": json.loads(sam_record.read_text()) if sam_record.is_file() else None,
         "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",
         "evaluation": "vlmsam data synth --n 5000 --seed 7 (test split, a seed not used in training) -> eval/metrics.json",
     }, indent=2))

@@ -229,13 +229,30 @@ def make_scene(rng: random.Random, kind: str | None = None) -> dict | None:
         answer = prompts.multi_answer(len(targets))
     others = [k for k in range(len(shapes)) if k not in targets]
     rng.shuffle(others)
-    jpeg = render(shapes, others + targets, rng, w, h)
+    order = others + targets
+    jpeg = render(shapes, order, rng, w, h)
     labelme = [{"label": f"target_{i}", "points": [[round(x, 2), round(y, 2)] for x, y in shapes[k].polygon()],
                 "shape_type": "polygon"} for i, k in enumerate(targets)]
     return {"jpeg": jpeg, "json": {"text": [text], "is_sentence": is_sentence, "shapes": labelme, "kind": kind,
                                     "answer": answer, "imageWidth": w, "imageHeight": h,
-                                    "scene": [{"shape": s.kind, "color": s.color, "center": [round(s.cx, 1), round(s.cy, 1)],
-                                               "radius": round(s.r, 1)} for s in shapes]}}
+                                    # Every shape, in painting order, so each one's visible region can be
+                                    # rebuilt (SAM's promptable pre-training uses all of them).
+                                    "scene": [{"shape": shapes[k].kind, "color": shapes[k].color,
+                                               "center": [round(shapes[k].cx, 1), round(shapes[k].cy, 1)],
+                                               "radius": round(shapes[k].r, 1),
+                                               "points": [[round(x, 2), round(y, 2)] for x, y in shapes[k].polygon()]}
+                                              for k in order]}}
+
+
+def visible_masks(scene: list[dict], h: int, w: int) -> np.ndarray:
+    """``(N, H, W)`` bool: each shape of a scene json's ``scene`` list (painting order) minus what
+    later shapes cover, i.e. exactly what can be seen of it."""
+    masks = np.stack([fill_polygon(s["points"], h, w) == 1 for s in scene]) if scene else np.zeros((0, h, w), bool)
+    covered = np.zeros((h, w), bool)
+    for k in range(len(masks) - 1, -1, -1):
+        masks[k] &= ~covered
+        covered |= masks[k]
+    return masks
 
 
 def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float] | None = None, progress: bool = True) -> dict[str, int]:

@@ -21,6 +21,10 @@ class SegTokenConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
+    # > 0: also pull each projected [SEG] embedding towards SAM's own prompt embedding of a point
+    # on its target (MSE). Off in LISA; it speaks SAM's prompt language from the first step, which
+    # a VLM trained from scratch (vlmsam-tiny) otherwise learns only slowly through the decoder.
+    point_prompt_weight: float = 0.0
     # LoRA on the language layers only (never the vision tower)
     use_lora: bool = True
     lora_r: int = 16

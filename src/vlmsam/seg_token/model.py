@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlmsam.data.collate import Batch, Collator
@@ -39,6 +40,7 @@ class SegOutput:
     bce_loss: torch.Tensor
     dice_loss: torch.Tensor
     mask_logits: list[torch.Tensor]  # per image, (N_b, H_b, W_b) in original pixels
+    point_loss: torch.Tensor | None = None  # only with point_prompt_weight > 0
 
 
 class SegTokenModel(nn.Module):
@@ -150,6 +152,24 @@ class SegTokenModel(nn.Module):
         low, iou = self.sam_backend.decode(embedding, sparse_embeddings=sparse)
         return self.sam_backend.upscale_logits(low, embedding)[:, 0], iou[:, 0]
 
+    def point_prompt_loss(self, states: torch.Tensor, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """Summed MSE between projected [SEG] states and SAM's prompt embedding of a foreground
+        point at each target's centre of mass (the pixel of the target nearest to it, so a
+        concave target still gets a point on itself)."""
+        points = []
+        for mask in targets:
+            ys, xs = torch.nonzero(mask == 1, as_tuple=True)
+            if len(xs) == 0:
+                ys, xs = torch.nonzero(mask != 255, as_tuple=True)
+            cy, cx = ys.float().mean(), xs.float().mean()
+            k = torch.argmin((ys - cy) ** 2 + (xs - cx) ** 2)
+            points.append(torch.stack([xs[k], ys[k]]).float())  # SAM adds the half-pixel shift itself
+        coords = self.sam_backend.transform_coords(torch.stack(points), embedding).to(self.sam_backend.device, self.sam_backend.dtype)
+        labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=coords.device)
+        with torch.no_grad():
+            wanted = self.sam.prompt_encoder._embed_points(coords[:, None, None], labels, pad=False)[:, 0, 0]
+        return F.mse_loss(self.projection(states).float(), wanted.float(), reduction="none").mean(-1).sum()
+
     # ---- training -------------------------------------------------------------------------------
 
     @property
@@ -208,9 +228,10 @@ class SegTokenModel(nn.Module):
         )
         hidden = out.hidden_states[-1]
         embeddings = self.encode_sam_batch(batch)
-        bce = dice = hidden.new_zeros((), dtype=torch.float32)
+        bce = dice = point = hidden.new_zeros((), dtype=torch.float32)
         n_masks = 0
         logits_out = []
+        c = self.config
         for b in range(len(batch)):
             rows = range(batch.offsets[b], batch.offsets[b + 1])
             # Rows are the image's conversations in order, so the [SEG]s come in target order.
@@ -221,12 +242,17 @@ class SegTokenModel(nn.Module):
             if len(targets):
                 bce = bce + sigmoid_bce_loss(logits, targets)
                 dice = dice + dice_loss(logits, targets)
+                if c.point_prompt_weight > 0:
+                    point = point + self.point_prompt_loss(states, targets, embeddings[b])
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
-        c = self.config
         loss = c.ce_weight * out.loss + c.bce_weight * bce + c.dice_weight * dice
-        return SegOutput(loss, out.loss.detach(), bce.detach(), dice.detach(), logits_out)
+        point = point / (n_masks + 1e-8)
+        if c.point_prompt_weight > 0:
+            loss = loss + c.point_prompt_weight * point
+        return SegOutput(loss, out.loss.detach(), bce.detach(), dice.detach(), logits_out,
+                         point.detach() if c.point_prompt_weight > 0 else None)
 
     # ---- inference --------------------------------------------------------------------------------
 
