@@ -242,25 +242,40 @@ def test_tiny_model_overfits_a_handful_of_triples(bases):
     assert acc.giou > 0.9, acc.summary()
 
 
-def test_point_prompt_loss_targets_sams_own_point_embedding(bases, image):
-    """With point_prompt_weight the projected [SEG] is pulled towards what SAM's prompt encoder
-    makes of a point on the target (the target pixel nearest its centre of mass)."""
-    model = make_model(bases, point_prompt_weight=1.0)
+@pytest.mark.parametrize("kind", ["region", "point"])
+def test_prompt_target_loss_is_in_the_loss_and_reaches_the_projection(bases, image, kind):
+    model = make_model(bases, prompt_target_weight=1.0, prompt_target=kind)
     sample = Sample(image, [[("Can you segment the red square?", "Sure, [SEG].")]], target()[None], name="s0")
     out = model([sample])
     c = model.config
-    assert out.point_loss is not None and out.point_loss > 0
+    assert out.target_loss is not None and out.target_loss > 0
     torch.testing.assert_close(out.loss.detach(), c.ce_weight * out.ce_loss + c.bce_weight * out.bce_loss
-                               + c.dice_weight * out.dice_loss + out.point_loss, rtol=1e-5, atol=1e-6)
+                               + c.dice_weight * out.dice_loss + out.target_loss, rtol=1e-5, atol=1e-6)
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projection.parameters())
+    assert make_model(bases)([sample]).target_loss is None  # off by default, as in LISA
 
+
+def test_point_target_is_sams_own_point_embedding(bases, image):
+    model = make_model(bases, prompt_target_weight=1.0, prompt_target="point")
     embedding = model.sam_backend.encode(image)
-    states = torch.randn(1, model.projection[0].in_features)
     # rows 10-29, columns 20-49: centre (34.5, 19.5); the first nearest pixel is x=34, y=19
     sparse, _ = model.sam_backend.encode_prompts(embedding, points=[[[34, 19]]])
-    wanted = sparse[:, 0]  # the point itself (the padding point follows it)
-    expected = ((model.projection(states) - wanted) ** 2).mean()
-    got = model.point_prompt_loss(states, torch.from_numpy(target()[None]), embedding)
-    torch.testing.assert_close(got, expected)
-    assert make_model(bases)([sample]).point_loss is None  # off by default, as in LISA
+    got = model.point_embeddings(torch.from_numpy(target()[None]), embedding)
+    torch.testing.assert_close(got, sparse[:, 0])  # the point itself (the padding point follows it)
+
+
+def test_region_target_averages_sams_embedding_over_the_target(bases, image):
+    model = make_model(bases, prompt_target_weight=1.0, prompt_target="region")
+    embedding = model.sam_backend.encode(image)  # 60 x 80 -> 48 x 64 in a 64-pixel frame: 6 x 8 of 8 x 8 cells
+    feats = embedding.embeddings[0]
+    whole = model.region_embeddings(torch.ones(1, 60, 80, dtype=torch.uint8), embedding)
+    torch.testing.assert_close(whole[0], feats[:, :6, :].mean((1, 2)))  # the padding rows are left out
+    # the box (rows 10-29, columns 20-49) covers cells rows 1-2 x columns 2-4 in SAM's frame
+    box = model.region_embeddings(torch.from_numpy(target()[None]), embedding)[0]
+    inside = feats[:, 1:3, 2:5].mean((1, 2))
+    assert (box - inside).norm() < 0.25 * (whole[0] - inside).norm()
+    states = torch.randn(2, model.projection[0].in_features)
+    targets = torch.from_numpy(np.stack([target(), np.ones((60, 80), np.uint8)]))
+    expected = ((model.projection(states) - torch.stack([box, whole[0]])) ** 2).mean(-1).sum()
+    torch.testing.assert_close(model.prompt_target_loss(states, targets, embedding), expected)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import collections
 import json
 import random
+import re
 
 import numpy as np
 
 from tests.conftest import run_cli
 from vlmsam.data.reason_seg import ReasonSegDataset
-from vlmsam.data.synth import KINDS, SynthDataset, make_scene, write_synth
+from vlmsam.data.synth import COLORS, KINDS, SHAPES, SynthDataset, make_scene, write_synth
 
 
 def test_cli_writes_the_reason_seg_layout_deterministically(tmp_path):
@@ -96,3 +97,21 @@ def test_visible_masks_rebuild_what_the_scene_shows():
             drawn = fill_polygon(t["points"], h, w) == 1
             assert any(np.array_equal(drawn, m) for m in masks)
     assert overlapping > 0  # some scenes did hide part of a shape
+
+
+def test_training_samples_carry_a_left_to_right_caption(tmp_path):
+    from vlmsam.data.synth import CAPTION_QUESTION
+
+    write_synth(tmp_path, 30, seed=6, progress=False)
+    ds = SynthDataset(tmp_path, "train")
+    for i in range(len(ds)):
+        anno = json.loads(ds.items[i].read_text())
+        s = ds.load(i, random.Random(i))
+        assert len(s.conversations) == 2
+        (question, answer), = s.conversations[1]
+        assert question == CAPTION_QUESTION and "[SEG]" not in answer
+        shapes = sorted(anno["scene"], key=lambda t: t["center"][0])
+        assert answer.startswith(f"There are {len(shapes)} shapes: ")
+        named = re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", answer)
+        assert named == [(t["color"], t["shape"]) for t in shapes]  # every shape, left to right
+    assert len(SynthDataset(tmp_path, "train", captions=False).load(0, random.Random(0)).conversations) == 1

@@ -21,7 +21,7 @@ VISION_PATCH = 8
 def request_corpus() -> str:
     """Every word the scenes, prompts and answers use, so the tokenizer has whole-word tokens."""
     from vlmsam.data import prompts
-    from vlmsam.data.synth import COLORS, PHRASE, RELATIONS, SENTENCE, SHAPES
+    from vlmsam.data.synth import CAPTION_QUESTION, COLORS, PHRASE, RELATIONS, SENTENCE, SHAPES
 
     lines = [prompts.SHORT_QUESTIONS, prompts.LONG_QUESTIONS, prompts.ANSWERS, prompts.EXPLANATORY_QUESTIONS,
              [prompts.MULTI_QUESTION, prompts.MULTI_ANSWER, prompts.EVAL_LONG, prompts.EVAL_SHORT, "You are a helpful assistant.",
@@ -30,6 +30,7 @@ def request_corpus() -> str:
              "colour type shape shapes odd one out appears only once"]
     text = [" ".join(x for group in lines for x in group), " ".join(words)]
     text += [t for group in (*PHRASE.values(), *SENTENCE.values()) for t in group]
+    text.append(f"{CAPTION_QUESTION} There are 2 shapes: a red circle and an orange star. There are 3 4 5 6 shapes:")
     for c in COLORS:
         for s in SHAPES:
             text.append(f"the {c} {s}. There is no {c} {s} in this image. all the {c} shapes, all the {s}s.")

@@ -290,13 +290,31 @@ def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float]
     return counts
 
 
+CAPTION_QUESTION = "Describe the shapes in this image from left to right."
+
+
+def caption(scene: list[dict]) -> str:
+    """Every shape of a scene json's ``scene`` list, left to right: "There are 3 shapes: a red
+    circle, a blue square and a green star." """
+    names = [f"{'an' if s['color'][0] in 'aeiou' else 'a'} {s['color']} {s['shape']}" for s in sorted(scene, key=lambda s: (s["center"][0], s["center"][1]))]
+    return f"There are {len(names)} shapes: {prompts.english_list(names)}."
+
+
 class SynthDataset(ReasonSegDataset):
-    """Synthetic scenes for training: one mask per target, in answer order, and the request's answer."""
+    """Synthetic scenes for training: one mask per target, in answer order, and the request's answer.
+
+    With ``captions`` each scene also carries a second conversation that names every shape, left
+    to right. Like the captioning stage of real VLMs it teaches the language model to read colour
+    and kind off the vision tokens, densely; without it a VLM trained from scratch answers
+    positional requests ("the shape left of ...") well long before it can find "the red circle"
+    or tell that "the purple hexagon" is not there.
+    """
 
     source = "synth"
 
-    def __init__(self, dataset_dir, split: str = "train"):
+    def __init__(self, dataset_dir, split: str = "train", captions: bool = True):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
+        self.captions = captions
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
@@ -311,5 +329,8 @@ class SynthDataset(ReasonSegDataset):
         # The stored answer is kept as is ("[SEG]." for one target): with LISA's five phrasings
         # no single first token beats "There is no ..." under greedy decoding, and a tiny model
         # trained that way answers every attribute request with "There is no".
-        return Sample(self.image_path(i), [[(prompts.question(text, is_sentence, rng), answer)]], masks, self.source,
+        conversations = [[(prompts.question(text, is_sentence, rng), answer)]]
+        if self.captions and anno.get("scene"):
+            conversations.append([(CAPTION_QUESTION, caption(anno["scene"]))])
+        return Sample(self.image_path(i), conversations, masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence})

@@ -21,10 +21,13 @@ class SegTokenConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
-    # > 0: also pull each projected [SEG] embedding towards SAM's own prompt embedding of a point
-    # on its target (MSE). Off in LISA; it speaks SAM's prompt language from the first step, which
-    # a VLM trained from scratch (vlmsam-tiny) otherwise learns only slowly through the decoder.
-    point_prompt_weight: float = 0.0
+    # > 0: also pull each projected [SEG] embedding (MSE) towards a target in SAM's own terms. Off
+    # in LISA, whose SAM is pre-trained; a [SEG] model trained from scratch (vlmsam-tiny) learns to
+    # speak to SAM far faster with it. "region": the mean SAM image embedding over the target
+    # (what it looks like to SAM; a RoPE-only VLM can say this); "point": SAM's prompt embedding
+    # of a point on it (absolute coordinates, which such a VLM learns only slowly).
+    prompt_target_weight: float = 0.0
+    prompt_target: str = "region"
     # LoRA on the language layers only (never the vision tower)
     use_lora: bool = True
     lora_r: int = 16

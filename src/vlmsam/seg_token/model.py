@@ -40,7 +40,7 @@ class SegOutput:
     bce_loss: torch.Tensor
     dice_loss: torch.Tensor
     mask_logits: list[torch.Tensor]  # per image, (N_b, H_b, W_b) in original pixels
-    point_loss: torch.Tensor | None = None  # only with point_prompt_weight > 0
+    target_loss: torch.Tensor | None = None  # only with prompt_target_weight > 0
 
 
 class SegTokenModel(nn.Module):
@@ -152,10 +152,28 @@ class SegTokenModel(nn.Module):
         low, iou = self.sam_backend.decode(embedding, sparse_embeddings=sparse)
         return self.sam_backend.upscale_logits(low, embedding)[:, 0], iou[:, 0]
 
-    def point_prompt_loss(self, states: torch.Tensor, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
-        """Summed MSE between projected [SEG] states and SAM's prompt embedding of a foreground
-        point at each target's centre of mass (the pixel of the target nearest to it, so a
-        concave target still gets a point on itself)."""
+    def prompt_target_loss(self, states: torch.Tensor, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """Summed MSE between the projected [SEG] states and their targets in SAM's terms (see
+        ``SegTokenConfig.prompt_target``)."""
+        with torch.no_grad():
+            wanted = (self.region_embeddings if self.config.prompt_target == "region" else self.point_embeddings)(targets, embedding)
+        return F.mse_loss(self.projection(states).float(), wanted.float(), reduction="none").mean(-1).sum()
+
+    def region_embeddings(self, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """``(N, C)``: SAM's image embedding averaged over each target, weighted by how much of
+        each grid cell the target covers in SAM's resized, padded input frame."""
+        (h1, w1), grid = embedding.input_size, embedding.embeddings.shape[-1]
+        size = self.sam.config.vision_config.image_size
+        fg = (targets == 1).float()[:, None]
+        fg = F.interpolate(fg, size=(h1, w1), mode="bilinear", align_corners=False)
+        fg = F.pad(fg, (0, size - w1, 0, size - h1))
+        weights = F.adaptive_avg_pool2d(fg, grid)[:, 0].to(embedding.embeddings.dtype)  # (N, g, g)
+        feats = embedding.embeddings[0]  # (C, g, g)
+        return torch.einsum("nhw,chw->nc", weights, feats) / weights.flatten(1).sum(1, keepdim=True).clamp_min(1e-6)
+
+    def point_embeddings(self, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
+        """``(N, C)``: SAM's prompt embedding of a foreground point at each target's centre of
+        mass (the target pixel nearest to it, so a concave target still gets a point on itself)."""
         points = []
         for mask in targets:
             ys, xs = torch.nonzero(mask == 1, as_tuple=True)
@@ -166,9 +184,7 @@ class SegTokenModel(nn.Module):
             points.append(torch.stack([xs[k], ys[k]]).float())  # SAM adds the half-pixel shift itself
         coords = self.sam_backend.transform_coords(torch.stack(points), embedding).to(self.sam_backend.device, self.sam_backend.dtype)
         labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=coords.device)
-        with torch.no_grad():
-            wanted = self.sam.prompt_encoder._embed_points(coords[:, None, None], labels, pad=False)[:, 0, 0]
-        return F.mse_loss(self.projection(states).float(), wanted.float(), reduction="none").mean(-1).sum()
+        return self.sam.prompt_encoder._embed_points(coords[:, None, None], labels, pad=False)[:, 0, 0]
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -228,7 +244,7 @@ class SegTokenModel(nn.Module):
         )
         hidden = out.hidden_states[-1]
         embeddings = self.encode_sam_batch(batch)
-        bce = dice = point = hidden.new_zeros((), dtype=torch.float32)
+        bce = dice = aux = hidden.new_zeros((), dtype=torch.float32)
         n_masks = 0
         logits_out = []
         c = self.config
@@ -242,17 +258,17 @@ class SegTokenModel(nn.Module):
             if len(targets):
                 bce = bce + sigmoid_bce_loss(logits, targets)
                 dice = dice + dice_loss(logits, targets)
-                if c.point_prompt_weight > 0:
-                    point = point + self.point_prompt_loss(states, targets, embeddings[b])
+                if c.prompt_target_weight > 0:
+                    aux = aux + self.prompt_target_loss(states, targets, embeddings[b])
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
         loss = c.ce_weight * out.loss + c.bce_weight * bce + c.dice_weight * dice
-        point = point / (n_masks + 1e-8)
-        if c.point_prompt_weight > 0:
-            loss = loss + c.point_prompt_weight * point
+        aux = aux / (n_masks + 1e-8)
+        if c.prompt_target_weight > 0:
+            loss = loss + c.prompt_target_weight * aux
         return SegOutput(loss, out.loss.detach(), bce.detach(), dice.detach(), logits_out,
-                         point.detach() if c.point_prompt_weight > 0 else None)
+                         aux.detach() if c.prompt_target_weight > 0 else None)
 
     # ---- inference --------------------------------------------------------------------------------
 
