@@ -41,3 +41,13 @@ def test_pretrain_sam_bad_input_is_one_line(tmp_path):
         proc = run_cli("pretrain-sam", *args, "--steps", "1")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_pretrain_sam_help_states_the_real_defaults():
+    from vlmsam.sam.pretrain import PretrainConfig
+
+    text = " ".join(run_cli("pretrain-sam", "--help").stdout.split())
+    d = PretrainConfig()
+    for flag, value in (("--steps", d.steps), ("--batch-size", d.batch_size), ("--lr", d.lr), ("--seed", d.seed)):
+        described = text.rsplit(f"{flag} {flag.strip('-').replace('-', '_').upper()} ", 1)[1].split(" --")[0]
+        assert f"(default {value:g})" in described, (flag, described)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from vlmsam.errors import PromptError
-from vlmsam.sam.pretrain import PretrainConfig as PretrainDefaults
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,10 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("sam", help="SAM directory to start from (e.g. the untrained vlmsam-tiny base)")
     t.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
     t.add_argument("--out", required=True, help="directory for the pre-trained SamModel")
-    t.add_argument("--steps", type=int, default=PretrainDefaults.steps, help=f"optimiser steps (default {PretrainDefaults.steps})")
-    t.add_argument("--batch-size", type=int, default=PretrainDefaults.batch_size, help=f"prompts per step (default {PretrainDefaults.batch_size})")
-    t.add_argument("--lr", type=float, default=PretrainDefaults.lr, help=f"peak AdamW rate, cosine decay (default {PretrainDefaults.lr})")
-    t.add_argument("--seed", type=int, default=0, help="prompt sampling and initialisation seed (default 0)")
+    # Defaults live in PretrainConfig; importing it here would load transformers for every command.
+    t.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="optimiser steps (default 3000)")
+    t.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="images per step, 3 shapes each (default 16)")
+    t.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
+    t.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="prompt sampling and initialisation seed (default 0)")
     t.set_defaults(run=run_pretrain)
 
 
@@ -64,9 +64,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     if not Path(args.sam).is_dir():
         raise CheckpointError(f"{args.sam}: not a SAM directory")
-    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = PretrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)})
     log = pretrain_sam(args.sam, args.data, args.out, config)
-    print(f"pre-trained SAM: held-out IoU {log['val_iou']:.3f} (point/box prompts, {args.steps} steps) -> {args.out}")
+    print(f"pre-trained SAM: held-out IoU {log['val_iou']:.3f} (point/box prompts, {config.steps} steps) -> {args.out}")
     return 0
 
 

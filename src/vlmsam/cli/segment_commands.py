@@ -18,7 +18,9 @@ MODEL_HELP = (
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="a trained [SEG] checkpoint directory (default: the bundled vlmsam-tiny)")
-    p.add_argument("--segmenter", default="seg_token", choices=["seg_token"], help="which segmenter (default seg_token)")
+    from vlmsam.segmenter import SEGMENTERS
+
+    p.add_argument("--segmenter", default="seg_token", choices=SEGMENTERS, help="which segmenter (default seg_token)")
     p.add_argument("--vlm", help="base VLM by hub id or path (instead of --model)")
     p.add_argument("--sam", help="base SAM by hub id, transformers directory or Meta .pth (with --vlm)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")

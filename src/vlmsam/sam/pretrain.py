@@ -34,10 +34,11 @@ class PretrainConfig:
 
 
 def _scene_files(data_dir: Path, split: str) -> list[Path]:
-    root = next((p for p in (data_dir / "reason_seg" / "ReasonSeg", data_dir / "reason_seg", data_dir) if (p / split).is_dir()), None)
-    files = sorted((root / split).glob("*.json")) if root else []
+    from vlmsam.data.reason_seg import find_root
+
+    files = sorted((find_root(data_dir) / split).glob("*.json"))
     if not files:
-        raise VlmsamError(f"no synthetic scenes under {data_dir}/reason_seg/ReasonSeg/{split}: run `vlmsam data synth --out {data_dir}` first")
+        raise VlmsamError(f"no synthetic scenes under {find_root(data_dir) / split}: run `vlmsam data synth --out {data_dir}` first")
     return files
 
 
@@ -58,6 +59,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     import torch
     from tqdm import tqdm
 
+    from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import visible_masks
     from vlmsam.sam import SamBackend
     from vlmsam.sam.backend import ImageEmbedding
@@ -75,7 +77,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                                                  * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
 
     def example(path: Path):
-        anno = json.loads(path.read_text())
+        anno = read_annotation(path)
         image = Image.open(path.with_suffix(".jpg")).convert("RGB")
         masks = visible_masks(anno["scene"], image.height, image.width)
         masks = [m for m in masks if m.sum() >= config.min_pixels]
