@@ -30,16 +30,19 @@ demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --out outputs/demo
 
 # Rebuilds the bundled vlmsam-tiny from scratch (about 80 minutes on 2 CPU cores): synthetic scenes,
-# the untrained base, SAM's promptable pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
+# the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
 # export into the package, and an evaluation on freshly generated test scenes (a seed not used in
 # training).
 TINY_SAM_STEPS := 3000
+TINY_VISION_STEPS := 3000
 tiny-model: $(STAMP)
 	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh
 	$(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0
 	$(PY) -c "from vlmsam.default_model import build_base; build_base('build/vlmsam-tiny-base')"
 	$(PY) -m vlmsam pretrain-sam build/vlmsam-tiny-base/sam --data build/synth --out build/vlmsam-tiny-base/sam-pretrained \
 		--steps $(TINY_SAM_STEPS)
+	$(PY) -m vlmsam pretrain-vision build/vlmsam-tiny-base/vlm --data build/synth --out build/vlmsam-tiny-base/vlm-pretrained \
+		--steps $(TINY_VISION_STEPS)
 	$(PY) -m vlmsam train configs/vlmsam_tiny.yaml
 	$(PY) -c "from vlmsam.default_model import export; export('build/runs/vlmsam-tiny')"  # its best checkpoint by validation
 	$(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7

@@ -80,7 +80,8 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
     if out.exists():
         shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
-    sam_record = Path(model.config.sam) / "pretrain.json"  # before save_merged renames the base
+    sam_record = Path(model.config.sam) / "pretrain.json"  # before save_merged renames the bases
+    vision_record = Path(model.config.vlm) / "pretrain.json"
     model.save_merged(out)
     shutil.copy(checkpoint / "config.yaml", out / "train_config.yaml")
     (out / "provenance.json").write_text(json.dumps({
@@ -88,6 +89,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
         "checkpoint_step": int(checkpoint.name.split("_")[-1]),
         "checkpoint_choice": "best validation gIoU of the run (200 val scenes every 1,000 steps)",
         "sam_pretraining": json.loads(sam_record.read_text()) if sam_record.is_file() else None,
+        "vision_pretraining": json.loads(vision_record.read_text()) if vision_record.is_file() else None,
         "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",
         "evaluation": "vlmsam data synth --n 5000 --seed 7 (test split, a seed not used in training) -> eval/metrics.json",
     }, indent=2))

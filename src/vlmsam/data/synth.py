@@ -255,6 +255,17 @@ def visible_masks(scene: list[dict], h: int, w: int) -> np.ndarray:
     return masks
 
 
+def scene_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The scene jsons of one split of a ``vlmsam data synth`` directory (pre-training input)."""
+    from vlmsam.data.reason_seg import find_root
+    from vlmsam.errors import VlmsamError
+
+    files = sorted((find_root(Path(data_dir)) / split).glob("*.json"))
+    if not files:
+        raise VlmsamError(f"no synthetic scenes under {find_root(Path(data_dir)) / split}: run `vlmsam data synth --out {data_dir}` first")
+    return files
+
+
 def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float] | None = None, progress: bool = True) -> dict[str, int]:
     """Write ``n`` scenes split into train/val/test; returns the count per split."""
     from tqdm import tqdm

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlmsam.errors import VlmsamError
 
 
 @dataclass
@@ -31,15 +30,6 @@ class PretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     min_pixels: int = 12  # shapes mostly hidden by others are not prompted
-
-
-def _scene_files(data_dir: Path, split: str) -> list[Path]:
-    from vlmsam.data.reason_seg import find_root
-
-    files = sorted((find_root(data_dir) / split).glob("*.json"))
-    if not files:
-        raise VlmsamError(f"no synthetic scenes under {find_root(data_dir) / split}: run `vlmsam data synth --out {data_dir}` first")
-    return files
 
 
 def _prompt(mask: np.ndarray, rng: random.Random) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -60,14 +50,14 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     from tqdm import tqdm
 
     from vlmsam.data.reason_seg import read_annotation
-    from vlmsam.data.synth import visible_masks
+    from vlmsam.data.synth import scene_files, visible_masks
     from vlmsam.sam import SamBackend
     from vlmsam.sam.backend import ImageEmbedding
     from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
 
     config = config or PretrainConfig()
     data_dir = Path(data_dir)
-    train_files, val_files = _scene_files(data_dir, "train"), _scene_files(data_dir, "val")
+    train_files, val_files = scene_files(data_dir, "train"), scene_files(data_dir, "val")
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     backend = SamBackend.from_pretrained(str(sam_dir))
