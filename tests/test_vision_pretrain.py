@@ -64,13 +64,14 @@ def test_pretrain_vision_trains_the_tower_only_and_saves_a_loadable_vlm(tmp_path
     assert "colour accuracy" in proc.stdout
     record = json.loads((tmp_path / "out" / "pretrain.json").read_text())
     assert record["steps"] == 4 and 0.0 <= record["val_colour_acc"] <= 1.0 and record["visual_token_norm"] > 0
+    assert record["val_position_error"] >= 0 and len(record["history"]) == 1
     before = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm").state_dict()
     after = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").state_dict()
     assert before.keys() == after.keys()
     visual = [k for k in before if ".visual." in k or k.startswith("visual.")]
     assert visual and all(not torch.equal(before[k], after[k]) for k in visual if "merger" in k and "weight" in k)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in visual)  # the LM is untouched
-    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "pretrain_head.safetensors").is_file()
 
     run_cli(*args, "--out", tmp_path / "again")
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "again").state_dict()

@@ -87,7 +87,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
     (out / "provenance.json").write_text(json.dumps({
         "trained_from": "scratch (configs/vlmsam_tiny.yaml, make tiny-model)",
         "checkpoint_step": int(checkpoint.name.split("_")[-1]),
-        "checkpoint_choice": "best validation gIoU of the run (200 val scenes every 1,000 steps)",
+        "checkpoint_choice": "best validation gIoU of the run (200 val scenes every 500 steps)",
         "sam_pretraining": json.loads(sam_record.read_text()) if sam_record.is_file() else None,
         "vision_pretraining": json.loads(vision_record.read_text()) if vision_record.is_file() else None,
         "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",

@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain-vision",
         help="pre-train a from-scratch VLM vision tower on synthetic scenes (each visual token names its colour and shape)",
         description="Dense pre-training on `vlmsam data synth` scenes: a linear head on every visual token "
-        "(one merged cell) predicts the share of each colour and shape kind it shows; the vision tower "
-        "and merger are trained, the head dropped. vlmsam-tiny's VLM starts here, as real VLMs start from "
+        "(one merged cell) predicts the share of each colour and shape kind it shows, and where the cell is; the vision tower "
+        "and merger are trained; the head is saved beside the VLM (pretrain_head.safetensors), not in it. vlmsam-tiny's VLM starts here, as real VLMs start from "
         "a pre-trained vision encoder. Prints held-out accuracies; writes the whole VLM directory.",
     )
     v.add_argument("vlm", help="Qwen-VL directory to start from (e.g. the untrained vlmsam-tiny base)")
@@ -96,8 +96,9 @@ def run_pretrain_vision(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.vlm}: not a VLM directory (no config.json)")
     config = VisionPretrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)})
     log = pretrain_vision(args.vlm, args.data, args.out, config)
-    print(f"pre-trained vision tower: held-out colour accuracy {log['val_colour_acc']:.3f}, shape accuracy "
-          f"{log['val_kind_acc']:.3f} (cells mostly covered by a shape, {config.steps} steps) -> {args.out}")
+    print(f"pre-trained vision tower: held-out colour accuracy {log['val_colour_acc']:.3f} (cells mostly covered by a "
+          f"shape), shape-kind accuracy {log['val_kind_acc']:.3f} (per shape), position error "
+          f"{log['val_position_error']:.2f} cells, {config.steps} steps -> {args.out}")
     return 0
 
 

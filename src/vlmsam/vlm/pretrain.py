@@ -7,8 +7,11 @@ through the language model, from one answer per image, and the tiny model stalle
 shapes by position but called most of them "green triangles". Here each visual token (one 2x2
 merged cell, what the language model sees) is trained directly: a linear head on the merger output
 predicts the share of each colour and each shape kind in its cell (background included), from
-the scenes' exact visible regions. The head is dropped; the tower and merger are saved in the
-VLM directory, ready for `vlmsam train`.
+the scenes' exact visible regions, and the cell's own position. Qwen-VL towers have only rotary
+(relative) positions, so without the last target no token, and so no [SEG] state, knows where in
+the image it is; SAM needs exactly that. The tower and merger are saved in the VLM directory, ready
+for `vlmsam train` (which keeps them frozen for vlmsam-tiny, as LISA keeps CLIP frozen); the
+probe head is saved beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class VisionPretrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     seed: int = 0
+    position_weight: float = 10.0  # MSE on each token's own (x, y), in image fractions
 
 
 def shape_shares(scene: list[dict], size: tuple[int, int], resized: tuple[int, int], cell: int) -> np.ndarray:
@@ -90,7 +94,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     merge = processor.image_processor.merge_size
     cell = processor.image_processor.patch_size * merge
     n_colour, n_kind = len(COLORS) + 1, len(SHAPES) + 1
-    head = torch.nn.Linear(vlm.config.text_config.hidden_size, n_colour + n_kind)
+    head = torch.nn.Linear(vlm.config.text_config.hidden_size, n_colour + n_kind + 2)
     params = [*visual.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
@@ -104,7 +108,12 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         shares = shape_shares(anno["scene"], (image.height, image.width), resized, cell)
         colour, kind = cell_targets(anno["scene"], (image.height, image.width), resized, cell)
         kinds = [SHAPES.index(s["shape"]) for s in anno["scene"]]
-        return pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds
+        rows, cols = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        centre = torch.stack([(c.flatten() + 0.5) / cols, (r.flatten() + 0.5) / rows], -1)
+        scale = torch.tensor([cols, rows], dtype=torch.float32).expand_as(centre)
+        return (pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds,
+                centre, scale)
 
     def forward(files):
         batch = [example(p) for p in files]
@@ -114,18 +123,24 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         flat = torch.cat(logits)
         colour, kind = torch.cat([b[2] for b in batch]), torch.cat([b[3] for b in batch])
         ce_colour = -(colour * flat[:, :n_colour].log_softmax(-1)).sum(-1).mean()
-        ce_kind = -(kind * flat[:, n_colour:].log_softmax(-1)).sum(-1).mean()
+        ce_kind = -(kind * flat[:, n_colour : n_colour + n_kind].log_softmax(-1)).sum(-1).mean()
+        # Qwen-VL towers have only rotary positions, so no token knows where it is; the [SEG]
+        # state can only tell SAM where its target is if the target's tokens do.
+        centre, scale = torch.cat([b[6] for b in batch]), torch.cat([b[7] for b in batch])
+        position = flat[:, -2:]
+        mse_position = ((position - centre) ** 2).mean()
         # Accuracy where the language model needs it: per shape, its cells' kind votes weighted by
         # how much of each cell it covers; and per cell, the colour of cells mostly covered by shapes.
         shape_cells = colour[:, 0] < 0.5
         counts = {"colour_right": int((flat[shape_cells, :n_colour].argmax(-1) == colour[shape_cells].argmax(-1)).sum()),
-                  "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0}
+                  "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0, "cells": len(flat),
+                  "position_error": float(((position.detach() - centre).abs() * scale).sum(-1).sum())}
         for lg, b in zip(logits, batch):
-            votes = b[4] @ lg[:, n_colour + 1 :].softmax(-1)  # (shapes, kinds)
+            votes = b[4] @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)  # (shapes, kinds)
             seen = b[4].sum(-1) > 0
             counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(b[5], dtype=torch.long))[seen].sum())
             counts["shapes"] += int(seen.sum())
-        return ce_colour, ce_kind, counts, torch.cat(list(tokens))
+        return ce_colour, ce_kind, mse_position, counts, torch.cat(list(tokens))
 
     def rate(counts: list[dict], right: str, total: str) -> float:
         return sum(c[right] for c in counts) / max(sum(c[total] for c in counts), 1)
@@ -133,8 +148,8 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     log, history, recent = {}, [], []
     bar = tqdm(range(config.steps), desc="vision pre-training", unit="step", disable=not progress)
     for step in bar:
-        ce_colour, ce_kind, counts, _ = forward(rng.sample(train_files, config.batch_size))
-        loss = ce_colour + ce_kind
+        ce_colour, ce_kind, mse_position, counts, _ = forward(rng.sample(train_files, config.batch_size))
+        loss = ce_colour + ce_kind + config.position_weight * mse_position
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -142,20 +157,24 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         schedule.step()
         recent.append(counts)
         if (step + 1) % 100 == 0 or step == config.steps - 1:
-            log = {"step": step + 1, "ce_colour": ce_colour.item(), "ce_kind": ce_kind.item(),
+            log = {"step": step + 1, "ce_colour": ce_colour.item(), "ce_kind": ce_kind.item(), "mse_position": mse_position.item(),
+                   "train_position_error": rate(recent, "position_error", "cells"),
                    "train_colour_acc": rate(recent, "colour_right", "colour_cells"),
                    "train_kind_acc": rate(recent, "kind_right", "shapes")}
             history.append(log)
             recent = []
-            bar.set_postfix(colour=f"{log['train_colour_acc']:.2f}", kind=f"{log['train_kind_acc']:.2f}")
+            bar.set_postfix(colour=f"{log['train_colour_acc']:.2f}", kind=f"{log['train_kind_acc']:.2f}",
+                            where=f"{log['train_position_error']:.2f}")
     visual.eval()
     rng = random.Random(config.seed + 1)
     with torch.no_grad():
         val = [forward(rng.sample(val_files, min(32, len(val_files)))) for _ in range(4)]
-    log["val_colour_acc"] = rate([v[2] for v in val], "colour_right", "colour_cells")
-    log["val_kind_acc"] = rate([v[2] for v in val], "kind_right", "shapes")
+    log["val_colour_acc"] = rate([v[3] for v in val], "colour_right", "colour_cells")
+    log["val_kind_acc"] = rate([v[3] for v in val], "kind_right", "shapes")
+    # |dx| + |dy| between each token's predicted and true cell, in cells.
+    log["val_position_error"] = rate([v[3] for v in val], "position_error", "cells")
     # What the language model will see: the visual tokens' norm (text embeddings are ~0.3 at init).
-    log["visual_token_norm"] = float(torch.cat([v[3] for v in val]).norm(dim=-1).mean())
+    log["visual_token_norm"] = float(torch.cat([v[4] for v in val]).norm(dim=-1).mean())
     out = Path(out_dir)
     vlm.save_pretrained(out)
     processor.save_pretrained(out)
