@@ -72,3 +72,30 @@ def test_score_refcoco_duplicate_queries_and_bad_files(tmp_path):
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = run_cli("score", "--predictions", tmp_path / "none.jsonl", "--dataset", "refcoco|unc|val", "--dataset-dir", tmp_path, "--out", tmp_path / "x")
     assert proc.returncode == 2 and "no such predictions file" in proc.stderr
+
+
+def test_scorer_no_mask_rates_by_kind():
+    # Two no-target requests (one answered with no mask) and three real ones (one refused):
+    # the no-target rate alone would hide the refusal, so both are reported.
+    from vlmsam.evaluation.scoring import Scorer
+
+    scorer = Scorer(split_by_length=True)
+    target, empty = np.zeros((4, 4), np.uint8), np.zeros((0, 4, 4), bool)
+    target[:2, :2] = 1
+    hit, stray = target[None].astype(bool), np.ones((1, 4, 4), bool)
+    scorer.update(empty, np.zeros_like(target), False, "none")
+    scorer.update(stray, np.zeros_like(target), True, "none")
+    scorer.update(hit, target, False, "attribute")
+    scorer.update(empty, target, False, "attribute")
+    scorer.update(hit, target, True, "relation")
+    m = scorer.metrics()
+    assert m["no_target_no_mask_rate"] == pytest.approx(1 / 2)
+    assert m["real_target_no_mask_rate"] == pytest.approx(1 / 3)
+    # LISA's IoU adds 1e-5 to the union, hence the tolerance.
+    assert m["by_kind"]["attribute"]["giou"] == pytest.approx(0.5, abs=1e-4)
+    assert m["by_kind"]["relation"]["giou"] == pytest.approx(1.0, abs=1e-4)
+    assert m["n"] == 5 and "uniqueness" not in m["by_kind"]
+
+    plain = Scorer(split_by_length=False)  # requests without a kind (real benchmarks): no rates
+    plain.update(hit, target, False)
+    assert "no_target_no_mask_rate" not in plain.metrics() and "real_target_no_mask_rate" not in plain.metrics()

@@ -21,13 +21,16 @@ def union_of(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 class Scorer:
     """Overall scores; the short/long split for ReasonSeg; per request kind where requests carry one
-    (the synthetic scenes), with, for requests that match nothing, how often no mask was given."""
+    (the synthetic scenes), with how often no mask was given: for requests that match nothing (the
+right answer) and for requests that do (a refusal). The second keeps the first honest: a model
+that refuses every request of one wording scores well on the first alone."""
 
     def __init__(self, split_by_length: bool):
         self.overall = IoUAccumulator()
         self.split = {"short_query": IoUAccumulator(), "long_query": IoUAccumulator()} if split_by_length else {}
         self.kinds = {k: IoUAccumulator() for k in KINDS}  # fixed keys: every rank all-reduces the same set
-        self.no_mask = torch.zeros(2, dtype=torch.float64)  # [none-requests answered without a mask, none-requests]
+        # [none-requests answered without a mask, none-requests, real ones without a mask, real ones]
+        self.no_mask = torch.zeros(4, dtype=torch.float64)
 
     def update(self, pred_masks: np.ndarray, target: np.ndarray, is_sentence: bool, kind: str | None = None) -> float:
         pred = union_of(pred_masks, target.shape)
@@ -36,8 +39,8 @@ class Scorer:
             self.split["long_query" if is_sentence else "short_query"].update(pred[None], target[None])
         if kind in self.kinds:
             self.kinds[kind].update(pred[None], target[None])
-            if kind == "none":
-                self.no_mask += torch.tensor([float(len(pred_masks) == 0), 1.0], dtype=torch.float64)
+            empty = float(len(pred_masks) == 0)
+            self.no_mask += torch.tensor([empty, 1.0, 0.0, 0.0] if kind == "none" else [0.0, 0.0, empty, 1.0], dtype=torch.float64)
         return iou
 
     def all_reduce(self) -> Scorer:
@@ -61,4 +64,6 @@ class Scorer:
             out["by_kind"] = by_kind
         if self.no_mask[1] > 0:
             out["no_target_no_mask_rate"] = float(self.no_mask[0] / self.no_mask[1])
+        if self.no_mask[3] > 0:
+            out["real_target_no_mask_rate"] = float(self.no_mask[2] / self.no_mask[3])
         return out
