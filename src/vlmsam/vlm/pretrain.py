@@ -20,6 +20,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,17 @@ class VisionPretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     position_weight: float = 10.0  # MSE on each token's own (x, y), in image fractions
+
+
+class _Example(NamedTuple):
+    pixel_values: Any
+    grid: Any
+    colour: Any  # (cells, colours + 1) shares
+    kind: Any  # (cells, kinds + 1) shares
+    shares: Any  # (shapes, cells) coverage of each shape
+    kinds: list[int]  # each shape's kind index
+    centre: Any  # (cells, 2) each cell's centre, in image fractions
+    scale: Any  # (cells, 2) cells per image fraction, to report errors in cells
 
 
 def shape_shares(scene: list[dict], size: tuple[int, int], resized: tuple[int, int], cell: int) -> np.ndarray:
@@ -71,9 +83,9 @@ def cell_targets(scene: list[dict], size: tuple[int, int], resized: tuple[int, i
 def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     config: VisionPretrainConfig | None = None, *, progress: bool = True) -> dict:
     """Train the vision tower (and merger) of the Qwen-VL in ``vlm_dir`` to name the colour and
-    shape kind under each visual token; save the whole VLM to ``out_dir``. Returns the last
-    logged losses and held-out accuracies: colour per cell mostly showing a shape, kind per shape
-    (its cells' votes weighted by coverage)."""
+    shape kind under each visual token, and its position; save the whole VLM to ``out_dir``.
+    Returns the last logged losses and held-out scores: colour accuracy per cell mostly showing a
+    shape, kind accuracy per shape (its cells' votes weighted by coverage), position error in cells."""
     import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -112,21 +124,21 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         centre = torch.stack([(c.flatten() + 0.5) / cols, (r.flatten() + 0.5) / rows], -1)
         scale = torch.tensor([cols, rows], dtype=torch.float32).expand_as(centre)
-        return (pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds,
-                centre, scale)
+        return _Example(pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds,
+                        centre, scale)
 
     def forward(files):
         batch = [example(p) for p in files]
-        pixels, grid = torch.cat([b[0] for b in batch]), torch.cat([b[1] for b in batch])
+        pixels, grid = torch.cat([b.pixel_values for b in batch]), torch.cat([b.grid for b in batch])
         tokens = vlm.model.get_image_features(pixels, grid, return_dict=True).pooler_output
         logits = [head(t) for t in tokens]
         flat = torch.cat(logits)
-        colour, kind = torch.cat([b[2] for b in batch]), torch.cat([b[3] for b in batch])
+        colour, kind = torch.cat([b.colour for b in batch]), torch.cat([b.kind for b in batch])
         ce_colour = -(colour * flat[:, :n_colour].log_softmax(-1)).sum(-1).mean()
         ce_kind = -(kind * flat[:, n_colour : n_colour + n_kind].log_softmax(-1)).sum(-1).mean()
         # Qwen-VL towers have only rotary positions, so no token knows where it is; the [SEG]
         # state can only tell SAM where its target is if the target's tokens do.
-        centre, scale = torch.cat([b[6] for b in batch]), torch.cat([b[7] for b in batch])
+        centre, scale = torch.cat([b.centre for b in batch]), torch.cat([b.scale for b in batch])
         position = flat[:, -2:]
         mse_position = ((position - centre) ** 2).mean()
         # Accuracy where the language model needs it: per shape, its cells' kind votes weighted by
@@ -136,9 +148,9 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
                   "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0, "cells": len(flat),
                   "position_error": float(((position.detach() - centre).abs() * scale).sum(-1).sum())}
         for lg, b in zip(logits, batch):
-            votes = b[4] @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)  # (shapes, kinds)
-            seen = b[4].sum(-1) > 0
-            counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(b[5], dtype=torch.long))[seen].sum())
+            votes = b.shares @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)  # (shapes, kinds)
+            seen = b.shares.sum(-1) > 0
+            counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(b.kinds, dtype=torch.long))[seen].sum())
             counts["shapes"] += int(seen.sum())
         return ce_colour, ce_kind, mse_position, counts, torch.cat(list(tokens))
 
