@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import SamModel
 
-from tests.conftest import run_cli
+from tests.conftest import assert_help_states_defaults, run_cli
 from vlmsam.data.synth import write_synth
 from vlmsam.sam.tiny import build_tiny_sam
 
@@ -46,8 +46,4 @@ def test_pretrain_sam_bad_input_is_one_line(tmp_path):
 def test_pretrain_sam_help_states_the_real_defaults():
     from vlmsam.sam.pretrain import PretrainConfig
 
-    text = " ".join(run_cli("pretrain-sam", "--help").stdout.split())
-    d = PretrainConfig()
-    for flag, value in (("--steps", d.steps), ("--batch-size", d.batch_size), ("--lr", d.lr), ("--seed", d.seed)):
-        described = text.rsplit(f"{flag} {flag.strip('-').replace('-', '_').upper()} ", 1)[1].split(" --")[0]
-        assert f"(default {value:g})" in described, (flag, described)
+    assert_help_states_defaults("pretrain-sam", PretrainConfig())

@@ -265,6 +265,11 @@ def test_point_target_is_sams_own_point_embedding(bases, image):
     torch.testing.assert_close(got, sparse[:, 0])  # the point itself (the padding point follows it)
 
 
+def test_unknown_prompt_target_fails_when_the_model_is_built(bases):
+    with pytest.raises(ValueError, match="prompt_target"):
+        make_model(bases, prompt_target="pixel")
+
+
 def test_region_target_averages_sams_embedding_over_the_target(bases, image):
     model = make_model(bases, prompt_target_weight=1.0, prompt_target="region")
     embedding = model.sam_backend.encode(image)  # 60 x 80 -> 48 x 64 in a 64-pixel frame: 6 x 8 of 8 x 8 cells

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from tests.conftest import run_cli
+from tests.conftest import assert_help_states_defaults, run_cli
 from vlmsam.data.synth import COLORS, SHAPES, write_synth
-from vlmsam.vlm.pretrain import VisionPretrainConfig, cell_targets
+from vlmsam.vlm.pretrain import VisionPretrainConfig, cell_targets, shape_shares
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -25,7 +25,7 @@ def test_cell_targets_are_pixel_shares_in_row_major_cells():
     # 64 x 96 image, 16-pixel cells: 4 rows x 6 columns. A red square fills cell (0, 5) exactly;
     # a blue star covers the left half of cell (2, 0); a black square, painted later, hides it.
     scene = [_square(80, 0, 95, 15, "red"), _square(0, 32, 7, 47, "blue", "star"), _square(0, 56, 15, 63, "black")]
-    colour, kind = cell_targets(scene, (64, 96), (64, 96), 16)
+    colour, kind = cell_targets(scene, shape_shares(scene, (64, 96), (64, 96), 16))
     assert colour.shape == (24, len(COLORS) + 1) and kind.shape == (24, len(SHAPES) + 1)
     np.testing.assert_allclose(colour.sum(-1), 1.0, atol=1e-6)
     red, blue, black = (1 + list(COLORS).index(c) for c in ("red", "blue", "black"))
@@ -35,7 +35,7 @@ def test_cell_targets_are_pixel_shares_in_row_major_cells():
     untouched = [k for k in range(24) if k not in (5, 12, 18)]
     assert (colour[untouched, 0] == 1.0).all() and (kind[untouched, 0] == 1.0).all()
     # The model's input is a resize of the original: the shares follow the resized pixels.
-    colour_big, _ = cell_targets(scene, (64, 96), (128, 192), 32)
+    colour_big, _ = cell_targets(scene, shape_shares(scene, (64, 96), (128, 192), 32))
     np.testing.assert_allclose(colour_big, colour, atol=1e-6)
 
 
@@ -88,8 +88,4 @@ def test_pretrain_vision_bad_input_is_one_line(tmp_path):
 
 
 def test_pretrain_vision_help_states_the_real_defaults():
-    text = " ".join(run_cli("pretrain-vision", "--help").stdout.split())
-    d = VisionPretrainConfig()
-    for flag, value in (("--steps", d.steps), ("--batch-size", d.batch_size), ("--lr", d.lr), ("--seed", d.seed)):
-        described = text.rsplit(f"{flag} {flag.strip('-').replace('-', '_').upper()} ", 1)[1].split(" --")[0]
-        assert f"(default {value:g})" in described, (flag, described)
+    assert_help_states_defaults("pretrain-vision", VisionPretrainConfig())

@@ -49,13 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "from Meta's SAM. Prints the held-out IoU; writes a transformers SamModel directory.",
     )
     t.add_argument("sam", help="SAM directory to start from (e.g. the untrained vlmsam-tiny base)")
-    t.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
-    t.add_argument("--out", required=True, help="directory for the pre-trained SamModel")
-    # Defaults live in PretrainConfig; importing it here would load transformers for every command.
-    t.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="optimiser steps (default 3000)")
-    t.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="images per step, 3 shapes each (default 16)")
-    t.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
-    t.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="prompt sampling and initialisation seed (default 0)")
+    _pretrain_arguments(t, "the pre-trained SamModel", steps=3000, batch="images per step, 3 shapes each (default 16)",
+                        seed="prompt sampling and initialisation seed")
     t.set_defaults(run=run_pretrain)
 
     v = sub.add_parser(
@@ -67,13 +62,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a pre-trained vision encoder. Prints held-out accuracies; writes the whole VLM directory.",
     )
     v.add_argument("vlm", help="Qwen-VL directory to start from (e.g. the untrained vlmsam-tiny base)")
-    v.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
-    v.add_argument("--out", required=True, help="directory for the VLM with its pre-trained vision tower")
-    v.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="optimiser steps (default 3000)")
-    v.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help="images per step (default 32)")
-    v.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
-    v.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="sampling and head initialisation seed (default 0)")
+    _pretrain_arguments(v, "the VLM with its pre-trained vision tower", steps=3000, batch="images per step (default 32)",
+                        seed="sampling and head initialisation seed")
     v.set_defaults(run=run_pretrain_vision)
+
+
+def _pretrain_arguments(p: argparse.ArgumentParser, output: str, *, steps: int, batch: str, seed: str) -> None:
+    """The options both pre-training commands share. Their defaults live in the config classes
+    (importing those here would load transformers for every command); the help states them and a
+    test keeps the two equal."""
+    p.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
+    p.add_argument("--out", required=True, help=f"directory for {output}")
+    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help=f"optimiser steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help=batch)
+    p.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
+    p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help=f"{seed} (default 0)")
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The pre-training options given on the command line (the rest keep the config's defaults)."""
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)}
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -82,7 +90,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     if not Path(args.sam).is_dir():
         raise CheckpointError(f"{args.sam}: not a SAM directory")
-    config = PretrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)})
+    config = PretrainConfig(**_given(args))
     log = pretrain_sam(args.sam, args.data, args.out, config)
     print(f"pre-trained SAM: held-out IoU {log['val_iou']:.3f} (point/box prompts, {config.steps} steps) -> {args.out}")
     return 0
@@ -94,7 +102,7 @@ def run_pretrain_vision(args: argparse.Namespace) -> int:
 
     if not (Path(args.vlm) / "config.json").is_file():
         raise CheckpointError(f"{args.vlm}: not a VLM directory (no config.json)")
-    config = VisionPretrainConfig(**{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)})
+    config = VisionPretrainConfig(**_given(args))
     log = pretrain_vision(args.vlm, args.data, args.out, config)
     print(f"pre-trained vision tower: held-out colour accuracy {log['val_colour_acc']:.3f} (cells mostly covered by a "
           f"shape), shape-kind accuracy {log['val_kind_acc']:.3f} (per shape), position error "

@@ -54,6 +54,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     from vlmsam.sam import SamBackend
     from vlmsam.sam.backend import ImageEmbedding
     from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
+    from vlmsam.train.schedules import warmup_cosine
 
     config = config or PretrainConfig()
     data_dir = Path(data_dir)
@@ -63,8 +64,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     backend = SamBackend.from_pretrained(str(sam_dir))
     model = backend.model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
-                                                 * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
 
     def example(path: Path):
         anno = read_annotation(path)

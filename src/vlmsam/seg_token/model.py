@@ -46,6 +46,8 @@ class SegOutput:
 class SegTokenModel(nn.Module):
     def __init__(self, vlm: nn.Module, processor: VlmProcessor, sam: SamBackend, config: SegTokenConfig):
         super().__init__()
+        if config.prompt_target not in ("region", "point"):  # checked here, not at the first training step
+            raise ValueError(f"prompt_target must be 'region' or 'point', got {config.prompt_target!r}")
         self.config = config
         self.processor = processor
         self.vlm = vlm
@@ -155,11 +157,9 @@ class SegTokenModel(nn.Module):
     def prompt_target_loss(self, states: torch.Tensor, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """Summed MSE between the projected [SEG] states and their targets in SAM's terms (see
         ``SegTokenConfig.prompt_target``)."""
-        targets_in_sam = {"region": self.region_embeddings, "point": self.point_embeddings}
-        if self.config.prompt_target not in targets_in_sam:
-            raise ValueError(f"prompt_target must be one of {sorted(targets_in_sam)}, got {self.config.prompt_target!r}")
+        in_sam = self.region_embeddings if self.config.prompt_target == "region" else self.point_embeddings
         with torch.no_grad():
-            wanted = targets_in_sam[self.config.prompt_target](targets, embedding)
+            wanted = in_sam(targets, embedding)
         return F.mse_loss(self.projection(states).float(), wanted.float(), reduction="none").mean(-1).sum()
 
     def region_embeddings(self, targets: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:

@@ -30,6 +30,7 @@ from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
 from vlmsam.train.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
 from vlmsam.train.plots import plot_curves
+from vlmsam.train.schedules import lr_lambda
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,15 +49,6 @@ def set_gradient_checkpointing(vlm, enabled: bool) -> None:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs) if enabled else base.activation_checkpointing_disable()
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up to the base rate, then linear decay to zero at the last step."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
 
 
 def build_mixture(cfg: TrainConfig, rank: int, prepare) -> Mixture:

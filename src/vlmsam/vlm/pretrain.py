@@ -65,12 +65,11 @@ def shape_shares(scene: list[dict], size: tuple[int, int], resized: tuple[int, i
     return cells.reshape(-1, len(scene)).T
 
 
-def cell_targets(scene: list[dict], size: tuple[int, int], resized: tuple[int, int], cell: int) -> tuple[np.ndarray, np.ndarray]:
+def cell_targets(scene: list[dict], shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per merged cell, the share of its pixels that show each colour and each shape kind;
-    index 0 is the background (see :func:`shape_shares` for the arguments)."""
+    index 0 is the background. ``shares`` is :func:`shape_shares` of the same scene."""
     from vlmsam.data.synth import COLORS, SHAPES
 
-    shares = shape_shares(scene, size, resized, cell)
     colour_of = np.eye(len(COLORS) + 1, dtype=np.float32)[[1 + list(COLORS).index(s["color"]) for s in scene]]
     kind_of = np.eye(len(SHAPES) + 1, dtype=np.float32)[[1 + SHAPES.index(s["shape"]) for s in scene]]
     colour, kind = shares.T @ colour_of, shares.T @ kind_of
@@ -93,6 +92,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
 
     from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import COLORS, SHAPES, scene_files
+    from vlmsam.train.schedules import warmup_cosine
     from vlmsam.vlm.processor import VlmProcessor
 
     config = config or VisionPretrainConfig()
@@ -109,8 +109,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     head = torch.nn.Linear(vlm.config.text_config.hidden_size, n_colour + n_kind + 2)
     params = [*visual.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps)
-                                                 * 0.5 * (1 + np.cos(np.pi * min(s, config.steps) / config.steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
 
     def example(path: Path):
         anno = read_annotation(path)
@@ -118,7 +117,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         pixel_values, grid, _ = processor.image_inputs(image)
         resized = (int(grid[0, 1]) * cell // merge, int(grid[0, 2]) * cell // merge)
         shares = shape_shares(anno["scene"], (image.height, image.width), resized, cell)
-        colour, kind = cell_targets(anno["scene"], (image.height, image.width), resized, cell)
+        colour, kind = cell_targets(anno["scene"], shares)
         kinds = [SHAPES.index(s["shape"]) for s in anno["scene"]]
         rows, cols = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
