@@ -34,7 +34,7 @@ demo: $(STAMP)
 # export into the package, and an evaluation on freshly generated test scenes (a seed not used in
 # training).
 TINY_SAM_STEPS := 3000
-TINY_VISION_STEPS := 3000
+TINY_VISION_STEPS := 5000
 tiny-model: $(STAMP)
 	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh
 	$(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0

@@ -9,6 +9,7 @@ from vlmsam.sam.tiny import build_tiny_sam
 from vlmsam.data import Sample
 from vlmsam.data.sample import BadSample
 from vlmsam.seg_token import SegTokenConfig, SegTokenModel
+from vlmsam.seg_token.losses import answer_weighted_ce
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -284,3 +285,37 @@ def test_region_target_averages_sams_embedding_over_the_target(bases, image):
     targets = torch.from_numpy(np.stack([target(), np.ones((60, 80), np.uint8)]))
     expected = ((model.projection(states) - torch.stack([box, whole[0]])) ** 2).mean(-1).sum()
     torch.testing.assert_close(model.prompt_target_loss(states, targets, embedding), expected)
+
+
+def test_answer_weighted_ce_weights_each_answers_first_token():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 11, generator=g)
+    labels = torch.tensor([[-100, -100, 3, 4, -100, 5, 6], [-100, 2, 9, -100, -100, -100, -100]])
+    # by hand: position j predicts labels[j + 1]; answers start at labels 3, 5 (row 0) and 2 (row 1)
+    terms = []
+    for r, j, w in [(0, 1, 4.0), (0, 2, 1.0), (0, 4, 4.0), (0, 5, 1.0), (1, 0, 4.0), (1, 1, 1.0)]:
+        terms.append((w, -logits[r, j].log_softmax(-1)[labels[r, j + 1]]))
+    expected = sum(w * t for w, t in terms) / sum(w for w, _ in terms)
+    torch.testing.assert_close(answer_weighted_ce(logits, labels, 4.0), expected)
+    plain = sum(t for _, t in terms) / len(terms)
+    torch.testing.assert_close(answer_weighted_ce(logits, labels, 1.0), plain)
+
+
+def test_answer_start_weight_changes_only_the_ce_term(bases, image):
+    sample = Sample(image, [[("Can you segment the red square?", "Sure, [SEG].")], [("Describe it.", "There is a red square.")]],
+                    target()[None], name="s0")
+    plain = make_model(bases, use_lora=False).eval()
+    weighted = make_model(bases, use_lora=False, answer_start_weight=5.0).eval()
+    batch = plain.collator([sample])
+    with torch.no_grad():
+        a, b = plain(batch), weighted(batch)
+        lm = plain.vlm(**plain.vlm_inputs(batch.input_ids), attention_mask=batch.attention_mask,
+                       mm_encoder_outputs={"image": plain.vision_features(batch)},
+                       image_grid_thw=batch.image_grid_thw[batch.row_image], labels=batch.labels)
+    torch.testing.assert_close(a.ce_loss, lm.loss)  # weight 1: transformers' own loss
+    torch.testing.assert_close(answer_weighted_ce(lm.logits, batch.labels, 1.0), lm.loss)
+    torch.testing.assert_close(b.ce_loss, answer_weighted_ce(lm.logits, batch.labels, 5.0))
+    assert not torch.isclose(a.ce_loss, b.ce_loss)
+    torch.testing.assert_close(b.bce_loss, a.bce_loss)
+    c = weighted.config
+    torch.testing.assert_close(b.loss, c.ce_weight * b.ce_loss + c.bce_weight * b.bce_loss + c.dice_weight * b.dice_loss)

@@ -28,6 +28,9 @@ class SegTokenConfig:
     # of a point on it (absolute coordinates, which such a VLM learns only slowly).
     prompt_target_weight: float = 0.0
     prompt_target: str = "region"
+    # Weight of each answer's first token in the CE average: the decision ("[SEG]" or "There is no
+    # ..."), one token among the many of an answer and of any caption conversation beside it.
+    answer_start_weight: float = 1.0
     # LoRA on the language layers only (never the vision tower)
     use_lora: bool = True
     lora_r: int = 16

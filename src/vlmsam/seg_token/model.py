@@ -25,7 +25,7 @@ from vlmsam.io.images import ImageSource, load_image
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD, ImageEmbedding, SamBackend
 from vlmsam.seg_token.config import SegTokenConfig
-from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
+from vlmsam.seg_token.losses import answer_weighted_ce, dice_loss, sigmoid_bce_loss
 from vlmsam.vlm.processor import VlmProcessor
 
 CONFIG_NAME = "vlmsam_config.json"
@@ -266,11 +266,12 @@ class SegTokenModel(nn.Module):
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
-        loss = c.ce_weight * out.loss + c.bce_weight * bce + c.dice_weight * dice
+        ce = out.loss if c.answer_start_weight == 1.0 else answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight)
+        loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
         aux = aux / (n_masks + 1e-8)
         if c.prompt_target_weight > 0:
             loss = loss + c.prompt_target_weight * aux
-        return SegOutput(loss, out.loss.detach(), bce.detach(), dice.detach(), logits_out,
+        return SegOutput(loss, ce.detach(), bce.detach(), dice.detach(), logits_out,
                          aux.detach() if c.prompt_target_weight > 0 else None)
 
     # ---- inference --------------------------------------------------------------------------------

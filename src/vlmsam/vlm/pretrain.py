@@ -35,6 +35,9 @@ class VisionPretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     position_weight: float = 10.0  # MSE on each token's own (x, y), in image fractions
+    # Shape kind is learnt far more slowly than colour (a token must look at its neighbours): with
+    # weight 3 it reached 0.43 per shape at step 1,300 of 5,000, against 0.37 with 1.
+    kind_weight: float = 3.0
 
 
 class _Example(NamedTuple):
@@ -160,7 +163,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     bar = tqdm(range(config.steps), desc="vision pre-training", unit="step", disable=not progress)
     for step in bar:
         ce_colour, ce_kind, mse_position, counts, _ = forward(rng.sample(train_files, config.batch_size))
-        loss = ce_colour + ce_kind + config.position_weight * mse_position
+        loss = ce_colour + config.kind_weight * ce_kind + config.position_weight * mse_position
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
