@@ -115,3 +115,23 @@ def test_training_samples_carry_a_left_to_right_caption(tmp_path):
         named = re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", answer)
         assert named == [(t["color"], t["shape"]) for t in shapes]  # every shape, left to right
     assert len(SynthDataset(tmp_path, "train", captions=False).load(0, random.Random(0)).conversations) == 1
+
+
+def test_describe_first_answers_name_every_shape_then_decide(tmp_path):
+    write_synth(tmp_path, 40, seed=8, progress=False)
+    plain, described = SynthDataset(tmp_path, "train"), SynthDataset(tmp_path, "train", describe_first=True)
+    kinds = set()
+    for i in range(len(described)):
+        anno = json.loads(described.items[i].read_text())
+        s = described.load(i, random.Random(i))
+        (question, answer), = s.conversations[0]  # one conversation: the caption is inside the answer
+        assert len(s.conversations) == 1
+        (plain_question, plain_answer), = plain.load(i, random.Random(i)).conversations[0]
+        assert question == plain_question
+        shapes = sorted(anno["scene"], key=lambda t: t["center"][0])
+        head = answer[: len(answer) - len(plain_answer)]
+        assert answer.endswith(" " + plain_answer) and head.startswith(f"There are {len(shapes)} shapes: ")
+        assert re.findall(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", head) == [(t["color"], t["shape"]) for t in shapes]
+        assert answer.count("[SEG]") == len(s.masks) == plain_answer.count("[SEG]")
+        kinds.add(anno["kind"])
+    assert "none" in kinds and len(kinds) >= 4

@@ -35,7 +35,7 @@ def check_request(request: str) -> str:
 class Segmenter:
     """A loaded segmenter: set an image once, then ask as many requests as you like about it."""
 
-    def __init__(self, model, name: str, max_new_tokens: int = 64):
+    def __init__(self, model, name: str, max_new_tokens: int = 128):
         self.model = model
         self.name = name
         self.max_new_tokens = max_new_tokens
@@ -65,7 +65,7 @@ class Segmenter:
 
 
 def load_segmenter(name_or_path: str | Path | None = None, segmenter: str = "seg_token", *, vlm: str | None = None,
-                   sam: str | None = None, device=None, max_new_tokens: int = 64) -> Segmenter:
+                   sam: str | None = None, device=None, max_new_tokens: int = 128) -> Segmenter:
     """Load a segmenter. With no arguments: the bundled ``vlmsam-tiny``."""
     from vlmsam.default_model import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
 

@@ -25,7 +25,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam", help="base SAM by hub id, transformers directory or Meta .pth (with --vlm)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=128)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...")
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--max-new-tokens", type=int, default=128, help="generation stops at the end of the answer or here (default 128)")
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     e.set_defaults(run=run_evaluate)
 

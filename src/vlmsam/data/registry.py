@@ -64,7 +64,7 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
     if family == "synth":  # the project's own scenes (vlmsam data synth), ReasonSeg layout
         from vlmsam.data.synth import SynthDataset
 
-        return [SynthDataset(dataset_dir, split) for split in split_list(spec)]
+        return [SynthDataset(dataset_dir, split, **kwargs) for split in split_list(spec)]
     if family in ("seg_pp", "seg++"):
         return [SegPlusPlusDataset(dataset_dir, split_list(spec), **kwargs)]
     raise DatasetError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")

@@ -319,13 +319,18 @@ class SynthDataset(ReasonSegDataset):
     and kind off the vision tokens, densely; without it a VLM trained from scratch answers
     positional requests ("the shape left of ...") well long before it can find "the red circle"
     or tell that "the purple hexagon" is not there.
+
+    With ``describe_first`` the caption is instead the start of the request's own answer, and the
+    decision follows it ("There are 3 shapes: a red circle, ... [SEG]." / "... There is no purple
+    hexagon in this image."): the model reasons in words before it answers, so whether a "purple
+    hexagon" exists, or how many stars there are, is read off its own text.
     """
 
     source = "synth"
 
-    def __init__(self, dataset_dir, split: str = "train", captions: bool = True):
+    def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
-        self.captions = captions
+        self.captions, self.describe_first = captions, describe_first
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
@@ -340,8 +345,12 @@ class SynthDataset(ReasonSegDataset):
         # The stored answer is kept as is ("[SEG]." for one target): with LISA's five phrasings
         # no single first token beats "There is no ..." under greedy decoding, and a tiny model
         # trained that way answers every attribute request with "There is no".
-        conversations = [[(prompts.question(text, is_sentence, rng), answer)]]
-        if self.captions and anno.get("scene"):
-            conversations.append([(CAPTION_QUESTION, caption(anno["scene"]))])
+        question = prompts.question(text, is_sentence, rng)
+        if self.describe_first and anno.get("scene"):
+            conversations = [[(question, f"{caption(anno['scene'])} {answer}")]]
+        else:
+            conversations = [[(question, answer)]]
+            if self.captions and anno.get("scene"):
+                conversations.append([(CAPTION_QUESTION, caption(anno["scene"]))])
         return Sample(self.image_path(i), conversations, masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence})

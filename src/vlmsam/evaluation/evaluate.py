@@ -32,7 +32,7 @@ def _requests(sample):
 
 
 def evaluate(model, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Path | None = None,
-             max_new_tokens: int = 32, limit: int = 0, progress: bool = True) -> dict:
+             max_new_tokens: int = 128, limit: int = 0, progress: bool = True) -> dict:
     """Answer and score every request of ``ds`` (the first ``limit`` images if set). Every rank
     returns the same metrics; rank 0 writes the files when ``out_dir`` is given."""
     scorer = Scorer(split_by_length=ds.source == "reason_seg")

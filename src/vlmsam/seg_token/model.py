@@ -291,7 +291,7 @@ class SegTokenModel(nn.Module):
         self._image = (key, pixel_values, grid, n_tokens, features)
 
     @torch.no_grad()
-    def segment(self, request: str, image: ImageSource | None = None, *, max_new_tokens: int = 64,
+    def segment(self, request: str, image: ImageSource | None = None, *, max_new_tokens: int = 128,
                 logits_processor=None) -> SegmentationResult:
         """Answer ``request`` about the set image (or ``image``) and draw one mask per ``[SEG]``."""
         t0 = time.perf_counter()
@@ -311,7 +311,7 @@ class SegTokenModel(nn.Module):
             timings={"encode_image": t1 - t0, "generate": t2 - t1, "decode_masks": t3 - t2},
         )
 
-    def generate_with_states(self, request: str, *, max_new_tokens: int = 64, logits_processor=None, **generate_kwargs):
+    def generate_with_states(self, request: str, *, max_new_tokens: int = 128, logits_processor=None, **generate_kwargs):
         """Greedy generation with the KV cache. Returns the new token ids ``(T,)`` and the final-layer
         hidden state of every ``[SEG]`` among them, read in the step where that ``[SEG]`` is fed back in.
 

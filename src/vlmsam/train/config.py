@@ -32,6 +32,7 @@ class DataConfig:
     vqa_data: str = "llava_instruct_150k"
     seg_pp_data: str = "caption,conversation,cot,instance_seg"
     explanatory: float = 0.1
+    synth_describe_first: bool = False  # synthetic answers first name every shape, then decide
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
