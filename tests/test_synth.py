@@ -135,3 +135,36 @@ def test_describe_first_answers_name_every_shape_then_decide(tmp_path):
         assert answer.count("[SEG]") == len(s.masks) == plain_answer.count("[SEG]")
         kinds.add(anno["kind"])
     assert "none" in kinds and len(kinds) >= 4
+
+
+def test_extra_requests_ask_about_the_same_scene_with_right_targets(tmp_path):
+    from vlmsam.data.masks import fill_polygon
+
+    write_synth(tmp_path, 40, seed=9, progress=False)
+    ds = SynthDataset(tmp_path, "train", extra_requests=3)
+    checked = 0
+    for i in range(len(ds)):
+        anno = json.loads(ds.items[i].read_text())
+        s = ds.load(i, random.Random(i))
+        assert len(s.conversations) == 2 + 3  # the request, the caption, three more
+        answers = [conv[0][1] for conv in s.conversations]
+        assert sum(a.count("[SEG]") for a in answers) == len(s.masks)
+        h, w = s.masks.shape[1:]
+        polygons = [fill_polygon(t["points"], h, w) for t in anno["scene"]]
+        start = sum(a.count("[SEG]") for a in answers[:2])
+        for (question, answer), in s.conversations[2:]:
+            n = answer.count("[SEG]")
+            masks, start = s.masks[start:start + n], start + n
+            named = re.search(rf"\bthe ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b", question)
+            if named:
+                if re.search(r"\b(left of|right of|above|below)\b", question):
+                    continue  # a relation: the target is another shape
+                matches = [k for k, t in enumerate(anno["scene"]) if (t["color"], t["shape"]) == named.groups()]
+                if matches:  # "the red circle" names exactly one shape
+                    assert len(matches) == 1 and n == 1 and np.array_equal(masks[0], polygons[matches[0]])
+                else:  # "the purple hexagon" when there is none
+                    assert n == 0 and answer == f"There is no {' '.join(named.groups())} in this image."
+                checked += 1
+            for m in masks:  # every target is one of the scene's shapes
+                assert any(np.array_equal(m, p) for p in polygons)
+    assert checked >= 20

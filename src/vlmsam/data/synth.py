@@ -208,6 +208,35 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
     return out
 
 
+def _request(kind: str, fields: dict, n_targets: int, rng: random.Random) -> tuple[str, bool, str]:
+    """(request text, is_sentence, answer) for one candidate of ``kind``."""
+    is_sentence = rng.random() < 0.5
+    template = rng.choice((SENTENCE if is_sentence else PHRASE)[kind])
+    if kind == "none":
+        answer = f"There is no {fields['name']} in this image."
+    elif n_targets == 1:
+        answer = prompts.EVAL_ANSWER
+    else:
+        answer = prompts.multi_answer(n_targets)
+    return template.format(**fields), is_sentence, answer
+
+
+def more_requests(scene: list[dict], n: int, rng: random.Random) -> list[tuple[str, bool, str, list[int]]]:
+    """``n`` further requests about a stored scene (its json ``scene`` list), drawn like the
+    scene's own: (text, is_sentence, answer, target indices into ``scene``, left to right)."""
+    # Areas and relations do not depend on the rotation, which the json does not keep.
+    shapes = [Shape(s["shape"], s["color"], s["center"][0], s["center"][1], s["radius"], 0.0) for s in scene]
+    cands = _candidates(shapes, rng)
+    kinds = [k for k in KINDS if cands[k]]
+    out = []
+    for _ in range(n if kinds else 0):
+        kind = rng.choices(kinds, weights=[KIND_WEIGHTS[KINDS.index(k)] for k in kinds])[0]
+        fields, targets = rng.choice(cands[kind])
+        targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))
+        out.append((*_request(kind, fields, len(targets), rng), targets))
+    return out
+
+
 def make_scene(rng: random.Random, kind: str | None = None) -> dict | None:
     """One scene and request, or None when the drawn layout allows no request of ``kind``."""
     w, h = rng.choice([(128, 128), (160, 120), (120, 160), (144, 112), (112, 144), (176, 132)])
@@ -218,15 +247,7 @@ def make_scene(rng: random.Random, kind: str | None = None) -> dict | None:
         return None
     fields, targets = rng.choice(cands[kind])
     targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))  # answer order: left to right
-    is_sentence = rng.random() < 0.5
-    template = rng.choice((SENTENCE if is_sentence else PHRASE)[kind])
-    text = template.format(**fields)
-    if kind == "none":
-        answer = f"There is no {fields['name']} in this image."
-    elif len(targets) == 1:
-        answer = prompts.EVAL_ANSWER
-    else:
-        answer = prompts.multi_answer(len(targets))
+    text, is_sentence, answer = _request(kind, fields, len(targets), rng)
     others = [k for k in range(len(shapes)) if k not in targets]
     rng.shuffle(others)
     order = others + targets
@@ -328,9 +349,10 @@ class SynthDataset(ReasonSegDataset):
 
     source = "synth"
 
-    def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False):
+    def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
+                 extra_requests: int = 0):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
-        self.captions, self.describe_first = captions, describe_first
+        self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
@@ -352,5 +374,11 @@ class SynthDataset(ReasonSegDataset):
             conversations = [[(question, answer)]]
             if self.captions and anno.get("scene"):
                 conversations.append([(CAPTION_QUESTION, caption(anno["scene"]))])
+        if self.extra_requests and anno.get("scene"):
+            # More requests about the same image: the image is encoded once for all of them.
+            extra = more_requests(anno["scene"], self.extra_requests, rng)
+            conversations += [[(prompts.question(t, sentence, rng), a)] for t, sentence, a, _ in extra]
+            more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
+            masks = np.concatenate([masks, np.stack(more)]) if more else masks
         return Sample(self.image_path(i), conversations, masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence})

@@ -33,6 +33,7 @@ class DataConfig:
     seg_pp_data: str = "caption,conversation,cot,instance_seg"
     explanatory: float = 0.1
     synth_describe_first: bool = False  # synthetic answers first name every shape, then decide
+    synth_extra_requests: int = 0  # further requests drawn about each synthetic scene (one image encoding)
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
