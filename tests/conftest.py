@@ -74,11 +74,11 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     )
 
 
-def assert_help_states_defaults(command: str, config) -> None:
+def assert_help_states_defaults(command: str, config, extra: tuple[str, ...] = ()) -> None:
     """``vlmsam COMMAND --help`` states ``config``'s own defaults for the options whose defaults
     the CLI leaves to the config class (the pre-training commands)."""
     text = " ".join(run_cli(command, "--help").stdout.split())
-    for flag in ("--steps", "--batch-size", "--lr", "--seed"):
+    for flag in ("--steps", "--batch-size", "--lr", "--seed", *extra):
         value = getattr(config, flag.strip("-").replace("-", "_"))
         described = text.rsplit(f"{flag} {flag.strip('-').replace('-', '_').upper()} ", 1)[1].split(" --")[0]
         assert f"(default {value:g})" in described, (command, flag, described)

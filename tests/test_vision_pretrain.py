@@ -88,4 +88,4 @@ def test_pretrain_vision_bad_input_is_one_line(tmp_path):
 
 
 def test_pretrain_vision_help_states_the_real_defaults():
-    assert_help_states_defaults("pretrain-vision", VisionPretrainConfig())
+    assert_help_states_defaults("pretrain-vision", VisionPretrainConfig(), extra=("--kind-weight", "--position-weight"))

@@ -68,15 +68,17 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
            n_scenes: int = 25000) -> Path:
     """A trained checkpoint -> a standalone model directory (full weights, no references), with the
     training config and where its data came from. Given a run directory, its best checkpoint by
-    validation gIoU (``best.json``) is taken."""
+    validation gIoU (``best.json``) is taken; given a checkpoint, that one."""
     import json
     import shutil
 
     from vlmsam.seg_token import SegTokenModel
 
     checkpoint, out = Path(checkpoint), Path(out_dir)
+    choice = f"{checkpoint.name}, as named to export"
     if (checkpoint / "best.json").is_file():
         checkpoint = checkpoint / json.loads((checkpoint / "best.json").read_text())["checkpoint"]
+        choice = "best validation gIoU of the run (200 val scenes every 500 steps)"
     if out.exists():
         shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
@@ -87,7 +89,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, d
     (out / "provenance.json").write_text(json.dumps({
         "trained_from": "scratch (configs/vlmsam_tiny.yaml, make tiny-model)",
         "checkpoint_step": int(checkpoint.name.split("_")[-1]),
-        "checkpoint_choice": "best validation gIoU of the run (200 val scenes every 500 steps)",
+        "checkpoint_choice": choice,
         "sam_pretraining": json.loads(sam_record.read_text()) if sam_record.is_file() else None,
         "vision_pretraining": json.loads(vision_record.read_text()) if vision_record.is_file() else None,
         "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("vlm", help="Qwen-VL directory to start from (e.g. the untrained vlmsam-tiny base)")
     _pretrain_arguments(v, "the VLM with its pre-trained vision tower", steps=3000, batch="images per step (default 32)",
                         seed="sampling and head initialisation seed")
+    v.add_argument("--kind-weight", type=float, default=argparse.SUPPRESS,
+                   help="weight of the shape-kind loss against the colour loss (default 1)")
+    v.add_argument("--position-weight", type=float, default=argparse.SUPPRESS,
+                   help="weight of each token's position (MSE, image fractions) (default 10)")
     v.set_defaults(run=run_pretrain_vision)
 
 
@@ -81,7 +85,7 @@ def _pretrain_arguments(p: argparse.ArgumentParser, output: str, *, steps: int, 
 
 def _given(args: argparse.Namespace) -> dict:
     """The pre-training options given on the command line (the rest keep the config's defaults)."""
-    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed") if hasattr(args, k)}
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "kind_weight", "position_weight") if hasattr(args, k)}
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
