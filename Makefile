@@ -45,7 +45,7 @@ tiny-model: $(STAMP)
 		--steps $(TINY_VISION_STEPS) --kind-weight 3
 	$(PY) -m vlmsam train configs/vlmsam_tiny.yaml
 	# the run's last checkpoint: its best-validated one (step 1,500) refused every "the <colour> <kind>"
-	$(PY) -c "from vlmsam.default_model import export; export('build/runs/vlmsam-tiny/checkpoints/step_003800')"
+	$(PY) -c "from vlmsam.default_model import export; export('build/runs/vlmsam-tiny', which='last')"
 	$(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
 	$(PY) -m vlmsam evaluate --dataset reason_seg:test --dataset-dir build/synth-fresh --out src/vlmsam/weights/vlmsam-tiny/eval \
 		--model src/vlmsam/weights/vlmsam-tiny

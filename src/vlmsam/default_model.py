@@ -64,19 +64,23 @@ def build_base(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, data_seed: int = 0,
+def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, which: str = "best", data_seed: int = 0,
            n_scenes: int = 25000) -> Path:
     """A trained checkpoint -> a standalone model directory (full weights, no references), with the
     training config and where its data came from. Given a run directory, its best checkpoint by
-    validation gIoU (``best.json``) is taken; given a checkpoint, that one."""
+    validation gIoU (``best.json``) is taken, or with ``which="last"`` its last one; given a
+    checkpoint, that one."""
     import json
     import shutil
 
     from vlmsam.seg_token import SegTokenModel
+    from vlmsam.train.checkpoint import list_checkpoints
 
     checkpoint, out = Path(checkpoint), Path(out_dir)
     choice = f"{checkpoint.name}, as named to export"
-    if (checkpoint / "best.json").is_file():
+    if which == "last" and list_checkpoints(checkpoint):
+        checkpoint, choice = list_checkpoints(checkpoint)[-1], "the run's last checkpoint"
+    elif (checkpoint / "best.json").is_file():
         checkpoint = checkpoint / json.loads((checkpoint / "best.json").read_text())["checkpoint"]
         choice = "best validation gIoU of the run (200 val scenes every 500 steps)"
     if out.exists():

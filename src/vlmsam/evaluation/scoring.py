@@ -22,8 +22,8 @@ def union_of(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 class Scorer:
     """Overall scores; the short/long split for ReasonSeg; per request kind where requests carry one
     (the synthetic scenes), with how often no mask was given: for requests that match nothing (the
-right answer) and for requests that do (a refusal). The second keeps the first honest: a model
-that refuses every request of one wording scores well on the first alone."""
+    right answer) and for requests that do (a refusal). The second keeps the first honest: a model
+    that refuses every request of one wording scores well on the first alone."""
 
     def __init__(self, split_by_length: bool):
         self.overall = IoUAccumulator()

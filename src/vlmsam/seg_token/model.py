@@ -242,7 +242,6 @@ class SegTokenModel(nn.Module):
             attention_mask=batch.attention_mask,
             mm_encoder_outputs={"image": self.vision_features(batch)},
             image_grid_thw=batch.image_grid_thw[batch.row_image],
-            labels=batch.labels,
             output_hidden_states=True,
         )
         hidden = out.hidden_states[-1]
@@ -266,7 +265,7 @@ class SegTokenModel(nn.Module):
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
-        ce = out.loss if c.answer_start_weight == 1.0 else answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight)
+        ce = answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight)  # weight 1: the usual causal-LM CE
         loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
         aux = aux / (n_masks + 1e-8)
         if c.prompt_target_weight > 0:
