@@ -319,3 +319,66 @@ def test_answer_start_weight_changes_only_the_ce_term(bases, image):
     torch.testing.assert_close(b.bce_loss, a.bce_loss)
     c = weighted.config
     torch.testing.assert_close(b.loss, c.ce_weight * b.ce_loss + c.bce_weight * b.bce_loss + c.dice_weight * b.dice_loss)
+
+
+def cell_shares(mask, gh, gw):
+    """Each cell's share of ``mask`` on a gh x gw grid (adaptive pooling's cell bounds), row-major."""
+    h, w = mask.shape
+    out = []
+    for i in range(gh):
+        for j in range(gw):
+            cell = mask[i * h // gh: -(-(i + 1) * h // gh), j * w // gw: -(-(j + 1) * w // gw)]
+            out.append(cell.mean())
+    return np.array(out)
+
+
+def test_grounding_queries_are_each_seg_and_each_answers_decision_token(bases, image):
+    model = make_model(bases, use_lora=False, grounding_weight=1.0)
+    a, b = target(box=(0, 30, 0, 40)), target(box=(30, 60, 40, 80))
+    sample = Sample(image, [[("Segment both squares.", "Sure, [SEG] and [SEG].")], [("Describe it.", "Two squares.")]],
+                    np.stack([a, b]), name="s0")
+    batch = model.collator([sample])
+    _, gh, gw = (batch.image_grid_thw[0] // 2).tolist()
+    queries = model.grounding_queries(batch)
+    segs = torch.nonzero(batch.input_ids[0] == model.config.seg_token_id)[:, 0].tolist()
+    assert [(r, q) for r, q, _ in queries][1:] == [(0, segs[0]), (0, segs[1])]  # nothing from the caption row
+    r, decision, union = queries[0]
+    assert batch.labels[0, decision] == -100 and batch.labels[0, decision + 1] != -100
+    for (_, _, wanted), mask in zip(queries, [np.maximum(a, b), a, b]):
+        expected = cell_shares(mask.astype(np.float64), gh, gw)
+        np.testing.assert_allclose(wanted.numpy(), expected / expected.sum(), atol=1e-6)
+
+
+def test_grounding_loss_teaches_the_first_head_to_look_at_the_target(bases, image):
+    sample = Sample(image, [[("Can you segment the red square?", "Sure, [SEG].")]], target()[None], name="s0")
+    plain = make_model(bases, use_lora=False).train()
+    model = make_model(bases, use_lora=False, train_language_model=True, grounding_weight=1.0,
+                       ce_weight=0.0, bce_weight=0.0, dice_weight=0.0).train()
+    batch = model.collator([sample])
+    out, ref = model(batch), plain(batch)
+    torch.testing.assert_close(out.ce_loss, ref.ce_loss)  # eager attention computes what SDPA does
+    assert ref.grounding_loss is None and out.grounding_loss is not None
+
+    image_token = model._base_vlm().config.image_token_id
+    visual = batch.input_ids[0] == image_token
+    queries = model.grounding_queries(batch)
+
+    def mass_on_target():
+        model(batch)  # keeps the attention of the grounding layer
+        return model.grounding_loss(batch, model._grounding_attention), [
+            float((model._grounding_attention[r, 0, q, visual].detach() * (wanted > 0)).sum()) for r, q, wanted in queries]
+
+    loss, before = mass_on_target()
+    by_hand = torch.stack([-(w * torch.log(model._grounding_attention[r, 0, q, visual] + 1e-6)).sum() for r, q, w in queries]).mean()
+    torch.testing.assert_close(loss, by_hand)
+    torch.testing.assert_close(out.loss, out.grounding_loss)  # the only term left on
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(15):
+        optimizer.zero_grad()
+        model(batch).loss.backward()
+        optimizer.step()
+    _, after = mass_on_target()
+    assert all(y > x + 0.2 for x, y in zip(before, after)), (before, after)
+    with torch.no_grad():
+        model.eval()(batch)
+    assert model._grounding_attention is None  # nothing kept outside training

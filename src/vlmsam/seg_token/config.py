@@ -31,6 +31,13 @@ class SegTokenConfig:
     # Weight of each answer's first token in the CE average: the decision ("[SEG]" or "There is no
     # ..."), one token among the many of an answer and of any caption conversation beside it.
     answer_start_weight: float = 1.0
+    # > 0: one attention head of the language model (the first of layer ``grounding_layer``) is
+    # taught where to look: at each [SEG], and at the token that decides each answer with targets,
+    # its attention over the visual tokens is pulled (CE) towards the targets' share of each token.
+    # A model trained from scratch otherwise finds "the red circle" among the visual tokens only
+    # slowly; pre-trained VLMs already ground. That layer's attention runs eagerly (to expose it).
+    grounding_weight: float = 0.0
+    grounding_layer: int = -1
     # LoRA on the language layers only (never the vision tower)
     use_lora: bool = True
     lora_r: int = 16

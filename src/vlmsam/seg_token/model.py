@@ -41,6 +41,7 @@ class SegOutput:
     dice_loss: torch.Tensor
     mask_logits: list[torch.Tensor]  # per image, (N_b, H_b, W_b) in original pixels
     target_loss: torch.Tensor | None = None  # only with prompt_target_weight > 0
+    grounding_loss: torch.Tensor | None = None  # only with grounding_weight > 0
 
 
 class SegTokenModel(nn.Module):
@@ -59,6 +60,9 @@ class SegTokenModel(nn.Module):
         self.projection.to(next(vlm.parameters()).dtype)
         self._image: tuple | None = None
         self.vision_calls = 0
+        self._grounding_attention: torch.Tensor | None = None
+        if config.grounding_weight > 0:
+            self._watch_grounding_head()
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -189,6 +193,65 @@ class SegTokenModel(nn.Module):
         labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=coords.device)
         return self.sam.prompt_encoder._embed_points(coords[:, None, None], labels, pad=False)[:, 0, 0]
 
+    # ---- grounding attention (SegTokenConfig.grounding_weight) ----------------------------------
+
+    def _watch_grounding_head(self) -> None:
+        """Keep the attention weights of layer ``grounding_layer`` during training forwards. The
+        language model runs eager attention (SDPA and flash attention return no weights); all its
+        layers do, as the causal mask is built in the format of the model's one implementation."""
+        base = self._base_vlm()
+        base.set_attn_implementation({"text_config": "eager"} if hasattr(base.config, "text_config") else "eager")
+        attn = base.model.language_model.layers[self.config.grounding_layer].self_attn
+
+        def keep(module, args, output):
+            # Kept for the loss of this training forward only (inference needs no copy).
+            self._grounding_attention = output[1] if self.training and torch.is_grad_enabled() else None
+
+        attn.register_forward_hook(keep)
+
+    def grounding_queries(self, batch: Batch) -> list[tuple[int, int, torch.Tensor]]:
+        """``(row, position, wanted)`` for every supervised query: each [SEG] with its target, and
+        the token before each answer that has [SEG]s with all of that answer's targets. ``wanted``
+        is the targets' share of each visual token (merged cells, row-major as the merger emits
+        them), normalised to sum 1."""
+        merge = self.processor.image_processor.merge_size
+        image_token = self._base_vlm().config.image_token_id
+        queries = []
+        for b in range(len(batch)):
+            if not len(batch.masks[b]):
+                continue
+            _, h, w = batch.image_grid_thw[b].tolist()
+            fg = (batch.masks[b] == 1).float()[:, None]
+            shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
+            k = 0
+            for r in range(batch.offsets[b], batch.offsets[b + 1]):
+                ids, labels = batch.input_ids[r], batch.labels[r]
+                if int((ids == image_token).sum()) != shares.shape[1]:
+                    raise ValueError(f"row {r}: {int((ids == image_token).sum())} visual tokens, {shares.shape[1]} cells")
+                segs = torch.nonzero(ids == self.config.seg_token_id)[:, 0].tolist()
+                answered = labels != -100
+                starts = torch.nonzero(answered[1:] & ~answered[:-1])[:, 0].tolist()  # the token before each answer
+                ends = [*starts[1:], len(ids)]
+                for d, end in zip(starts, ends):
+                    inside = [i for i, s in enumerate(segs) if d < s < end]
+                    if inside:
+                        union = shares[[k + i for i in inside]].sum(0).clamp(max=1.0)
+                        queries.append((r, d, union))
+                for i, s in enumerate(segs):
+                    queries.append((r, s, shares[k + i]))
+                k += len(segs)
+        return [(r, q, w / w.sum()) for r, q, w in queries if w.sum() > 0]
+
+    def grounding_loss(self, batch: Batch, attention: torch.Tensor) -> torch.Tensor:
+        """Mean CE between the wanted distribution over visual tokens and where the first head of
+        the grounding layer looks (``attention``: ``(rows, heads, L, L)``)."""
+        image_token = self._base_vlm().config.image_token_id
+        losses = []
+        for r, q, wanted in self.grounding_queries(batch):
+            looked = attention[r, 0, q, batch.input_ids[r] == image_token].float()
+            losses.append(-(wanted * torch.log(looked + 1e-6)).sum())
+        return torch.stack(losses).mean() if losses else attention.new_zeros((), dtype=torch.float32)
+
     # ---- training -------------------------------------------------------------------------------
 
     @property
@@ -270,8 +333,13 @@ class SegTokenModel(nn.Module):
         aux = aux / (n_masks + 1e-8)
         if c.prompt_target_weight > 0:
             loss = loss + c.prompt_target_weight * aux
+        grounding = None
+        if c.grounding_weight > 0 and self._grounding_attention is not None:
+            grounding = self.grounding_loss(batch, self._grounding_attention)
+            loss = loss + c.grounding_weight * grounding
         return SegOutput(loss, ce.detach(), bce.detach(), dice.detach(), logits_out,
-                         aux.detach() if c.prompt_target_weight > 0 else None)
+                         aux.detach() if c.prompt_target_weight > 0 else None,
+                         grounding.detach() if grounding is not None else None)
 
     # ---- inference --------------------------------------------------------------------------------
 

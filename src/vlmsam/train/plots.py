@@ -43,7 +43,7 @@ def plot_curves(records: list[dict], out: Path) -> Path:
     img = Image.new("RGB", (900, 620), "white")
     draw = ImageDraw.Draw(img)
     _panel(draw, (40, 40, 820, 290), "training loss", {
-        key: [(r["step"], r[key]) for r in train if key in r] for key in ("loss", "ce_loss", "bce_loss", "dice_loss", "target_loss")})
+        key: [(r["step"], r[key]) for r in train if key in r] for key in ("loss", "ce_loss", "bce_loss", "dice_loss", "target_loss", "grounding_loss")})
     _panel(draw, (40, 350, 820, 590), "validation (generation)", {
         key: [(r["step"], r[key]) for r in val if key in r] for key in ("val_giou", "val_ciou")})
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -203,6 +203,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                 sums = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0}
                 if cfg.model.prompt_target_weight > 0:
                     sums["target_loss"] = 0.0
+                if cfg.model.grounding_weight > 0:
+                    sums["grounding_loss"] = 0.0
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 for micro in range(t.grad_accumulation_steps):
                     batch = next(batches)
