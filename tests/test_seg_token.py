@@ -341,10 +341,12 @@ def test_grounding_queries_are_each_seg_and_each_answers_decision_token(bases, i
     _, gh, gw = (batch.image_grid_thw[0] // 2).tolist()
     queries = model.grounding_queries(batch)
     segs = torch.nonzero(batch.input_ids[0] == model.config.seg_token_id)[:, 0].tolist()
-    assert [(r, q) for r, q, _ in queries][1:] == [(0, segs[0]), (0, segs[1])]  # nothing from the caption row
-    r, decision, union = queries[0]
+    assert [(r, q) for r, q, *_ in queries][1:] == [(0, segs[0]), (0, segs[1])]  # nothing from the caption row
+    r, decision, _, union = queries[0]
     assert batch.labels[0, decision] == -100 and batch.labels[0, decision + 1] != -100
-    for (_, _, wanted), mask in zip(queries, [np.maximum(a, b), a, b]):
+    visual = torch.nonzero(batch.input_ids[0] == model._base_vlm().config.image_token_id)[:, 0]
+    for (_, _, keys, wanted), mask in zip(queries, [np.maximum(a, b), a, b]):
+        assert torch.equal(keys, visual)
         expected = cell_shares(mask.astype(np.float64), gh, gw)
         np.testing.assert_allclose(wanted.numpy(), expected / expected.sum(), atol=1e-6)
 
@@ -366,10 +368,10 @@ def test_grounding_loss_teaches_the_first_head_to_look_at_the_target(bases, imag
     def mass_on_target():
         model(batch)  # keeps the attention of the grounding layer
         return model.grounding_loss(batch, model._grounding_attention), [
-            float((model._grounding_attention[r, 0, q, visual].detach() * (wanted > 0)).sum()) for r, q, wanted in queries]
+            float((model._grounding_attention[r, 0, q, visual].detach() * (wanted > 0)).sum()) for r, q, _, wanted in queries]
 
     loss, before = mass_on_target()
-    by_hand = torch.stack([-(w * torch.log(model._grounding_attention[r, 0, q, visual] + 1e-6)).sum() for r, q, w in queries]).mean()
+    by_hand = torch.stack([-(w * torch.log(model._grounding_attention[r, 0, q, visual] + 1e-6)).sum() for r, q, _, w in queries]).mean()
     torch.testing.assert_close(loss, by_hand)
     torch.testing.assert_close(out.loss, out.grounding_loss)  # the only term left on
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -382,3 +384,18 @@ def test_grounding_loss_teaches_the_first_head_to_look_at_the_target(bases, imag
     with torch.no_grad():
         model.eval()(batch)
     assert model._grounding_attention is None  # nothing kept outside training
+
+
+def test_an_answer_marked_no_target_looks_at_the_vision_start_sink(bases, image):
+    model = make_model(bases, use_lora=False, grounding_weight=1.0)
+    sample = Sample(image, [[("Segment the red square.", "[SEG].")], [("Segment the blue circle.", "There is no blue circle.")],
+                            [("Describe it.", "A red square.")]], target()[None], name="s0", meta={"no_target": [1]})
+    batch = model.collator([sample])
+    queries = model.grounding_queries(batch)
+    refusal = [(q, keys, wanted) for r, q, keys, wanted in queries if r == 1]
+    assert len(refusal) == 1 and not [r for r, *_ in queries if r == 2]  # the caption is not marked
+    q, keys, wanted = refusal[0]
+    assert batch.labels[1, q] == -100 and batch.labels[1, q + 1] != -100
+    assert keys.tolist() == torch.nonzero(batch.input_ids[1] == model.processor.vision_start)[:, 0].tolist() and wanted.tolist() == [1.0]
+    unmarked = model.grounding_queries(model.collator([Sample(image, sample.conversations, sample.masks, name="s0")]))
+    assert [r for r, *_ in unmarked] == [0, 0]  # without the mark, a refusal is not supervised

@@ -142,11 +142,14 @@ def test_extra_requests_ask_about_the_same_scene_with_right_targets(tmp_path):
 
     write_synth(tmp_path, 40, seed=9, progress=False)
     ds = SynthDataset(tmp_path, "train", extra_requests=3)
-    checked = 0
+    checked = marked = 0
     for i in range(len(ds)):
         anno = json.loads(ds.items[i].read_text())
         s = ds.load(i, random.Random(i))
         assert len(s.conversations) == 2 + 3  # the request, the caption, three more
+        refusals = [c for c, conv in enumerate(s.conversations) if conv[0][1].startswith("There is no ")]
+        assert s.meta["no_target"] == refusals  # what grounding_weight points at the sink
+        marked += len(refusals)
         answers = [conv[0][1] for conv in s.conversations]
         assert sum(a.count("[SEG]") for a in answers) == len(s.masks)
         h, w = s.masks.shape[1:]
@@ -167,4 +170,4 @@ def test_extra_requests_ask_about_the_same_scene_with_right_targets(tmp_path):
                 checked += 1
             for m in masks:  # every target is one of the scene's shapes
                 assert any(np.array_equal(m, p) for p in polygons)
-    assert checked >= 20
+    assert checked >= 20 and marked >= 5

@@ -374,11 +374,13 @@ class SynthDataset(ReasonSegDataset):
             conversations = [[(question, answer)]]
             if self.captions and anno.get("scene"):
                 conversations.append([(CAPTION_QUESTION, caption(anno["scene"]))])
+        no_target = [0] if anno.get("kind") == "none" else []  # conversations whose answer is "There is no ..."
         if self.extra_requests and anno.get("scene"):
             # More requests about the same image: the image is encoded once for all of them.
             extra = more_requests(anno["scene"], self.extra_requests, rng)
+            no_target += [len(conversations) + j for j, (*_, targets) in enumerate(extra) if not targets]
             conversations += [[(prompts.question(t, sentence, rng), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
             masks = np.concatenate([masks, np.stack(more)]) if more else masks
         return Sample(self.image_path(i), conversations, masks, self.source,
-                      path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence})
+                      path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target})

@@ -33,9 +33,11 @@ class SegTokenConfig:
     answer_start_weight: float = 1.0
     # > 0: one attention head of the language model (the first of layer ``grounding_layer``) is
     # taught where to look: at each [SEG], and at the token that decides each answer with targets,
-    # its attention over the visual tokens is pulled (CE) towards the targets' share of each token.
-    # A model trained from scratch otherwise finds "the red circle" among the visual tokens only
-    # slowly; pre-trained VLMs already ground. That layer's attention runs eagerly (to expose it).
+    # its attention over the visual tokens is pulled (CE) towards the targets' share of each token;
+    # where a dataset marks an answer as "nothing matches" (``meta["no_target"]``), the deciding
+    # token is pulled to <|vision_start|> instead. A model trained from scratch otherwise finds
+    # "the red circle" among the visual tokens only slowly; pre-trained VLMs already ground. The
+    # language model runs eager attention when this is on (SDPA returns no attention weights).
     grounding_weight: float = 0.0
     grounding_layer: int = -1
     # LoRA on the language layers only (never the vision tower)

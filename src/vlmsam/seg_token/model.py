@@ -209,25 +209,27 @@ class SegTokenModel(nn.Module):
 
         attn.register_forward_hook(keep)
 
-    def grounding_queries(self, batch: Batch) -> list[tuple[int, int, torch.Tensor]]:
-        """``(row, position, wanted)`` for every supervised query: each [SEG] with its target, and
-        the token before each answer that has [SEG]s with all of that answer's targets. ``wanted``
-        is the targets' share of each visual token (merged cells, row-major as the merger emits
-        them), normalised to sum 1."""
+    def grounding_queries(self, batch: Batch) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """``(row, position, keys, wanted)`` for every supervised query: each [SEG] looks at its
+        target, the token before each answer that has [SEG]s at all of that answer's targets,
+        and the token before an answer that says nothing matches (conversations a dataset lists
+        in ``meta["no_target"]``) at the ``<|vision_start|>`` token, a sink that stands for "none
+        of these". ``keys`` are the positions looked at, ``wanted`` sums to 1 over them; a
+        target's weight on a visual token is its share of that merged cell."""
         merge = self.processor.image_processor.merge_size
         image_token = self._base_vlm().config.image_token_id
         queries = []
         for b in range(len(batch)):
-            if not len(batch.masks[b]):
-                continue
             _, h, w = batch.image_grid_thw[b].tolist()
             fg = (batch.masks[b] == 1).float()[:, None]
             shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
+            refusals = set(batch.samples[b].meta.get("no_target", [])) if batch.samples else set()
             k = 0
-            for r in range(batch.offsets[b], batch.offsets[b + 1]):
+            for c, r in enumerate(range(batch.offsets[b], batch.offsets[b + 1])):
                 ids, labels = batch.input_ids[r], batch.labels[r]
-                if int((ids == image_token).sum()) != shares.shape[1]:
-                    raise ValueError(f"row {r}: {int((ids == image_token).sum())} visual tokens, {shares.shape[1]} cells")
+                visual = torch.nonzero(ids == image_token)[:, 0]
+                if len(visual) != shares.shape[1]:
+                    raise ValueError(f"row {r}: {len(visual)} visual tokens, {shares.shape[1]} cells")
                 segs = torch.nonzero(ids == self.config.seg_token_id)[:, 0].tolist()
                 answered = labels != -100
                 starts = torch.nonzero(answered[1:] & ~answered[:-1])[:, 0].tolist()  # the token before each answer
@@ -235,21 +237,20 @@ class SegTokenModel(nn.Module):
                 for d, end in zip(starts, ends):
                     inside = [i for i, s in enumerate(segs) if d < s < end]
                     if inside:
-                        union = shares[[k + i for i in inside]].sum(0).clamp(max=1.0)
-                        queries.append((r, d, union))
+                        queries.append((r, d, visual, shares[[k + i for i in inside]].sum(0).clamp(max=1.0)))
+                    elif c in refusals:
+                        sink = torch.nonzero(ids == self.processor.vision_start)[:1, 0]
+                        queries.append((r, d, sink, torch.ones(len(sink))))
                 for i, s in enumerate(segs):
-                    queries.append((r, s, shares[k + i]))
+                    queries.append((r, s, visual, shares[k + i]))
                 k += len(segs)
-        return [(r, q, w / w.sum()) for r, q, w in queries if w.sum() > 0]
+        return [(r, q, keys, w / w.sum()) for r, q, keys, w in queries if w.sum() > 0]
 
     def grounding_loss(self, batch: Batch, attention: torch.Tensor) -> torch.Tensor:
-        """Mean CE between the wanted distribution over visual tokens and where the first head of
-        the grounding layer looks (``attention``: ``(rows, heads, L, L)``)."""
-        image_token = self._base_vlm().config.image_token_id
-        losses = []
-        for r, q, wanted in self.grounding_queries(batch):
-            looked = attention[r, 0, q, batch.input_ids[r] == image_token].float()
-            losses.append(-(wanted * torch.log(looked + 1e-6)).sum())
+        """Mean CE between each query's wanted distribution and where the first head of the
+        grounding layer looks (``attention``: ``(rows, heads, L, L)``)."""
+        losses = [-(wanted * torch.log(attention[r, 0, q, keys].float() + 1e-6)).sum()
+                  for r, q, keys, wanted in self.grounding_queries(batch)]
         return torch.stack(losses).mean() if losses else attention.new_zeros((), dtype=torch.float32)
 
     # ---- training -------------------------------------------------------------------------------
