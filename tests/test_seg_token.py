@@ -399,3 +399,5 @@ def test_an_answer_marked_no_target_looks_at_the_vision_start_sink(bases, image)
     assert keys.tolist() == torch.nonzero(batch.input_ids[1] == model.processor.vision_start)[:, 0].tolist() and wanted.tolist() == [1.0]
     unmarked = model.grounding_queries(model.collator([Sample(image, sample.conversations, sample.masks, name="s0")]))
     assert [r for r, *_ in unmarked] == [0, 0]  # without the mark, a refusal is not supervised
+    model.config.grounding_sink = False
+    assert [r for r, *_ in model.grounding_queries(batch)] == [0, 0]  # nor with the sink turned off

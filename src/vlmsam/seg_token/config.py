@@ -40,6 +40,7 @@ class SegTokenConfig:
     # language model runs eager attention when this is on (SDPA returns no attention weights).
     grounding_weight: float = 0.0
     grounding_layer: int = -1
+    grounding_sink: bool = True  # "nothing matches" answers look at <|vision_start|> (False: unsupervised)
     # LoRA on the language layers only (never the vision tower)
     use_lora: bool = True
     lora_r: int = 16

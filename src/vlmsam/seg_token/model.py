@@ -223,7 +223,8 @@ class SegTokenModel(nn.Module):
             _, h, w = batch.image_grid_thw[b].tolist()
             fg = (batch.masks[b] == 1).float()[:, None]
             shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
-            refusals = set(batch.samples[b].meta.get("no_target", [])) if batch.samples else set()
+            marked = batch.samples[b].meta.get("no_target", []) if batch.samples and self.config.grounding_sink else []
+            refusals = set(marked)
             k = 0
             for c, r in enumerate(range(batch.offsets[b], batch.offsets[b + 1])):
                 ids, labels = batch.input_ids[r], batch.labels[r]
