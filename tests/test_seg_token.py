@@ -357,7 +357,10 @@ def test_grounding_loss_teaches_the_first_head_to_look_at_the_target(bases, imag
     model = make_model(bases, use_lora=False, train_language_model=True, grounding_weight=1.0,
                        ce_weight=0.0, bce_weight=0.0, dice_weight=0.0).train()
     batch = model.collator([sample])
+    text_config = model._base_vlm().config.text_config
+    assert text_config._attn_implementation == "sdpa"  # untouched until it trains
     out, ref = model(batch), plain(batch)
+    assert text_config._attn_implementation == "eager"
     torch.testing.assert_close(out.ce_loss, ref.ce_loss)  # eager attention computes what SDPA does
     assert ref.grounding_loss is None and out.grounding_loss is not None
 

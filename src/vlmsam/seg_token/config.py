@@ -37,7 +37,8 @@ class SegTokenConfig:
     # where a dataset marks an answer as "nothing matches" (``meta["no_target"]``), the deciding
     # token is pulled to <|vision_start|> instead. A model trained from scratch otherwise finds
     # "the red circle" among the visual tokens only slowly; pre-trained VLMs already ground. The
-    # language model runs eager attention when this is on (SDPA returns no attention weights).
+    # language model runs eager attention from the first training forward on (SDPA returns no
+    # attention weights); for inference it keeps its own.
     grounding_weight: float = 0.0
     grounding_layer: int = -1
     grounding_sink: bool = True  # "nothing matches" answers look at <|vision_start|> (False: unsupervised)

@@ -61,8 +61,7 @@ class SegTokenModel(nn.Module):
         self._image: tuple | None = None
         self.vision_calls = 0
         self._grounding_attention: torch.Tensor | None = None
-        if config.grounding_weight > 0:
-            self._watch_grounding_head()
+        self._watching = False  # the grounding head is hooked at the first training forward
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -199,6 +198,7 @@ class SegTokenModel(nn.Module):
         """Keep the attention weights of layer ``grounding_layer`` during training forwards. The
         language model runs eager attention (SDPA and flash attention return no weights); all its
         layers do, as the causal mask is built in the format of the model's one implementation."""
+        self._watching = True
         base = self._base_vlm()
         base.set_attn_implementation({"text_config": "eager"} if hasattr(base.config, "text_config") else "eager")
         attn = base.model.language_model.layers[self.config.grounding_layer].self_attn
@@ -302,6 +302,8 @@ class SegTokenModel(nn.Module):
             batch = self.collator(batch)
         device = next(self.vlm.parameters()).device
         batch = batch.to(device)
+        if self.config.grounding_weight > 0 and self.training and not self._watching:
+            self._watch_grounding_head()  # not before: inference keeps the faster attention
         out = self.vlm(
             **self.vlm_inputs(batch.input_ids),
             attention_mask=batch.attention_mask,
