@@ -29,13 +29,18 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1000.0
     return (1 - (numerator + eps) / (denominator + eps)).sum()
 
 
+def answer_starts(labels: torch.Tensor) -> torch.Tensor:
+    """``(..., L - 1)`` bool: position ``j`` is the token that predicts the first token of an answer
+    (an answer begins where the prompt before it ends). ``labels``: -100 outside answers."""
+    answered = labels != -100
+    return answered[..., 1:] & ~answered[..., :-1]
+
+
 def answer_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, start_weight: float) -> torch.Tensor:
     """Next-token CE over the labelled tokens, each answer's first token weighted ``start_weight``
     and the rest 1 (a weighted mean; ``start_weight=1`` is the usual CE). ``labels`` are unshifted,
     -100 outside answers, as the causal-LM loss takes them."""
     target = labels[:, 1:]
     ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="none")
-    answered = target != -100
-    starts = answered & (labels[:, :-1] == -100)  # an answer begins where the prompt before it ends
-    weight = answered.float() + (start_weight - 1.0) * starts.float()
+    weight = (target != -100).float() + (start_weight - 1.0) * answer_starts(labels).float()
     return (ce * weight.flatten()).sum() / weight.sum().clamp_min(1e-8)

@@ -25,7 +25,7 @@ from vlmsam.io.images import ImageSource, load_image
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD, ImageEmbedding, SamBackend
 from vlmsam.seg_token.config import SegTokenConfig
-from vlmsam.seg_token.losses import answer_weighted_ce, dice_loss, sigmoid_bce_loss
+from vlmsam.seg_token.losses import answer_starts, answer_weighted_ce, dice_loss, sigmoid_bce_loss
 from vlmsam.vlm.processor import VlmProcessor
 
 CONFIG_NAME = "vlmsam_config.json"
@@ -204,7 +204,7 @@ class SegTokenModel(nn.Module):
         attn = base.model.language_model.layers[self.config.grounding_layer].self_attn
 
         def keep(module, args, output):
-            # Kept for the loss of this training forward only (inference needs no copy).
+            # The latest training forward's, for its loss; inference keeps none.
             self._grounding_attention = output[1] if self.training and torch.is_grad_enabled() else None
 
         attn.register_forward_hook(keep)
@@ -223,8 +223,7 @@ class SegTokenModel(nn.Module):
             _, h, w = batch.image_grid_thw[b].tolist()
             fg = (batch.masks[b] == 1).float()[:, None]
             shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
-            marked = batch.samples[b].meta.get("no_target", []) if batch.samples and self.config.grounding_sink else []
-            refusals = set(marked)
+            refusals = set(batch.samples[b].meta.get("no_target", [])) if batch.samples and self.config.grounding_sink else set()
             k = 0
             for c, r in enumerate(range(batch.offsets[b], batch.offsets[b + 1])):
                 ids, labels = batch.input_ids[r], batch.labels[r]
@@ -232,8 +231,7 @@ class SegTokenModel(nn.Module):
                 if len(visual) != shares.shape[1]:
                     raise ValueError(f"row {r}: {len(visual)} visual tokens, {shares.shape[1]} cells")
                 segs = torch.nonzero(ids == self.config.seg_token_id)[:, 0].tolist()
-                answered = labels != -100
-                starts = torch.nonzero(answered[1:] & ~answered[:-1])[:, 0].tolist()  # the token before each answer
+                starts = torch.nonzero(answer_starts(labels))[:, 0].tolist()  # the token before each answer
                 ends = [*starts[1:], len(ids)]
                 for d, end in zip(starts, ends):
                     inside = [i for i, s in enumerate(segs) if d < s < end]
