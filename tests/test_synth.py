@@ -171,3 +171,23 @@ def test_extra_requests_ask_about_the_same_scene_with_right_targets(tmp_path):
             for m in masks:  # every target is one of the scene's shapes
                 assert any(np.array_equal(m, p) for p in polygons)
     assert checked >= 20 and marked >= 5
+
+
+def test_extra_kind_weights_change_which_requests_are_drawn(tmp_path):
+    import pytest
+
+    from vlmsam.errors import DatasetError
+
+    write_synth(tmp_path, 60, seed=3, progress=False)
+
+    def uniqueness_share(weights):
+        ds = SynthDataset(tmp_path, "train", captions=False, extra_requests=4, extra_kind_weights=weights)
+        asked = [conv[0][0] for i in range(len(ds)) for conv in ds.load(i, random.Random(i)).conversations[1:]]
+        return sum("only once" in q for q in asked) / len(asked)
+
+    plain, favoured = uniqueness_share(None), uniqueness_share("uniqueness=50")
+    assert favoured > plain + 0.2  # only scenes that allow a uniqueness request can give one
+    with pytest.raises(DatasetError, match="unknown request kind 'odd'"):
+        SynthDataset(tmp_path, "train", extra_kind_weights="odd=1")
+    with pytest.raises(DatasetError, match="is not a number"):
+        SynthDataset(tmp_path, "train", extra_kind_weights="none=x")

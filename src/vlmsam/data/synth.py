@@ -34,6 +34,7 @@ from vlmsam.data import prompts
 from vlmsam.data.masks import fill_polygon
 from vlmsam.data.reason_seg import ReasonSegDataset, read_annotation
 from vlmsam.data.sample import BadSample, Sample
+from vlmsam.errors import DatasetError
 
 COLORS = {
     "red": (215, 35, 35), "green": (40, 165, 55), "blue": (35, 75, 220), "yellow": (240, 215, 30),
@@ -221,16 +222,34 @@ def _request(kind: str, fields: dict, n_targets: int, rng: random.Random) -> tup
     return template.format(**fields), is_sentence, answer
 
 
-def more_requests(scene: list[dict], n: int, rng: random.Random) -> list[tuple[str, bool, str, list[int]]]:
+def kind_weights(spec: str | dict | None) -> tuple[float, ...]:
+    """The generator's kind weights with some replaced: ``"uniqueness=0.3,multiple=0.2"``."""
+    if not spec:
+        return KIND_WEIGHTS
+    pairs = spec.items() if isinstance(spec, dict) else (p.split("=", 1) for p in spec.replace(" ", "").split(",") if p)
+    weights = dict(zip(KINDS, KIND_WEIGHTS))
+    for kind, value in pairs:
+        if kind not in weights:
+            raise DatasetError(f"unknown request kind '{kind}' in the synth kind weights; choose from {', '.join(KINDS)}")
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            raise DatasetError(f"synth kind weight '{kind}={value}' is not a number") from None
+    return tuple(weights[k] for k in KINDS)
+
+
+def more_requests(scene: list[dict], n: int, rng: random.Random,
+                  weights: tuple[float, ...] = KIND_WEIGHTS) -> list[tuple[str, bool, str, list[int]]]:
     """``n`` further requests about a stored scene (its json ``scene`` list), drawn like the
-    scene's own: (text, is_sentence, answer, target indices into ``scene``, left to right)."""
+    scene's own (or with other kind ``weights``): (text, is_sentence, answer, target indices
+    into ``scene``, left to right)."""
     # Areas and relations do not depend on the rotation, which the json does not keep.
     shapes = [Shape(s["shape"], s["color"], s["center"][0], s["center"][1], s["radius"], 0.0) for s in scene]
     cands = _candidates(shapes, rng)
     kinds = [k for k in KINDS if cands[k]]
     out = []
     for _ in range(n if kinds else 0):
-        kind = rng.choices(kinds, weights=[KIND_WEIGHTS[KINDS.index(k)] for k in kinds])[0]
+        kind = rng.choices(kinds, weights=[weights[KINDS.index(k)] for k in kinds])[0]
         fields, targets = rng.choice(cands[kind])
         targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))
         out.append((*_request(kind, fields, len(targets), rng), targets))
@@ -350,9 +369,10 @@ class SynthDataset(ReasonSegDataset):
     source = "synth"
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
-                 extra_requests: int = 0):
+                 extra_requests: int = 0, extra_kind_weights: str | dict | None = None):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
+        self.extra_weights = kind_weights(extra_kind_weights)
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
@@ -377,7 +397,7 @@ class SynthDataset(ReasonSegDataset):
         no_target = [0] if anno.get("kind") == "none" else []  # conversations whose answer is "There is no ..."
         if self.extra_requests and anno.get("scene"):
             # More requests about the same image: the image is encoded once for all of them.
-            extra = more_requests(anno["scene"], self.extra_requests, rng)
+            extra = more_requests(anno["scene"], self.extra_requests, rng, self.extra_weights)
             no_target += [len(conversations) + j for j, (*_, targets) in enumerate(extra) if not targets]
             conversations += [[(prompts.question(t, sentence, rng), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
