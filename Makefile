@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --out outputs/demo
 
-# Rebuilds the bundled vlmsam-tiny from scratch (about 95 minutes on 2 CPU cores): synthetic scenes,
+# Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
 # export into the package, and an evaluation on freshly generated test scenes (a seed not used in
 # training).
@@ -44,7 +44,7 @@ tiny-model: $(STAMP)
 	$(PY) -m vlmsam pretrain-vision build/vlmsam-tiny-base/vlm --data build/synth --out build/vlmsam-tiny-base/vlm-pretrained \
 		--steps $(TINY_VISION_STEPS) --kind-weight 3
 	$(PY) -m vlmsam train configs/vlmsam_tiny.yaml
-	# the run's last checkpoint: its best-validated one (step 1,500) refused every "the <colour> <kind>"
+	# the run's last checkpoint (earlier recipes validated best mid-run on checkpoints that refused every "the <colour> <kind>")
 	$(PY) -c "from vlmsam.default_model import export; export('build/runs/vlmsam-tiny', which='last')"
 	$(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
 	$(PY) -m vlmsam evaluate --dataset reason_seg:test --dataset-dir build/synth-fresh --out src/vlmsam/weights/vlmsam-tiny/eval \
