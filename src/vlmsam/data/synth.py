@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from vlmsam.data import prompts
 from vlmsam.data.masks import fill_polygon
-from vlmsam.data.reason_seg import ReasonSegDataset, read_annotation
+from vlmsam.data.reason_seg import ReasonSegDataset, find_root, read_annotation
 from vlmsam.data.sample import BadSample, Sample
 from vlmsam.errors import DatasetError
 
@@ -222,11 +222,11 @@ def _request(kind: str, fields: dict, n_targets: int, rng: random.Random) -> tup
     return template.format(**fields), is_sentence, answer
 
 
-def kind_weights(spec: str | dict | None) -> tuple[float, ...]:
+def kind_weights(spec: str | None) -> tuple[float, ...]:
     """The generator's kind weights with some replaced: ``"uniqueness=0.3,multiple=0.2"``."""
     if not spec:
         return KIND_WEIGHTS
-    pairs = spec.items() if isinstance(spec, dict) else (p.split("=", 1) for p in spec.replace(" ", "").split(",") if p)
+    pairs = (p.split("=", 1) for p in spec.replace(" ", "").split(",") if p)
     weights = dict(zip(KINDS, KIND_WEIGHTS))
     for kind, value in pairs:
         if kind not in weights:
@@ -297,12 +297,9 @@ def visible_masks(scene: list[dict], h: int, w: int) -> np.ndarray:
 
 def scene_files(data_dir: str | Path, split: str) -> list[Path]:
     """The scene jsons of one split of a ``vlmsam data synth`` directory (pre-training input)."""
-    from vlmsam.data.reason_seg import find_root
-    from vlmsam.errors import VlmsamError
-
     files = sorted((find_root(Path(data_dir)) / split).glob("*.json"))
     if not files:
-        raise VlmsamError(f"no synthetic scenes under {find_root(Path(data_dir)) / split}: run `vlmsam data synth --out {data_dir}` first")
+        raise DatasetError(f"no synthetic scenes under {find_root(Path(data_dir)) / split}: run `vlmsam data synth --out {data_dir}` first")
     return files
 
 
@@ -369,7 +366,7 @@ class SynthDataset(ReasonSegDataset):
     source = "synth"
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
-                 extra_requests: int = 0, extra_kind_weights: str | dict | None = None):
+                 extra_requests: int = 0, extra_kind_weights: str | None = None):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
         self.extra_weights = kind_weights(extra_kind_weights)

@@ -239,7 +239,7 @@ class SegTokenModel(nn.Module):
                         queries.append((r, d, visual, shares[[k + i for i in inside]].sum(0).clamp(max=1.0)))
                     elif c in refusals:
                         sink = torch.nonzero(ids == self.processor.vision_start)[:1, 0]
-                        queries.append((r, d, sink, torch.ones(len(sink))))
+                        queries.append((r, d, sink, torch.ones(len(sink), device=sink.device)))
                 for i, s in enumerate(segs):
                     queries.append((r, s, visual, shares[k + i]))
                 k += len(segs)
