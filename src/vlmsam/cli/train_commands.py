@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--max-new-tokens", type=int, default=128, help="generation stops at the end of the answer or here (default 128)")
     e.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    e.add_argument("--multi-part", choices=["sum", "or"], default="sum",
+                   help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
+                   "builds it (overlaps count as background; the default, so scores compare with papers) or 'or' (their union)")
     e.set_defaults(run=run_evaluate)
 
     s = sub.add_parser(
@@ -48,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dataset", required=True)
     s.add_argument("--dataset-dir", required=True)
     s.add_argument("--out", required=True)
+    s.add_argument("--multi-part", choices=["sum", "or"], default="sum",
+                   help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
+                   "builds it (overlaps count as background; the default, so scores compare with papers) or 'or' (their union)")
     s.set_defaults(run=run_score)
 
 
@@ -69,7 +75,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _eval_dataset(args):
     from vlmsam.data.registry import build_eval_dataset
 
-    return build_eval_dataset(args.dataset, args.dataset_dir)
+    return build_eval_dataset(args.dataset, args.dataset_dir, multi_part=args.multi_part)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -24,6 +24,9 @@ class SegDataset:
 
     def __init__(self):
         self.items: list = []
+        # Things worth a user's attention that do not make a sample unusable (an all-zero target,
+        # a class list that differs from the published one): where -> what. `data check` lists them.
+        self.notes: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -46,16 +49,36 @@ class SegDataset:
     # ---- shared helpers ---------------------------------------------------------------------------
 
     def image_size(self, i: int) -> tuple[int, int]:
-        """``(H, W)`` from the image header (no decoding); a missing or unreadable image is a BadSample."""
+        """``(H, W)`` of the image as displayed, from its header (no decoding).
+
+        An EXIF orientation that turns the picture by 90 degrees swaps the header's sides: targets
+        are built at the upright size, as the image loader (and the published ``cv2.imread``)
+        returns the image. A missing or unreadable image is a BadSample.
+        """
         path = self.image_path(i)
         if not path.is_file():
             raise BadSample(path, "image file not found")
         try:
             with Image.open(path) as im:
                 w, h = im.size
+                orientation = exif_orientation(im)
         except Exception as exc:
             raise BadSample(path, f"not a readable image ({type(exc).__name__})") from None
-        return h, w
+        return (w, h) if orientation in TRANSPOSING_ORIENTATIONS else (h, w)
+
+
+# EXIF orientations 5-8 include a quarter turn (transpose, rotate 270, transverse, rotate 90).
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable: a broken EXIF block is ignored, as the
+    image loader ignores it)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:
+        return 1
 
 
 def sample_without_replacement(items: list, k: int, rng: random.Random) -> list:

@@ -37,6 +37,7 @@ class Report:
     samples: int = 0
     problems: dict = field(default_factory=lambda: defaultdict(dict))  # kind -> {path: reason}
     absent: str = ""  # why the dataset could not be opened at all
+    notes: dict = field(default_factory=dict)  # where -> what: worth knowing, not a problem
 
     @property
     def ok(self) -> bool:
@@ -82,6 +83,7 @@ def check_dataset(ds: SegDataset, report: Report, workers: int = 4, progress: bo
             if res:
                 kind, path, reason = res
                 report.problems[kind].setdefault(path, reason)
+    report.notes.update(ds.notes)
     return report
 
 
@@ -168,6 +170,12 @@ def run_check(root: str | Path, families: list[str] | None = None, lists: dict[s
                     print_fn(f"  {path}: {reason}")
                 if len(items) > max_listed:
                     print_fn(f"  ... and {len(items) - max_listed} more")
+        if r.notes:
+            print_fn(f"\n{r.name}:{r.split} notes ({len(r.notes)}; usable):")
+            for where, note in sorted(r.notes.items())[:max_listed]:
+                print_fn(f"  {where}: {note}")
+            if len(r.notes) > max_listed:
+                print_fn(f"  ... and {len(r.notes) - max_listed} more")
     ok = all(r.ok for r in reports)
     print_fn("\nall datasets usable" if ok else "\nsome data is unusable (see above)")
     return ok

@@ -1,9 +1,10 @@
 """ReasonSeg: ``reason_seg/ReasonSeg/{train,val,test}/X.jpg`` + LabelMe-style ``X.json``.
 
 Each json holds ``text`` (a list of instructions about the image), ``is_sentence`` (long reasoning
-sentence or short phrase) and ``shapes`` (``[{label, points}]``). One binary target per image:
-polygons are filled largest-area first, so small shapes drawn later stay on top; a label that
-contains "ignore" is drawn as 255; the deprecated "flag" shapes are skipped. ``explanatory/train.json``
+sentence or short phrase) and ``shapes`` (``[{label, points}]``). One target per image, built
+pixel for pixel as the published evaluation builds it (:func:`mask_from_shapes`): polygons are
+drawn largest-area first, so small shapes drawn later stay on top; a label that contains "ignore"
+is drawn as 255; the deprecated "flag" shapes are skipped. ``explanatory/train.json``
 (``[{image, query, outputs}]``) adds answers that explain themselves.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
-from vlmsam.data.masks import fill_polygon
+from vlmsam.data.masks import draw_polygon, polygon_points
 from vlmsam.data.sample import IGNORE, BadSample, Sample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -31,12 +32,14 @@ def find_root(dataset_dir: Path) -> Path:
 
 
 def read_annotation(path: Path) -> dict:
+    """A ReasonSeg json: UTF-8, or cp1252 where it is not (the published loader's fallback)."""
     try:
         raw = path.read_bytes()
         try:
-            anno = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:  # a few released files are not UTF-8
-            anno = json.loads(raw.decode("latin-1"))
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:  # a few released files are cp1252 (curly quotes, accents)
+            text = raw.decode("cp1252")
+        anno = json.loads(text)
     except (OSError, ValueError) as exc:
         raise BadSample(path, f"unreadable annotation ({type(exc).__name__}: {exc})") from None
     if not isinstance(anno, dict):
@@ -45,22 +48,34 @@ def read_annotation(path: Path) -> dict:
 
 
 def mask_from_shapes(shapes, height: int, width: int, path: Path) -> np.ndarray:
-    """One ``(H, W) uint8`` target from LabelMe shapes (see the module docstring for the rules)."""
-    filled = []
+    """One ``(H, W) uint8`` target from LabelMe shapes, built as LISA's ``get_mask_from_json`` builds it.
+
+    "flag" shapes are skipped; the others are drawn largest first, by the area of their own
+    OpenCV rasterisation, in the order ``np.argsort(areas)[::-1]`` gives (so of two shapes with
+    equal areas the one earlier in the file is drawn last and wins the overlap); a label containing
+    "ignore" is drawn as 255, any other as 1.
+    """
+    if shapes is None:
+        shapes = []
+    if not isinstance(shapes, list):
+        raise BadSample(path, "'shapes' must be a list")
+    kept, areas = [], []
     for k, shape in enumerate(shapes):
         try:
-            label = str(shape["label"])
-            points = [(float(x), float(y)) for x, y in shape["points"]]
-        except (KeyError, TypeError, ValueError):
-            raise BadSample(path, f"shape {k} lacks a label or has malformed points") from None
-        if label.lower() == "flag":
+            label = shape["label"]
+            if not isinstance(label, str):
+                raise TypeError("label is not a string")
+            points = polygon_points(shape["points"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadSample(path, f"shape {k} lacks a label or has malformed points ({exc})") from None
+        if label.lower() == "flag":  # deprecated, meaningless annotations
             continue
-        value = IGNORE if "ignore" in label.lower() else 1
-        polygon = fill_polygon(points, height, width)
-        filled.append((int(polygon.sum()), value, polygon))
+        areas.append(int(draw_polygon(np.zeros((height, width), np.uint8), points, 1).sum()))
+        kept.append((IGNORE if "ignore" in label.lower() else 1, points))
     mask = np.zeros((height, width), dtype=np.uint8)
-    for _, value, polygon in sorted(filled, key=lambda f: -f[0]):  # stable: ties keep file order
-        mask[polygon > 0] = value
+    for k in np.argsort(areas)[::-1]:  # numpy's default sort, exactly as published (ties included)
+        value, points = kept[k]
+        draw_polygon(mask, points, value)
     return mask
 
 

@@ -5,6 +5,10 @@ sentences: [{sent}]}``; ``refer_seg/<name>/instances.json`` holds the COCO image
 (polygons or RLE). COCO images live in ``refer_seg/images/mscoco/images/train2014``, refclef's in
 ``refer_seg/images/saiapr_tc-12``. The pickle is read with a restricted unpickler (it is untrusted
 input: a pickle can run code).
+
+An object annotated in several parts is one target. Training ORs the parts; evaluation by default
+*sums* them as the published code does (2 where parts overlap, which LISA's metric counts as
+background), so scores compare with published numbers; ``eval_multi_part="or"`` scores the union.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
-from vlmsam.data.masks import coco_segmentation_to_mask
+from vlmsam.data.masks import COMBINE, coco_segmentation_to_mask
 from vlmsam.data.safe_pickle import load_pickle
 from vlmsam.data.sample import BadSample, Sample
 
@@ -64,8 +68,11 @@ def splits_of(refs_path: Path, instances_path: Path) -> list[str]:
 
 class ReferSegDataset(SegDataset):
     def __init__(self, dataset_dir: str | Path, name: str = "refcoco", split: str = "train", *,
-                 split_by: str | None = None, max_refs: int = 3):
+                 split_by: str | None = None, max_refs: int = 3, eval_multi_part: str = "sum"):
         super().__init__()
+        if eval_multi_part not in COMBINE:
+            raise DatasetError(f"multi-part targets are combined by one of {', '.join(COMBINE)}, not '{eval_multi_part}'")
+        self.eval_multi_part = eval_multi_part
         if name not in SPLIT_BY:
             raise DatasetError(f"unknown refer dataset '{name}'; choose from {', '.join(NAMES)}")
         self.source, self.split = name, split
@@ -98,8 +105,8 @@ class ReferSegDataset(SegDataset):
             return self.image_dir / f"<image id {image_id} not in instances.json>"
         return self.image_dir / img["file_name"]
 
-    def _targets(self, i: int) -> list[tuple[list[str], np.ndarray]]:
-        """For each ref of image ``i``: its sentences and its mask."""
+    def _targets(self, i: int, combine: str = "or") -> list[tuple[list[str], np.ndarray]]:
+        """For each ref of image ``i``: its sentences and its mask (parts merged by ``combine``)."""
         image_id, refs = self.items[i]
         img = self.images.get(image_id)
         if img is None:
@@ -114,8 +121,11 @@ class ReferSegDataset(SegDataset):
             sentences = [s for s in sentences if s.strip()]
             if not sentences:
                 raise BadSample(self.refs_path, f"ref {ref.get('ref_id')} has no sentences")
+            if ann.get("segmentation") in ([], {}):
+                self.notes[f"{self.instances_path} annotation {ann.get('id')}"] = \
+                    "empty segmentation: an all-zero target, as the published code builds it"
             try:
-                mask = coco_segmentation_to_mask(ann["segmentation"], h, w)
+                mask = coco_segmentation_to_mask(ann["segmentation"], h, w, combine)
             except (KeyError, ValueError, TypeError) as exc:
                 raise BadSample(self.instances_path, f"annotation {ann.get('id')}: {exc}") from None
             out.append((sentences, mask))
@@ -131,7 +141,7 @@ class ReferSegDataset(SegDataset):
     def load_eval(self, i: int) -> Sample:
         """Every sentence of every ref of the image, one request each (the standard protocol)."""
         queries, masks = [], []
-        for sentences, mask in self._targets(i):
+        for sentences, mask in self._targets(i, self.eval_multi_part):
             for s in sentences:
                 queries.append(s)
                 masks.append(mask)

@@ -70,9 +70,13 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
     raise DatasetError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")
 
 
-def build_eval_dataset(spec: str, dataset_dir: str | Path) -> SegDataset:
-    """``reason_seg:val`` / ``ReasonSeg|val`` / ``refcoco|unc|val`` -> a dataset with ``load_eval``."""
+def build_eval_dataset(spec: str, dataset_dir: str | Path, *, multi_part: str = "sum") -> SegDataset:
+    """``reason_seg:val`` / ``ReasonSeg|val`` / ``refcoco|unc|val`` -> a dataset with ``load_eval``.
+
+    ``multi_part`` says how a referring target made of several parts is built: ``"sum"`` as the
+    published evaluation builds it (the default, so scores compare with papers) or ``"or"``.
+    """
     if spec.startswith(("reason_seg:", "ReasonSeg|", "reason_seg|")):
         return ReasonSegDataset(dataset_dir, spec.replace(":", "|").split("|")[-1])
     name, split_by, split = parse_name(spec)
-    return ReferSegDataset(dataset_dir, name, split, split_by=split_by)
+    return ReferSegDataset(dataset_dir, name, split, split_by=split_by, eval_multi_part=multi_part)

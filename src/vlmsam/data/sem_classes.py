@@ -26,7 +26,10 @@ ADE20K_CLASSES = [
 ]
 
 # Index k is label value k in the stuffthingmaps PNGs (the "0: unlabeled" line of the 183-line
-# list is not a label value; 255 is unlabeled).
+# list is not a label value; 255 is unlabeled). This is LISA's published list (utils/cocostuff_classes.txt),
+# which names class 156 "sky" where COCO-Stuff's own labels.txt says "sky-other": the names with a
+# hyphen are too vague to ask about and are skipped, and "sky" is asked. Written back in the
+# published format, the list hashes to COCO_STUFF_PUBLISHED_SHA256 (a test checks it).
 COCO_STUFF_CLASSES = [
     'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat',
     'traffic light', 'fire hydrant', 'street sign', 'stop sign', 'parking meter', 'bench', 'bird',
@@ -46,10 +49,18 @@ COCO_STUFF_CLASSES = [
     'ground-other', 'hill', 'house', 'leaves', 'light', 'mat', 'metal', 'mirror-stuff', 'moss',
     'mountain', 'mud', 'napkin', 'net', 'paper', 'pavement', 'pillow', 'plant-other', 'plastic',
     'platform', 'playingfield', 'railing', 'railroad', 'river', 'road', 'rock', 'roof', 'rug',
-    'salad', 'sand', 'sea', 'shelf', 'sky-other', 'skyscraper', 'snow', 'solid-other', 'stairs',
+    'salad', 'sand', 'sea', 'shelf', 'sky', 'skyscraper', 'snow', 'solid-other', 'stairs',
     'stone', 'straw', 'structural-other', 'table', 'tent', 'textile-other', 'towel', 'tree',
     'vegetable', 'wall-brick', 'wall-concrete', 'wall-other', 'wall-panel', 'wall-stone',
     'wall-tile', 'wall-wood', 'water-other', 'waterdrops', 'window-blind', 'window-other', 'wood',
 ]
+
+COCO_STUFF_PUBLISHED_SHA256 = "6292e91f089828221aa3a7867e41bcb885e7614f3cc6fe4edae2eef45ff26205"
+
+
+def cocostuff_class_file(classes: list[str]) -> str:
+    """The class list in the published file format (``0: unlabeled`` then ``k: name``, one per line)."""
+    return "".join(f"{k}: {name}\n" for k, name in enumerate(["unlabeled", *classes]))
+
 
 assert len(ADE20K_CLASSES) == 150 and len(COCO_STUFF_CLASSES) == 182

@@ -122,7 +122,14 @@ class CocoStuffDataset(LabelMapDataset):
         custom = root / "cocostuff" / "classes.txt"
         if custom.is_file():  # "id: name" lines, the first "0: unlabeled"
             classes = [line.split(": ", 1)[-1].strip() for line in custom.read_text().splitlines()[1:] if line.strip()]
+            if len(classes) != len(COCO_STUFF_CLASSES):
+                raise DatasetError(f"{custom}: {len(classes)} class names after '0: unlabeled', expected 182 "
+                                   "(or remove the file to use the published list)")
         super().__init__(root / "coco" / "train2017", root / "cocostuff" / "train2017", classes, **kwargs)
+        differ = [f"{k}: {ours!r} (published {pub!r})" for k, (ours, pub) in enumerate(zip(classes, COCO_STUFF_CLASSES))
+                  if ours != pub]
+        if differ:
+            self.notes[str(custom)] = f"class names differ from the published list at {len(differ)} ids: " + ", ".join(differ[:5])
         self.vague = np.array([k for k, name in enumerate(classes) if "-" in name])
 
     def remap(self, label):
