@@ -10,6 +10,7 @@ from vlmsam.data import Sample
 from vlmsam.data.sample import BadSample
 from vlmsam.seg_token import SegTokenConfig, SegTokenModel
 from vlmsam.seg_token.losses import answer_weighted_ce
+from vlmsam.seg_token.segmenter import SegTokenSegmenter, seg_prompt
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -120,43 +121,66 @@ def test_seg_count_mismatch_names_the_sample(bases, image):
 def test_generation_equals_teacher_forcing(bases, image, family, answer, n_masks):
     model = make_model(bases, family)
     perturb(model)
-    model.eval()
-    model.set_image(image)
-    tokens, states = model.generate_with_states("Segment them.", logits_processor=force(model, answer))
-    assert len(states) == n_masks
-    forced = model.teacher_forced_states("Segment them.", tokens)
-    torch.testing.assert_close(states, forced, atol=1e-5, rtol=1e-4)
-    result = model.segment("Segment them.", logits_processor=force(model, answer))
-    emb = model.sam_backend.embedding
-    logits, _ = model.masks_from_states(forced, emb)
+    seg = SegTokenSegmenter(model)
+    encoded = seg.encode(image)
+    (gen,) = seg.generate(encoded, ["Segment them."], logits_processor=force(model, answer))
+    assert len(gen.states) == n_masks
+    forced = model.teacher_forced_states(encoded.vlm, seg_prompt("Segment them."), gen.tokens)
+    torch.testing.assert_close(gen.states, forced, atol=1e-5, rtol=1e-4)
+    result = seg.segment(encoded, "Segment them.", logits_processor=force(model, answer))
+    logits, _ = model.masks_from_states(forced, encoded.sam)
     assert result.num_masks == n_masks and result.masks.shape[1:] == (60, 80)
     assert np.array_equal(result.masks, (logits > 0).numpy())
     assert "[SEG]" not in result.text  # a special token, hidden when decoding
+    if n_masks:
+        assert result.text == "Sure, [mask 1] and [mask 2]."  # the reader sees where each mask goes
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_batched_requests_equal_separate_ones(bases, image, family):
+    """segment_many decodes k requests on one shared image prefix; each equals its own segment call."""
+    model = make_model(bases, family)
+    perturb(model)
+    seg = SegTokenSegmenter(model, max_new_tokens=6)
+    encoded = seg.encode(image)
+    requests = ["the red square", "What would you use to cut bread in this kitchen?", "x", "all the shapes left of it"]
+    many = seg.segment_many(encoded, requests)
+    for request, batched in zip(requests, many):
+        alone = seg.segment(encoded, request)
+        assert alone.text == batched.text
+        assert np.array_equal(alone.masks, batched.masks)
+        np.testing.assert_allclose(alone.scores, batched.scores, atol=1e-5)
+    forced = [force(model, a) for a in ("Sure, [SEG].", "It is [SEG] and [SEG].")]
+    both = seg.segment_many(encoded, requests[:2], logits_processor=forced[1], max_new_tokens=16)
+    assert [r.num_masks for r in both] == [2, 2]
 
 
 def test_seg_as_the_very_last_token_gets_its_mask(bases, image):
     model = make_model(bases)
     perturb(model)
-    model.eval()
-    model.set_image(image)
+    seg = SegTokenSegmenter(model)
+    encoded = seg.encode(image)
     n_prefix = len(model.processor.answer_ids("Sure,"))
-    result = model.segment("Segment it.", max_new_tokens=n_prefix + 1, logits_processor=force(model, "Sure,[SEG] more text", end=False))
+    result = seg.segment(encoded, "Segment it.", max_new_tokens=n_prefix + 1, logits_processor=force(model, "Sure,[SEG] more text", end=False))
     assert result.num_masks == 1
-    tokens, states = model.generate_with_states("Segment it.", max_new_tokens=n_prefix + 1, logits_processor=force(model, "Sure,[SEG] more", end=False))
-    assert int(tokens[-1]) == model.config.seg_token_id
-    torch.testing.assert_close(states, model.teacher_forced_states("Segment it.", tokens), atol=1e-5, rtol=1e-4)
+    (gen,) = seg.generate(encoded, ["Segment it."], max_new_tokens=n_prefix + 1, logits_processor=force(model, "Sure,[SEG] more", end=False))
+    assert int(gen.tokens[-1]) == model.config.seg_token_id
+    torch.testing.assert_close(gen.states, model.teacher_forced_states(encoded.vlm, seg_prompt("Segment it."), gen.tokens),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_one_image_many_requests_encodes_once(bases, image):
+    from vlmsam.segmenter import Segmenter
+
     model = make_model(bases)
-    model.eval()
-    model.set_image(image)
+    seg = Segmenter(SegTokenSegmenter(model, max_new_tokens=4), "tiny")
+    seg.set_image(image)
     for request in ("the red square", "the background", "what would you cut bread with?"):
-        model.segment(request, max_new_tokens=4)
-    model.set_image(image.copy())
-    assert model.vision_calls == 1 and model.sam_backend.encoder_calls == 1
-    model.segment("again", image=image[::-1].copy(), max_new_tokens=2)
-    assert model.vision_calls == 2 and model.sam_backend.encoder_calls == 2
+        seg.segment(request)
+    seg.set_image(image.copy())
+    assert seg.engine.encodes == 1 and model.sam_backend.encoder_calls == 1
+    seg.segment("again", image=image[::-1].copy())
+    assert seg.engine.encodes == 2 and model.sam_backend.encoder_calls == 2
 
 
 def test_user_text_cannot_smuggle_special_tokens(bases, image):
@@ -178,16 +202,18 @@ def test_save_and_load_round_trip(bases, image, tmp_path):
     perturb(model)
     model.eval()
     answer = force(model, "Sure, [SEG].")
-    before = model.segment("the red square", image=image, logits_processor=answer)
+    ours = SegTokenSegmenter(model)
+    before = ours.segment(ours.encode(image), "the red square", logits_processor=answer)
     model.save_pretrained(tmp_path / "ckpt")
     assert {"vlmsam_config.json", "trainable.safetensors", "adapter"} <= {p.name for p in (tmp_path / "ckpt").iterdir()}
-    loaded = SegTokenModel.from_pretrained(tmp_path / "ckpt")
-    after = loaded.segment("the red square", image=image, logits_processor=force(loaded, "Sure, [SEG]."))
+    loaded = SegTokenSegmenter(SegTokenModel.from_pretrained(tmp_path / "ckpt"))
+    encoded = loaded.encode(image)
+    after = loaded.segment(encoded, "the red square", logits_processor=force(loaded.model, "Sure, [SEG]."))
     assert after.text == before.text
     assert np.array_equal(after.masks, before.masks)
     np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
-    free = loaded.segment("the red square", max_new_tokens=6)
-    again = model.segment("the red square", max_new_tokens=6)
+    free = loaded.segment(encoded, "the red square", max_new_tokens=6)
+    again = ours.segment(ours.encode(image), "the red square", max_new_tokens=6)
     assert free.text == again.text  # unforced greedy answers agree too
 
 
@@ -203,8 +229,9 @@ def test_merge_lora_gives_a_standalone_equal_model(bases, image, tmp_path):
     merged = SegTokenModel.from_pretrained(tmp_path / "merged")
     assert not merged.config.use_lora and not (tmp_path / "merged" / "adapter").exists()
     assert not hasattr(merged.vlm, "peft_config")
-    a = model.segment("the red square", image=image, logits_processor=force(model, "Sure, [SEG]."))
-    b = merged.segment("the red square", image=image, logits_processor=force(merged, "Sure, [SEG]."))
+    a, b = (SegTokenSegmenter(m) for m in (model, merged))
+    a = a.segment(a.encode(image), "the red square", logits_processor=force(model, "Sure, [SEG]."))
+    b = b.segment(b.encode(image), "the red square", logits_processor=force(merged, "Sure, [SEG]."))
     assert a.text == b.text
     assert (a.masks == b.masks).mean() > 0.999
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
@@ -234,10 +261,10 @@ def test_tiny_model_overfits_a_handful_of_triples(bases):
         optimizer.step()
         losses.append(out.loss.item())
     assert losses[-1] < 0.05 * losses[0]
-    model.eval()
+    seg = SegTokenSegmenter(model, max_new_tokens=8)
     acc = IoUAccumulator()
     for sample in samples:
-        result = model.segment(request, image=sample.image, max_new_tokens=8)
+        result = seg.segment(seg.encode(sample.image), request)
         assert result.num_masks == 1, result.text
         acc.update(result.masks, sample.masks)
     assert acc.giou > 0.9, acc.summary()

@@ -51,7 +51,7 @@ def test_segment_bad_input_is_one_line(ckpt, tmp_path):
         ((ckpt / "scene.png", "x" * 20000, "--model", ckpt / "ckpt"), "20,000 characters"),
         ((tmp_path / "notes.jpg", "the cup", "--model", ckpt / "ckpt"), "notes.jpg"),
         ((ckpt / "scene.png", "the cup", "--model", tmp_path / "nowhere"), "no such model directory"),
-        ((ckpt / "scene.png", "the cup", "--model", ckpt / "sam"), "not a vlmsam [SEG] checkpoint"),
+        ((ckpt / "scene.png", "the cup", "--model", ckpt / "sam"), "not a vlmsam checkpoint"),
         ((ckpt / "scene.png", "the cup", "--model", ckpt / "scene.png"), "is a file"),
     ]
     for args, words in cases:
@@ -82,10 +82,12 @@ def test_python_api(ckpt):
     seg.set_image(ckpt / "scene.png")
     first = seg.segment("the red square")
     again = seg(ckpt / "scene.png", "the red square")
-    assert seg.model.vision_calls == 1  # the same image is encoded once
+    assert seg.engine.encodes == 1  # the same image is encoded once
     assert first.text == again.text and first.masks.shape[1:] == (60, 80)
-    assert seg.prompt("the red square") == "What is the red square in this image? Please output segmentation mask."
-    assert seg.prompt("Which shape would you use to cut bread?") == \
+    from vlmsam.seg_token.segmenter import seg_prompt
+
+    assert seg_prompt("the red square") == "What is the red square in this image? Please output segmentation mask."
+    assert seg_prompt("Which shape would you use to cut bread?") == \
         "Which shape would you use to cut bread? Please output segmentation mask."
     from vlmsam.errors import CheckpointError, PromptError
 

@@ -29,8 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a segmenter by generation on ReasonSeg or a refer split; writes OUT/metrics.json, "
         "OUT/predictions.jsonl and OUT/summary.png. Runs sharded under torchrun.",
     )
-    e.add_argument("--segmenter", default="seg_token", choices=["seg_token"], help="which segmenter (default seg_token)")
-    e.add_argument("--model", required=True, help="a [SEG] checkpoint directory")
+    e.add_argument("--segmenter", help="which design (a checkpoint names its own; needed only with --vlm/--sam)")
+    e.add_argument("--model", help="a checkpoint directory (default: the bundled vlmsam-tiny)")
+    e.add_argument("--vlm", help="base VLM by hub id or path (instead of --model)")
+    e.add_argument("--sam", help="base SAM by hub id, directory or Meta .pth (with --vlm)")
+    e.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the rank's device under torchrun, else cpu)")
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
     e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...")
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
@@ -79,18 +83,22 @@ def _eval_dataset(args):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from vlmsam.errors import CheckpointError
+    from vlmsam.engine.runtime import resolve_device
     from vlmsam.evaluation.evaluate import evaluate
-    from vlmsam.seg_token import SegTokenModel
+    from vlmsam.segmenter import load_segmenter
     from vlmsam.train.distributed import init_distributed, shutdown
 
+    if args.segmenter is not None:
+        from vlmsam.engine.registry import builder
+
+        builder(args.segmenter)  # an unknown name fails before anything loads
+    device = resolve_device(args.device)  # a CUDA request without CUDA fails before torchrun setup
     info = init_distributed()
     try:
         ds = _eval_dataset(args)
-        if not Path(args.model).is_dir():
-            raise CheckpointError(f"{args.model}: no such checkpoint directory")
-        model = SegTokenModel.from_pretrained(args.model, device=info.device)
-        metrics = evaluate(model, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens, limit=args.limit)
+        seg = load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam,
+                             device=device or info.device, dtype=args.dtype)
+        metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens, limit=args.limit)
         if info.is_main:
             print(json.dumps(metrics, indent=2))
             print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, summary.png")

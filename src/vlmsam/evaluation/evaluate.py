@@ -31,10 +31,12 @@ def _requests(sample):
     return zip([c[0][0] for c in sample.conversations], sample.masks, sample.meta["queries"], sample.meta["is_sentence"], kinds)
 
 
-def evaluate(model, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Path | None = None,
+def evaluate(segmenter, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Path | None = None,
              max_new_tokens: int = 128, limit: int = 0, progress: bool = True) -> dict:
-    """Answer and score every request of ``ds`` (the first ``limit`` images if set). Every rank
-    returns the same metrics; rank 0 writes the files when ``out_dir`` is given."""
+    """Answer and score every request of ``ds`` (the first ``limit`` images if set) with any segmenter
+    of the engine (``encode`` once per image, then all of its requests in one ``segment_many``;
+    each request is the raw query and whether it is a sentence). Every rank returns the same
+    metrics; rank 0 writes the files when ``out_dir`` is given."""
     scorer = Scorer(split_by_length=ds.source == "reason_seg")
     n = min(limit, len(ds)) if limit else len(ds)
     lines, skipped = [], []
@@ -42,12 +44,14 @@ def evaluate(model, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir: Pat
                   disable=not (progress and info.is_main)):
         try:
             sample = ds.load_eval(i)
-            model.set_image(sample.image)
+            encoded = segmenter.encode(sample.image)
         except (BadSample, VlmsamError) as exc:
             skipped.append(str(exc))
             continue
-        for j, (prompt, target, query, is_sentence, kind) in enumerate(_requests(sample)):
-            result = model.segment(prompt, max_new_tokens=max_new_tokens)
+        requests = list(_requests(sample))
+        results = segmenter.segment_many(encoded, [q for _, _, q, _, _ in requests],
+                                         is_sentence=[s for _, _, _, s, _ in requests], max_new_tokens=max_new_tokens)
+        for j, ((_, target, query, is_sentence, kind), result) in enumerate(zip(requests, results)):
             iou = scorer.update(result.masks, target, is_sentence, kind)
             lines.append({"order": (i, j), "iou": iou, "image_path": str(sample.image), "line": {
                 "image": Path(sample.image).stem, "query": query, "answer": result.text,

@@ -10,7 +10,6 @@ teacher-forcing the same tokens gives the same masks.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,7 @@ from torch import nn
 from vlmsam.data.collate import Batch, Collator
 from vlmsam.data.sample import Sample
 from vlmsam.errors import CheckpointError
-from vlmsam.io.images import ImageSource, load_image
-from vlmsam.result import SegmentationResult
-from vlmsam.sam.backend import MASK_THRESHOLD, ImageEmbedding, SamBackend
+from vlmsam.sam.backend import ImageEmbedding, SamBackend
 from vlmsam.seg_token.config import SegTokenConfig
 from vlmsam.seg_token.losses import answer_starts, answer_weighted_ce, dice_loss, sigmoid_bce_loss
 from vlmsam.vlm.processor import VlmProcessor
@@ -58,8 +55,6 @@ class SegTokenModel(nn.Module):
         prompt_dim = sam.model.config.prompt_encoder_config.hidden_size
         self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, prompt_dim))
         self.projection.to(next(vlm.parameters()).dtype)
-        self._image: tuple | None = None
-        self.vision_calls = 0
         self._grounding_attention: torch.Tensor | None = None
         self._watching = False  # the grounding head is hooked at the first training forward
 
@@ -343,84 +338,16 @@ class SegTokenModel(nn.Module):
                          aux.detach() if c.prompt_target_weight > 0 else None,
                          grounding.detach() if grounding is not None else None)
 
-    # ---- inference --------------------------------------------------------------------------------
+    # ---- inference (the segmenter contract lives in seg_token/segmenter.py) -----------------------
 
     @torch.no_grad()
-    def set_image(self, image: ImageSource) -> None:
-        """Run both image encoders once; later :meth:`segment` calls reuse their outputs."""
-        image = load_image(image)
-        key = self.sam_backend.set_image(image).key
-        if self._image is not None and self._image[0] == key:
-            return
-        device = next(self.vlm.parameters()).device
-        pixel_values, grid, n_tokens = self.processor.image_inputs(image)
-        pixel_values, grid = pixel_values.to(device), grid.to(device)
-        features = self._base_vlm().model.get_image_features(pixel_values, grid, return_dict=True)
-        self.vision_calls += 1
-        self._image = (key, pixel_values, grid, n_tokens, features)
-
-    @torch.no_grad()
-    def segment(self, request: str, image: ImageSource | None = None, *, max_new_tokens: int = 128,
-                logits_processor=None) -> SegmentationResult:
-        """Answer ``request`` about the set image (or ``image``) and draw one mask per ``[SEG]``."""
-        t0 = time.perf_counter()
-        if image is not None:
-            self.set_image(image)
-        if self._image is None:
-            raise RuntimeError("no image is set: call set_image(image) or pass image=")
-        t1 = time.perf_counter()
-        tokens, states = self.generate_with_states(request, max_new_tokens=max_new_tokens, logits_processor=logits_processor)
-        t2 = time.perf_counter()
-        logits, iou = self.masks_from_states(states, self.sam_backend.embedding)
-        t3 = time.perf_counter()
-        return SegmentationResult(
-            masks=(logits > MASK_THRESHOLD).cpu().numpy(),
-            scores=iou.float().cpu().numpy(),
-            text=self.processor.decode(tokens),
-            timings={"encode_image": t1 - t0, "generate": t2 - t1, "decode_masks": t3 - t2},
-        )
-
-    def generate_with_states(self, request: str, *, max_new_tokens: int = 128, logits_processor=None, **generate_kwargs):
-        """Greedy generation with the KV cache. Returns the new token ids ``(T,)`` and the final-layer
-        hidden state of every ``[SEG]`` among them, read in the step where that ``[SEG]`` is fed back in.
-
-        One token more than ``max_new_tokens`` is generated and dropped, so that a ``[SEG]`` emitted
-        as the last kept token has been fed back in too. ``generate_kwargs`` override the defaults
-        (the speed benchmark passes ``use_cache=False`` to measure what the cache saves).
-        """
-        _, pixel_values, grid, n_tokens, features = self._image
-        device = pixel_values.device
-        enc = self.processor.encode([(request, None)], image_inputs=(pixel_values, grid, n_tokens))
-        input_ids = enc.input_ids[None].to(device)
-        out = self.vlm.generate(
-            **self.vlm_inputs(input_ids),
-            attention_mask=torch.ones_like(input_ids),
-            mm_encoder_outputs={"image": features},
-            image_grid_thw=grid,
-            **{"max_new_tokens": max_new_tokens + 1, "do_sample": False, "use_cache": True, **generate_kwargs},
-            output_hidden_states=True,
-            return_dict_in_generate=True,
-            logits_processor=logits_processor,
-            eos_token_id=self.processor.im_end,
-            pad_token_id=self.processor.tokenizer.pad_token_id,
-        )
-        new = out.sequences[0, input_ids.shape[1]:]
-        stop = (new == self.processor.im_end).nonzero()
-        keep = min(int(stop[0]) if len(stop) else len(new), max_new_tokens)
-        new = new[:keep]
-        seg_steps = (new == self.config.seg_token_id).nonzero().flatten().tolist()
-        # hidden_states[k + 1] is the step whose input is generated token k.
-        states = [out.hidden_states[k + 1][-1][0, -1] for k in seg_steps]
-        hidden = self._text_config().hidden_size
-        return new, (torch.stack(states) if states else out.sequences.new_zeros((0, hidden), dtype=next(self.projection.parameters()).dtype))
-
-    @torch.no_grad()
-    def teacher_forced_states(self, request: str, answer_ids: torch.Tensor) -> torch.Tensor:
-        """[SEG] states from one forward pass over prompt + ``answer_ids`` (the training read-out)."""
-        _, pixel_values, grid, n_tokens, _ = self._image
-        enc = self.processor.encode([(request, None)], image_inputs=(pixel_values, grid, n_tokens))
-        ids = torch.cat([enc.input_ids.to(answer_ids.device), answer_ids])[None]
-        out = self.vlm(**self.vlm_inputs(ids), pixel_values=pixel_values, image_grid_thw=grid, output_hidden_states=True)
+    def teacher_forced_states(self, prefix, prompt: str, answer_ids: torch.Tensor) -> torch.Tensor:
+        """[SEG] states from one forward pass over prompt + ``answer_ids`` (the training read-out) for an
+        image whose :class:`~vlmsam.seg_token.generation.VisionPrefix` is ``prefix``."""
+        enc = self.processor.encode([(prompt, None)], image_inputs=(prefix.pixel_values, prefix.grid, prefix.n_tokens))
+        ids = torch.cat([enc.input_ids.to(answer_ids.device), answer_ids])[None].to(prefix.grid.device)
+        out = self.vlm(**self.vlm_inputs(ids), pixel_values=prefix.pixel_values, image_grid_thw=prefix.grid,
+                       output_hidden_states=True)
         positions = (ids[0] == self.config.seg_token_id).nonzero().flatten()
         return out.hidden_states[-1][0, positions]
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vlmsam.data.mixture import BadSampleLog, Mixture, ResumableSampler
 from vlmsam.data.registry import build_eval_dataset, build_family, split_list
+from vlmsam.seg_token.segmenter import SegTokenSegmenter
 from vlmsam.errors import VlmsamError
 from vlmsam.evaluation.evaluate import evaluate
 from vlmsam.seg_token.model import SegTokenModel
@@ -242,7 +243,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                                step_time=time.perf_counter() - t0)
                 if eval_ds is not None and (step % cfg.eval.val_every == 0 or step == total_steps):
                     model.eval()
-                    last_metrics = evaluate(model, eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
+                    last_metrics = evaluate(SegTokenSegmenter(model), eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
                                             limit=cfg.eval.val_samples, progress=False)
                     logger.log(step, val_giou=last_metrics["giou"], val_ciou=last_metrics["ciou"], val_n=last_metrics["n"])
                     if info.is_main:

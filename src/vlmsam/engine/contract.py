@@ -1,0 +1,135 @@
+"""What a segmenter is.
+
+Every design (``seg_token`` now; grounding and proposal selection later) implements three calls::
+
+    encoded = segmenter.encode(image)                      # the heavy part, once per image
+    result = segmenter.segment(encoded, "the red circle")  # cheap, any number of times
+    results = segmenter.segment_many(encoded, [r1, r2])    # several requests, batched
+
+The :class:`EncodedImage` handle holds everything image-specific (original size, SAM embedding,
+the VLM's vision features, any per-design cache) and never changes after it is made, so a
+segmenter holds no "current image": two images' requests can interleave, and threads can share one
+loaded segmenter (Meta's ``SamPredictor`` keeps its features; we pass ours explicitly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from PIL import Image
+
+from vlmsam.errors import PromptError
+from vlmsam.io.images import ImageSource, load_image
+from vlmsam.result import SegmentationResult
+
+MAX_REQUEST_CHARS = 2000
+MASK_MARK = "[mask {}]"
+
+
+def check_request(request: str) -> str:
+    """The request, stripped; an empty, whitespace-only or oversized request is a :class:`PromptError`."""
+    if not isinstance(request, str) or not request.strip():
+        raise PromptError("the request is empty: say what to segment, e.g. \"the red circle\"")
+    if len(request) > MAX_REQUEST_CHARS:
+        raise PromptError(f"the request has {len(request):,} characters; at most {MAX_REQUEST_CHARS:,} are accepted")
+    return request.strip()
+
+
+def image_key(image: Image.Image) -> str:
+    """A content hash: the same pixels give the same key whatever file they came from."""
+    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+
+
+def mark_masks(pieces: Sequence[str]) -> str:
+    """Text pieces around the masks -> the answer a person reads, with ``[mask k]`` where mask k goes
+    ("Sure, they are [mask 1] and [mask 2].")."""
+    out = pieces[0]
+    for k, piece in enumerate(pieces[1:], 1):
+        out += MASK_MARK.format(k) + piece
+    out = re.sub(r"(?<=[\w,;:])\[mask", " [mask", out)  # the [SEG] token carried no space of its own
+    out = re.sub(r"(\[mask \d+\])(?=\w)", r"\1 ", out)
+    return " ".join(out.split())
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image, encoded by one segmenter. Immutable; pass it to that segmenter's ``segment``.
+
+    Attributes:
+        size: ``(H, W)`` of the original image (masks come back at this size).
+        key: content hash of the pixels.
+        owner: the name of the segmenter that encoded it.
+        sam: SAM's image embedding (``sam.backend.ImageEmbedding``) where the design uses SAM.
+        vlm: the design's VLM state for this image (vision features, a key/value prefix, ...).
+        extras: any further per-design cache (read-only mapping).
+        timings: seconds spent encoding, by stage.
+    """
+
+    size: tuple[int, int]
+    key: str
+    owner: str
+    sam: Any = None
+    vlm: Any = None
+    extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    timings: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    _token: object = field(default=None, repr=False, compare=False)  # identifies the segmenter instance
+
+
+class SegmenterBase:
+    """The contract. A design subclasses it and implements :meth:`_encode` and :meth:`_segment_many`
+    (or :meth:`_segment`); the public calls check their inputs the same way for every design."""
+
+    name = ""  # the registry name of the design
+
+    def __init__(self):
+        self._token = object()
+
+    # ---- what a design implements -------------------------------------------------------------
+
+    def _encode(self, image: Image.Image, key: str) -> EncodedImage:
+        raise NotImplementedError
+
+    def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
+        return [self._segment(encoded, r, options) for r in requests]
+
+    def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
+        return self._segment_many(encoded, [request], options)[0]
+
+    # ---- the contract --------------------------------------------------------------------------
+
+    def encode(self, image: ImageSource) -> EncodedImage:
+        """Run the image encoders once; the handle serves any number of requests."""
+        loaded = load_image(image)
+        return self._encode(loaded, image_key(loaded))
+
+    def segment(self, encoded: EncodedImage, request: str, **options) -> SegmentationResult:
+        """Answer one request about an encoded image."""
+        self._check_handle(encoded)
+        return self._segment(encoded, check_request(request), options)
+
+    def segment_many(self, encoded: EncodedImage, requests: Sequence[str], **options) -> list[SegmentationResult]:
+        """Answer several requests about one encoded image; equal to separate :meth:`segment` calls."""
+        self._check_handle(encoded)
+        if isinstance(requests, str):
+            raise PromptError("segment_many takes a list of requests; use segment for one")
+        checked = [check_request(r) for r in requests]
+        return self._segment_many(encoded, checked, options) if checked else []
+
+    def handle(self, image: Image.Image, key: str, **fields) -> EncodedImage:
+        """An :class:`EncodedImage` owned by this segmenter (designs call it from ``_encode``)."""
+        extras = fields.pop("extras", {})
+        timings = fields.pop("timings", {})
+        return EncodedImage(size=(image.height, image.width), key=key, owner=self.name,
+                            extras=MappingProxyType(dict(extras)), timings=MappingProxyType(dict(timings)),
+                            _token=self._token, **fields)
+
+    def _check_handle(self, encoded) -> None:
+        if not isinstance(encoded, EncodedImage):
+            raise PromptError(f"expected an EncodedImage from {type(self).__name__}.encode(image), got {type(encoded).__name__}")
+        if encoded._token is not self._token:
+            raise PromptError(f"this image was encoded by another segmenter ({encoded.owner}); encode it with this one")

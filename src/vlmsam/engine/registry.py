@@ -1,0 +1,60 @@
+"""Design names -> builders. Each design package registers itself on import; a checkpoint records
+its design (``model_type`` in ``vlmsam_config.json``), so loading one needs no ``--segmenter``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from vlmsam.errors import CheckpointError
+
+CONFIG_NAME = "vlmsam_config.json"
+
+# name -> the module that registers it (imported only when that design is asked for)
+_MODULES = {"seg_token": "vlmsam.seg_token.segmenter"}
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register(name: str, builder: Callable) -> None:
+    """``builder(path=None, *, vlm=None, sam=None, device=None, dtype=None, **options)`` -> a segmenter."""
+    _BUILDERS[name] = builder
+
+
+def available() -> tuple[str, ...]:
+    return tuple(_MODULES)
+
+
+def builder(name: str) -> Callable:
+    if name not in _MODULES:
+        raise CheckpointError(f"unknown segmenter '{name}'; available: {', '.join(available())}")
+    if name not in _BUILDERS:
+        importlib.import_module(_MODULES[name])
+    return _BUILDERS[name]
+
+
+def model_type(path: Path) -> str:
+    """The design a checkpoint directory records (``seg_token`` for checkpoints that predate the field)."""
+    config = path / CONFIG_NAME
+    try:
+        data = json.loads(config.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a vlmsam checkpoint (no {CONFIG_NAME})") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config}: unreadable ({type(exc).__name__}: {exc}); re-export the checkpoint") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config}: expected a JSON object")
+    return str(data.get("model_type", "seg_token")).removeprefix("vlmsam_")  # written as "vlmsam_<design>"
+
+
+def load(path: str | Path | None = None, segmenter: str | None = None, **kwargs):
+    """A segmenter from a checkpoint directory (its recorded design) or, with ``segmenter``, from base models."""
+    if segmenter is not None:
+        builder(segmenter)  # an unknown name is the first thing to report
+    if path is not None:
+        recorded = model_type(Path(path))
+        if segmenter is not None and segmenter != recorded:
+            raise CheckpointError(f"{path}: is a '{recorded}' checkpoint, not '{segmenter}' (leave out --segmenter)")
+        segmenter = recorded
+    return builder(segmenter or "seg_token")(path, **kwargs)

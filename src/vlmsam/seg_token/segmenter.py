@@ -1,0 +1,157 @@
+"""The ``[SEG]`` model behind the segmenter contract (``vlmsam.engine``).
+
+It phrases the raw request the way the model was trained ("What is {x} in this image? Please
+output segmentation mask." / "{sentence} Please output segmentation mask."), decodes all requests
+about one image in one batch on the image's cached prefix, and turns each ``[SEG]`` into a mask.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from vlmsam.data import prompts
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, mark_masks
+from vlmsam.engine.registry import register
+from vlmsam.errors import CheckpointError
+from vlmsam.result import SegmentationResult
+from vlmsam.sam.backend import MASK_THRESHOLD
+from vlmsam.seg_token.generation import Generated, encode_prefix, generate_many
+
+
+def is_sentence(request: str) -> bool:
+    """A sentence (ends with ``?``, ``.`` or ``!`` and has more than four words) gets the long prompt."""
+    return request.rstrip().endswith(("?", ".", "!")) and len(request.split()) > 4
+
+
+def seg_prompt(request: str, sentence: bool | None = None) -> str:
+    """The evaluation prompt the model was trained with; a request that already asks for a mask is kept."""
+    if "segmentation mask" in request.lower():
+        return request
+    return prompts.eval_question(request.rstrip(), is_sentence(request) if sentence is None else sentence)
+
+
+class SegTokenSegmenter(SegmenterBase):
+    """``[SEG]``-token segmentation (LISA / Qwen-SAM) over a :class:`SegTokenModel`.
+
+    Options of :meth:`segment` / :meth:`segment_many`: ``is_sentence`` (None: guessed from the
+    request), ``max_new_tokens`` (default 128), ``logits_processor`` (tests force answers with it).
+    """
+
+    name = "seg_token"
+
+    def __init__(self, model, label: str = "", max_new_tokens: int = 128):
+        super().__init__()
+        self.model = model.eval()
+        self.label = label or "seg_token"
+        self.max_new_tokens = max_new_tokens
+        # The fast tokenizer's Rust object refuses concurrent use ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
+        self.encodes = 0  # how often the image encoders actually ran
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.vlm.parameters()).device
+
+    def to(self, device) -> SegTokenSegmenter:
+        self.model.to(device)
+        return self
+
+    @torch.inference_mode()
+    def _encode(self, image, key: str) -> EncodedImage:
+        t0 = time.perf_counter()
+        sam = self.model.sam_backend.encode(image)
+        t1 = time.perf_counter()
+        with self._tokenizer_lock:
+            prefix = encode_prefix(self.model._base_vlm(), self.model.processor, image, self.device)
+        self.encodes += 1
+        return self.handle(image, key, sam=sam, vlm=prefix,
+                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+
+    @torch.inference_mode()
+    def generate(self, encoded: EncodedImage, requests: list[str], **options) -> list[Generated]:
+        """The raw answers (token ids and ``[SEG]`` states) to ``requests``, decoded in one batch."""
+        sentence = options.get("is_sentence")
+        flags = sentence if isinstance(sentence, (list, tuple)) else [sentence] * len(requests)
+        p = encoded.vlm
+        processor = self.model.processor
+        with self._tokenizer_lock:
+            ids = [processor.encode([(seg_prompt(r, s), None)], image_inputs=(p.pixel_values, p.grid, p.n_tokens)).input_ids
+                   for r, s in zip(requests, flags)]
+        return generate_many(self.model._base_vlm(), p, ids, seg_token_id=self.model.config.seg_token_id,
+                             stop_id=processor.im_end, pad_id=processor.tokenizer.pad_token_id or 0,
+                             max_new_tokens=options.get("max_new_tokens") or self.max_new_tokens,
+                             logits_processor=options.get("logits_processor"))
+
+    def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
+        t0 = time.perf_counter()
+        answers = self.generate(encoded, requests, **options)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            results = [self._result(encoded, a) for a in answers]
+        t2 = time.perf_counter()
+        for r in results:
+            r.timings.update({"generate": (t1 - t0) / len(results), "decode_masks": (t2 - t1) / len(results)})
+        return results
+
+    def _result(self, encoded: EncodedImage, answer: Generated) -> SegmentationResult:
+        states = answer.states.to(next(self.model.projection.parameters()).dtype)
+        logits, iou = self.model.masks_from_states(states, encoded.sam)
+        return SegmentationResult(masks=(logits > MASK_THRESHOLD).cpu().numpy(), scores=iou.float().cpu().numpy(),
+                                  text=self.answer_text(answer.tokens))
+
+    def answer_text(self, tokens: torch.Tensor) -> str:
+        """The answer with ``[mask k]`` where the k-th ``[SEG]`` was ("Sure, [mask 1].")."""
+        seg = self.model.config.seg_token_id
+        pieces, current = [], []
+        for t in tokens.tolist():
+            if t == seg:
+                pieces.append(current)
+                current = []
+            else:
+                current.append(t)
+        pieces.append(current)
+        with self._tokenizer_lock:
+            return mark_masks([self.model.processor.decode(piece) if piece else "" for piece in pieces])
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        return self.model.save_pretrained(path)
+
+
+def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None,
+          max_new_tokens: int = 128) -> SegTokenSegmenter:
+    """A checkpoint directory (``path``), the bundled vlmsam-tiny (no arguments), or base models (``vlm``/``sam``)."""
+    from vlmsam.default_model import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+    from vlmsam.seg_token.config import SegTokenConfig
+    from vlmsam.seg_token.model import SegTokenModel
+
+    if vlm or sam:
+        if path:
+            raise CheckpointError("name either a [SEG] checkpoint or base --vlm/--sam models, not both")
+        config = SegTokenConfig(vlm=vlm or SegTokenConfig.vlm, sam=sam or SegTokenConfig.sam)
+        model, label = SegTokenModel.build(config).eval(), f"{config.vlm} + {config.sam}"
+    else:
+        if path in (None, "", DEFAULT_MODEL_NAME):
+            path = DEFAULT_MODEL_DIR
+            if not (path / "vlmsam_config.json").is_file():
+                raise CheckpointError(f"{path}: the bundled vlmsam-tiny is missing from this installation; "
+                                      "`make tiny-model` rebuilds it")
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such model directory (give a trained checkpoint, or base models with --vlm/--sam)")
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: is a file; a vlmsam model is a directory with vlmsam_config.json "
+                                  "(a SAM checkpoint goes to --sam)")
+        model = SegTokenModel.from_pretrained(path)
+        label = DEFAULT_MODEL_NAME if path == DEFAULT_MODEL_DIR else str(path)
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    return SegTokenSegmenter(model, label, max_new_tokens)
+
+
+register("seg_token", build)
