@@ -95,3 +95,42 @@ def test_python_api(ckpt):
         seg.segment("")
     with pytest.raises(CheckpointError, match="unknown segmenter"):
         load_segmenter(str(ckpt / "ckpt"), segmenter="grounding")
+
+
+def test_segment_many_images_folder_glob_and_requests_file(ckpt, tmp_path):
+    from vlmsam.evaluation.evaluate import read_predictions
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name, shift in (("a", 0), ("b", 5), ("c", 10)):
+        img = np.full((60, 80, 3), 90, np.uint8)
+        img[10 + shift:30 + shift, 20:50] = (230, 30, 30)
+        Image.fromarray(img).save(folder / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    proc = run_cli("segment", folder, str(tmp_path / "imgs" / "a*.png"), "the red square", "--model", ckpt / "ckpt",
+                   "--out", tmp_path / "o", "--max-new-tokens", "6")
+    assert proc.returncode == 1, proc.stderr[-2000:]  # one image could not be read; the rest were answered
+    assert "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    lines = [json.loads(x) for x in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    assert [x["image"] for x in lines] == ["a", "b", "c", "a"] and all(x["query"] == "the red square" for x in lines)
+    assert (tmp_path / "o" / "a.json").is_file() and (tmp_path / "o" / "a_2.json").is_file()
+    assert len(read_predictions(tmp_path / "o" / "predictions.jsonl")[("a", "the red square")]) == 2
+
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text("".join(json.dumps({"image": str(folder / f"{n}.png"), "request": r}) + "\n"
+                                for n, r in (("a", "the red square"), ("b", "the background"), ("a", "the grey part"))))
+    proc = run_cli("segment", "--requests", requests, "--model", ckpt / "ckpt", "--out", tmp_path / "r", "--max-new-tokens", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(x) for x in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    assert [(x["image"], x["query"]) for x in lines] == [("a", "the red square"), ("b", "the background"), ("a", "the grey part")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a torch without CUDA")
+def test_device_errors_are_one_line(ckpt, tmp_path):
+    for device, words in (("cuda:0", "no CUDA device"), ("tpu", "use auto, cpu, cuda or cuda:N")):
+        proc = run_cli("segment", ckpt / "scene.png", "the red square", "--model", ckpt / "ckpt", "--device", device,
+                       "--out", tmp_path / "o")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli("evaluate", "--dataset", "reason_seg:val", "--dataset-dir", tmp_path, "--device", "cuda", "--out", tmp_path / "e")
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
