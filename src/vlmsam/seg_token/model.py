@@ -343,7 +343,7 @@ class SegTokenModel(nn.Module):
     @torch.no_grad()
     def teacher_forced_states(self, prefix, prompt: str, answer_ids: torch.Tensor) -> torch.Tensor:
         """[SEG] states from one forward pass over prompt + ``answer_ids`` (the training read-out) for an
-        image whose :class:`~vlmsam.seg_token.generation.VisionPrefix` is ``prefix``."""
+        image whose :class:`~vlmsam.vlm.generation.VisionPrefix` is ``prefix``."""
         enc = self.processor.encode([(prompt, None)], image_inputs=(prefix.pixel_values, prefix.grid, prefix.n_tokens))
         ids = torch.cat([enc.input_ids.to(answer_ids.device), answer_ids])[None].to(prefix.grid.device)
         out = self.vlm(**self.vlm_inputs(ids), pixel_values=prefix.pixel_values, image_grid_thw=prefix.grid,
@@ -465,16 +465,9 @@ def _resolve(name: str, base_dir: Path | None) -> str:
 
 
 def _load_vlm(name: str, base_dir: Path | None):
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from vlmsam.vlm.runtime import load_vlm_model
 
-    source = _resolve(name, base_dir)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{source}: could not read a VLM config ({str(e).splitlines()[0]})") from None
-    if config.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        raise CheckpointError(f"{source}: is a '{config.model_type}' model; the [SEG] segmenter supports Qwen2-VL, Qwen2.5-VL and Qwen3-VL")
-    return AutoModelForImageTextToText.from_pretrained(source)
+    return load_vlm_model(_resolve(name, base_dir))
 
 
 def _load_sam(name: str, base_dir: Path | None):

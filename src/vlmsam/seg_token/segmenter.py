@@ -7,7 +7,6 @@ about one image in one batch on the image's cached prefix, and turns each ``[SEG
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from vlmsam.engine.registry import register
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD
-from vlmsam.seg_token.generation import Generated, encode_prefix, generate_many
+from vlmsam.vlm.generation import Generated
+from vlmsam.vlm.runtime import VlmRuntime
 
 
 def is_sentence(request: str) -> bool:
@@ -48,8 +48,7 @@ class SegTokenSegmenter(SegmenterBase):
         self.model = model.eval()
         self.label = label or "seg_token"
         self.max_new_tokens = max_new_tokens
-        # The fast tokenizer's Rust object refuses concurrent use ("Already borrowed").
-        self._tokenizer_lock = threading.Lock()
+        self.vlm = VlmRuntime(model.vlm, model.processor)  # the shared runtime: prefix, batched decoding
         self.encodes = 0  # how often the image encoders actually ran
 
     @property
@@ -65,8 +64,7 @@ class SegTokenSegmenter(SegmenterBase):
         t0 = time.perf_counter()
         sam = self.model.sam_backend.encode(image)
         t1 = time.perf_counter()
-        with self._tokenizer_lock:
-            prefix = encode_prefix(self.model._base_vlm(), self.model.processor, image, self.device)
+        prefix = self.vlm.encode_image(image)
         self.encodes += 1
         return self.handle(image, key, sam=sam, vlm=prefix,
                            timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
@@ -76,15 +74,10 @@ class SegTokenSegmenter(SegmenterBase):
         """The raw answers (token ids and ``[SEG]`` states) to ``requests``, decoded in one batch."""
         sentence = options.get("is_sentence")
         flags = sentence if isinstance(sentence, (list, tuple)) else [sentence] * len(requests)
-        p = encoded.vlm
-        processor = self.model.processor
-        with self._tokenizer_lock:
-            ids = [processor.encode([(seg_prompt(r, s), None)], image_inputs=(p.pixel_values, p.grid, p.n_tokens)).input_ids
-                   for r, s in zip(requests, flags)]
-        return generate_many(self.model._base_vlm(), p, ids, seg_token_id=self.model.config.seg_token_id,
-                             stop_id=processor.im_end, pad_id=processor.tokenizer.pad_token_id or 0,
-                             max_new_tokens=options.get("max_new_tokens") or self.max_new_tokens,
-                             logits_processor=options.get("logits_processor"))
+        conversations = [[(seg_prompt(r, s), None)] for r, s in zip(requests, flags)]
+        return self.vlm.generate(encoded.vlm, conversations, state_token=self.model.config.seg_token_id,
+                                 max_new_tokens=options.get("max_new_tokens") or self.max_new_tokens,
+                                 logits_processor=options.get("logits_processor"))
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         t0 = time.perf_counter()
@@ -114,8 +107,7 @@ class SegTokenSegmenter(SegmenterBase):
             else:
                 current.append(t)
         pieces.append(current)
-        with self._tokenizer_lock:
-            return mark_masks([self.model.processor.decode(piece) if piece else "" for piece in pieces])
+        return mark_masks([self.vlm.decode(piece) if piece else "" for piece in pieces])
 
     def save_pretrained(self, path: str | Path) -> Path:
         return self.model.save_pretrained(path)

@@ -1,4 +1,4 @@
-"""Greedy generation for the ``[SEG]`` model: one image prefix, any number of requests, in one batch.
+"""Greedy generation for every design: one image prefix, any number of requests, in one batch.
 
 Every request about an image starts with the same tokens (system prompt, user head, the vision
 tokens). :func:`encode_prefix` runs the language model over them once and keeps their key/value
@@ -7,8 +7,8 @@ requests together. Nothing is stored on the model: positions are computed here a
 explicitly (transformers' own ``generate`` keeps the M-RoPE offset on the model, which two
 threads would overwrite), so one loaded model serves concurrent callers.
 
-The ``[SEG]`` read-out is the training one: the final-layer hidden state at the step in which the
-emitted ``[SEG]`` is fed back in.
+With ``state_token`` (the ``[SEG]`` id) the final-layer hidden state of every such token is kept,
+read as training reads it: at the step in which the emitted token is fed back in.
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ def encode_prefix(base, processor, image, device) -> VisionPrefix:
 @dataclass
 class Generated:
     """One request's answer: new token ids ``(T,)`` (without ``<|im_end|>``) and the ``(S, hidden)``
-    final-layer states of its ``[SEG]`` tokens."""
+    final-layer states of its ``state_token`` s (none without one)."""
 
     tokens: torch.Tensor
     states: torch.Tensor
 
 
-def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *, seg_token_id: int, stop_id: int,
-                  pad_id: int, max_new_tokens: int = 128, logits_processor=None) -> list[Generated]:
+def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *, stop_id: int, pad_id: int,
+                  state_token: int | None = None, max_new_tokens: int = 128, logits_processor=None) -> list[Generated]:
     """Greedy answers to k encoded requests (full prompts, each starting with ``prefix.ids``)."""
     p = len(prefix.ids)
     device = prefix.ids.device
@@ -120,7 +120,7 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         for r in range(k):
             if len(tokens[r]) >= max_new_tokens:
                 done[r] = True  # its last token is still fed once, so a final [SEG] gets its state
-        if not any(f and tokens[r] and tokens[r][-1] == seg_token_id for r, f in enumerate(fed)) and all(done):
+        if not any(f and tokens[r] and tokens[r][-1] == state_token for r, f in enumerate(fed)) and all(done):
             break
         if not any(fed):
             break
@@ -132,7 +132,7 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         hidden = out.last_hidden_state[:, -1]
         seen = torch.cat([seen, feed[:, None]], dim=1)
         for r in range(k):
-            if fed[r] and int(feed[r]) == seg_token_id:
+            if fed[r] and int(feed[r]) == state_token:
                 states[r].append(hidden[r])
         if all(done):
             break
