@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 from vlmsam.data.synth import write_synth
-from vlmsam.default_model import DEFAULT_MODEL_DIR
+from vlmsam.bundled.default_model import DEFAULT_MODEL_DIR
 
 
 def test_bundled_model_is_small_and_complete():

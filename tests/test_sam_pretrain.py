@@ -44,6 +44,6 @@ def test_pretrain_sam_bad_input_is_one_line(tmp_path):
 
 
 def test_pretrain_sam_help_states_the_real_defaults():
-    from vlmsam.sam.pretrain import PretrainConfig
+    from vlmsam.bundled.pretrain_sam import PretrainConfig
 
     assert_help_states_defaults("pretrain-sam", PretrainConfig())

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from tests.conftest import assert_help_states_defaults, run_cli
 from vlmsam.data.synth import COLORS, SHAPES, write_synth
-from vlmsam.vlm.pretrain import VisionPretrainConfig, cell_targets, shape_shares
+from vlmsam.bundled.pretrain_vision import VisionPretrainConfig, cell_targets, shape_shares
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 

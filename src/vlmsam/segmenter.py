@@ -78,7 +78,7 @@ def load_segmenter(name_or_path: str | Path | None = None, segmenter: str | None
                    sam: str | None = None, device=None, dtype=None, max_new_tokens: int = 128) -> Segmenter:
     """Load a segmenter. With no arguments: the bundled ``vlmsam-tiny``. A checkpoint directory names
     its own design; ``segmenter`` is needed only for base models (``vlm``/``sam``)."""
-    from vlmsam.engine.runtime import resolve_device, resolve_dtype
+    from vlmsam.devices import resolve_device, resolve_dtype
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)

@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import data_commands, sam_commands, seg_commands, segment_commands, train_commands
+    from vlmsam.cli import data, evaluate, merge_lora, pretrain, sam, segment, train
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -26,11 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sam_commands.register(sub)
-    seg_commands.register(sub)
-    data_commands.register(sub)
-    train_commands.register(sub)
-    segment_commands.register(sub)
+    for command in (sam, pretrain, merge_lora, data, train, evaluate, segment):  # one module per command (or pair)
+        command.register(sub)
     return parser
 
 

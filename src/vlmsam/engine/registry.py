@@ -11,6 +11,9 @@ from pathlib import Path
 from vlmsam.errors import CheckpointError
 
 CONFIG_NAME = "vlmsam_config.json"
+# The bundled offline default, shipped inside the package (made by `make tiny-model`).
+DEFAULT_MODEL_NAME = "vlmsam-tiny"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_MODEL_NAME
 
 # name -> the module that registers it (imported only when that design is asked for)
 _MODULES = {"seg_token": "vlmsam.seg_token.segmenter"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from vlmsam.data.sample import IGNORE as IGNORE_INDEX  # the one ignore label (255)
 PAIR_EPS = 1e-5
 SET_EPS = 1e-10
 

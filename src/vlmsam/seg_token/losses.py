@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from vlmsam.data.sample import IGNORE as IGNORE_INDEX  # the one ignore label (255)
 
 
 def _split(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

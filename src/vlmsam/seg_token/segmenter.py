@@ -116,7 +116,7 @@ class SegTokenSegmenter(SegmenterBase):
 def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None,
           max_new_tokens: int = 128) -> SegTokenSegmenter:
     """A checkpoint directory (``path``), the bundled vlmsam-tiny (no arguments), or base models (``vlm``/``sam``)."""
-    from vlmsam.default_model import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+    from vlmsam.engine.registry import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
     from vlmsam.seg_token.config import SegTokenConfig
     from vlmsam.seg_token.model import SegTokenModel
 

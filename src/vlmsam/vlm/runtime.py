@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vlmsam.engine.runtime import resolve_device, resolve_dtype
+from vlmsam.devices import resolve_device, resolve_dtype
 from vlmsam.errors import CheckpointError
 from vlmsam.vlm.generation import Generated, VisionPrefix, encode_prefix, generate_many
 from vlmsam.vlm.processor import VlmProcessor

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "vlmsam-tiny"
-DEFAULT_MODEL_NAME = "vlmsam-tiny"
+from vlmsam.engine.registry import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME  # noqa: F401  (where export writes)
 
 IMAGE_PIXELS = 128 * 128  # about 8 x 8 = 64 visual tokens with 8-pixel patches merged 2 x 2
 VISION_PATCH = 8

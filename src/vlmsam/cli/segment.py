@@ -136,7 +136,7 @@ def _report(result, written, elapsed: float) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vlmsam.engine.runtime import resolve_device
+    from vlmsam.devices import resolve_device
     from vlmsam.errors import VlmsamError
     from vlmsam.io import load_image, write_result
     from vlmsam.io.writer import atomic_write_bytes, mask_to_rle
@@ -178,7 +178,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from vlmsam.engine.runtime import resolve_device
+    from vlmsam.devices import resolve_device
     from vlmsam.errors import VlmsamError
     from vlmsam.io import load_image, write_result
 

@@ -1,0 +1,106 @@
+"""``vlmsam sam`` (prompt SAM with boxes/points) and ``vlmsam convert-sam`` (Meta .pth -> transformers)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from vlmsam.errors import PromptError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sam",
+        help="segment an image with SAM from box and/or point prompts",
+        description="Prompt Segment Anything with boxes and/or points (original-image pixels). "
+        "Several --box flags give several masks; --point flags are combined into one prompt, or "
+        "paired with a single --box.",
+    )
+    p.add_argument("image", help="image path or http(s) URL")
+    p.add_argument("--sam", required=True, help="Meta .pth file (sam_vit_h_4b8939.pth), transformers directory, or hub id (facebook/sam-vit-huge)")
+    p.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2", help="box prompt, XYXY in pixels (repeatable)")
+    p.add_argument("--point", action="append", default=[], metavar="X,Y", help="point prompt in pixels (repeatable)")
+    p.add_argument("--point-label", action="append", type=int, default=None, metavar="0|1",
+                   help="label of each --point in order: 1 foreground (default), 0 background")
+    p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=False,
+                   help="let SAM propose 3 masks per prompt and keep the best (default: off)")
+    p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
+    p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
+    p.set_defaults(run=run_sam)
+
+    c = sub.add_parser(
+        "convert-sam",
+        help="convert a Meta SAM .pth checkpoint to a transformers directory (safetensors)",
+        description="Read one of Meta's sam_vit_{b,l,h}_*.pth files safely (weights_only) and save "
+        "it as a transformers SamModel directory that --sam accepts and SamModel.from_pretrained loads.",
+    )
+    c.add_argument("checkpoint", help="Meta .pth file")
+    c.add_argument("out_dir", help="directory to write config.json, model.safetensors and the preprocessing config")
+    c.set_defaults(run=run_convert)
+
+
+def _numbers(text: str, count: int, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise PromptError(f"--{what} {text!r}: expected {count} comma-separated numbers")
+    return values
+
+
+def run_sam(args: argparse.Namespace) -> int:
+    from vlmsam.io import load_image, write_result
+    from vlmsam.sam import SamBackend
+
+    boxes = [_numbers(b, 4, "box") for b in args.box]
+    points = [_numbers(p, 2, "point") for p in args.point]
+    if not boxes and not points:
+        raise PromptError("give at least one --box X1,Y1,X2,Y2 or --point X,Y")
+    labels = args.point_label
+    if labels is not None and len(labels) != len(points):
+        raise PromptError(f"{len(labels)} --point-label values for {len(points)} --point prompts")
+    if points and len(boxes) > 1:
+        raise PromptError("points can be combined with at most one box")
+
+    from vlmsam.devices import resolve_device
+
+    device = resolve_device(args.device)
+    image = load_image(args.image)  # before the model: a bad image should fail fast
+    t0 = time.perf_counter()
+    sam = SamBackend.from_pretrained(args.sam, device=device)
+    load_s = time.perf_counter() - t0
+
+    n = max(len(boxes), 1)  # points are shared by every box prompt
+    result = sam.segment(
+        image,
+        boxes=boxes or None,
+        points=[points] * n if points else None,
+        point_labels=[labels or [1] * len(points)] * n if points else None,
+        multimask_output=args.multimask,
+    )
+    result.timings["load_model"] = load_s
+    stem = Path(args.image.split("?")[0]).stem or "image"
+    written = write_result(result, image, args.out, stem)
+    total = sum(result.timings.values())
+    print(f"{result.num_masks} mask(s), scores {[round(float(s), 3) for s in result.scores]}, {total:.2f}s")
+    print(f"overlay: {written['overlay']}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from vlmsam.errors import CheckpointError
+    from vlmsam.sam.checkpoints import load_meta_checkpoint, save_converted
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    model = load_meta_checkpoint(path)
+    out = save_converted(model, args.out_dir)
+    vc = model.config.vision_config
+    print(
+        f"converted {path.name}: ViT {vc.hidden_size}-wide, {vc.num_hidden_layers} layers, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters -> {out}"
+    )
+    return 0
