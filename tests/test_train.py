@@ -43,9 +43,12 @@ def test_full_run_writes_everything_and_the_checkpoint_serves(setup, tmp_path):
     best = json.loads((run / "best.json").read_text())["checkpoint"].split("/")[-1]
     assert names == sorted({"step_000008", best})  # the last one plus the best
     saved = TrainConfig.load(run / "config.yaml")
+    assert saved.model_type == "seg_token" and "model_type: seg_token" in (run / "config.yaml").read_text()
     assert saved.train.batch_size == 2 and saved.data.refer_seg_data == "refcoco" and saved.model.lora_r == 4
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 9))
+    # the trainer logs whatever named losses the design's model returns (SegOutput.losses())
+    assert {"loss", "ce_loss", "bce_loss", "dice_loss"} <= set(next(r for r in log if "loss" in r))
     assert [r["step"] for r in log if "val_giou" in r] == [4, 8]
     lrs = [r["lr"] for r in log if "lr" in r]
     # Linear warm-up over 2 steps, then linear decay to zero after the last step.
@@ -120,6 +123,16 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(setup, tmp_path, mo
     SegTokenModel.from_pretrained(previous)  # still loadable
     ckpt.save_checkpoint(run, 100, model, {"x": torch.zeros(1)}, "", keep_last=1, best_step=None)
     assert ckpt.find_resume(run, "auto").name == "step_000100"
+
+
+def test_the_model_section_is_chosen_by_model_type():
+    from vlmsam.seg_token import SegTokenConfig
+
+    cfg = TrainConfig.load(None, ["model.model_type=seg_token", "model.lora_r=4"])
+    assert cfg.model_type == "seg_token" and isinstance(cfg.model, SegTokenConfig) and cfg.model.lora_r == 4
+    assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    with pytest.raises(ConfigError, match="model.model_type: unknown segmenter 'grounding_dino'"):
+        TrainConfig.load(None, ["model_type=grounding_dino"])
 
 
 def test_every_boolean_option_switches_both_ways():

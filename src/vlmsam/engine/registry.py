@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlmsam.errors import CheckpointError
@@ -18,6 +19,35 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / DEFAULT
 # name -> the module that registers it (imported only when that design is asked for)
 _MODULES = {"seg_token": "vlmsam.seg_token.segmenter"}
 _BUILDERS: dict[str, Callable] = {}
+_TRAINABLE: dict[str, Trainable] = {}
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """What ``vlmsam train`` needs of a design it can train.
+
+    Attributes:
+        config_class: the dataclass of the config's ``model`` section (chosen by ``model.model_type``).
+        build: ``config -> model``; the model's ``forward(batch)`` returns an object whose
+            ``losses()`` is a dict of named loss tensors (``loss`` is optimised, all are logged), and
+            it has ``collator``, ``save_pretrained``, ``load_trainable`` and ``trainable_summary``.
+        segmenter: ``model -> segmenter`` for validation by generation through the contract.
+    """
+
+    config_class: type
+    build: Callable
+    segmenter: Callable
+
+
+def register_trainable(name: str, config_class: type, build: Callable, segmenter: Callable) -> None:
+    _TRAINABLE[name] = Trainable(config_class, build, segmenter)
+
+
+def trainable(name: str) -> Trainable:
+    builder(name)  # imports the design, which registers itself
+    if name not in _TRAINABLE:
+        raise CheckpointError(f"the '{name}' segmenter has nothing to train")
+    return _TRAINABLE[name]
 
 
 def register(name: str, builder: Callable) -> None:

@@ -39,6 +39,12 @@ class SegOutput:
     target_loss: torch.Tensor | None = None  # only with prompt_target_weight > 0
     grounding_loss: torch.Tensor | None = None  # only with grounding_weight > 0
 
+    def losses(self) -> dict[str, torch.Tensor]:
+        """The named losses the trainer logs; ``loss`` is the one it optimises."""
+        named = {"loss": self.loss, "ce_loss": self.ce_loss, "bce_loss": self.bce_loss, "dice_loss": self.dice_loss,
+                 "target_loss": self.target_loss, "grounding_loss": self.grounding_loss}
+        return {k: v for k, v in named.items() if v is not None}
+
 
 class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, PersistenceMixin, nn.Module):
     """The [SEG] model. Construction and the training forward live here; the trainable parts

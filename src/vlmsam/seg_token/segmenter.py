@@ -14,7 +14,7 @@ import torch
 
 from vlmsam.data import prompts
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, mark_masks
-from vlmsam.engine.registry import register
+from vlmsam.engine.registry import register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD
@@ -146,4 +146,17 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     return SegTokenSegmenter(model, label, max_new_tokens)
 
 
+def _build_trainable(config):
+    from vlmsam.seg_token.model import SegTokenModel
+
+    return SegTokenModel.build(config)
+
+
+def _config_class():
+    from vlmsam.seg_token.config import SegTokenConfig
+
+    return SegTokenConfig
+
+
 register("seg_token", build)
+register_trainable("seg_token", _config_class(), _build_trainable, SegTokenSegmenter)

@@ -78,11 +78,28 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    model_type: str = "seg_token"  # which design trains; it chooses the model section's class
 
     SECTIONS = ("model", "data", "train", "eval")
 
     def to_dict(self) -> dict:
-        return {name: asdict(getattr(self, name)) for name in self.SECTIONS}
+        out = {name: asdict(getattr(self, name)) for name in self.SECTIONS}
+        out["model"] = {"model_type": self.model_type, **out["model"]}
+        return out
+
+    def set_model_type(self, name: str) -> None:
+        """Choose the design (``model.model_type``); its config class replaces the model section."""
+        from vlmsam.engine.registry import trainable
+        from vlmsam.errors import CheckpointError
+
+        name = str(name)
+        if name == self.model_type:
+            return
+        try:
+            config_class = trainable(name).config_class
+        except CheckpointError as exc:
+            raise ConfigError(f"model.model_type: {exc}") from None
+        self.model_type, self.model = name, config_class()
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -93,7 +110,12 @@ class TrainConfig:
         unknown = sorted(set(data) - set(cls.SECTIONS))
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; sections are {', '.join(cls.SECTIONS)}")
-        for name, values in data.items():
+        model = dict(data.get("model") or {})
+        if "model_type" in model:
+            cfg.set_model_type(model.pop("model_type"))
+        for name, values in {**data, "model": model}.items():
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"config section '{name}' must be a mapping of key: value")
             for key, value in (values or {}).items():
                 cfg.set(f"{name}.{key}", value)
         return cfg
@@ -118,6 +140,9 @@ class TrainConfig:
         return cfg
 
     def set(self, key: str, value) -> None:
+        if key in ("model.model_type", "model_type"):
+            self.set_model_type(value)
+            return
         if "." in key:
             section, name = key.split(".", 1)
             if section not in self.SECTIONS:

@@ -23,10 +23,9 @@ from tqdm import tqdm
 
 from vlmsam.data.mixture import BadSampleLog, Mixture, ResumableSampler
 from vlmsam.data.registry import build_eval_dataset, build_family, split_list
-from vlmsam.seg_token.segmenter import SegTokenSegmenter
+from vlmsam.engine.registry import trainable
 from vlmsam.errors import VlmsamError
 from vlmsam.evaluation.evaluate import evaluate
-from vlmsam.seg_token.model import SegTokenModel
 from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
 from vlmsam.train.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
@@ -118,10 +117,12 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         cfg.save(run_dir / "config.yaml")
     barrier()
 
+    design = trainable(cfg.model_type)  # the design whose model the config's model section describes
     seed_everything(t.seed)  # identical initial weights on every rank
-    model = SegTokenModel.build(cfg.model)
+    model = design.build(cfg.model)
     seed_everything(t.seed + info.rank)  # then independent dropout per rank
-    set_gradient_checkpointing(model.vlm, t.gradient_checkpointing)
+    if hasattr(model, "vlm"):
+        set_gradient_checkpointing(model.vlm, t.gradient_checkpointing)
     model.to(info.device)
     mixture = build_mixture(cfg, info.rank, model.collator.prepare)
     if t.sam_embedding_cache:
@@ -202,29 +203,25 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
             while step < min(epoch_end, end):
                 model.train()
                 t0 = time.perf_counter()
-                sums = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0}
-                if cfg.model.prompt_target_weight > 0:
-                    sums["target_loss"] = 0.0
-                if cfg.model.grounding_weight > 0:
-                    sums["grounding_loss"] = 0.0
+                sums: dict[str, float] = {}  # the named losses the model returns, averaged over micro-steps
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 for micro in range(t.grad_accumulation_steps):
                     batch = next(batches)
                     bad.extend(batch.skipped)
                     if engine is not None:  # DeepSpeed scales, accumulates, clips and steps itself
-                        out = engine(batch)
-                        engine.backward(out.loss)
+                        losses = engine(batch).losses()
+                        engine.backward(losses["loss"])
                         engine.step()
-                        for k in sums:
-                            sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
+                        for k, v in losses.items():
+                            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accumulation_steps
                         continue
                     sync = ddp.no_sync if (ddp is not None and micro < t.grad_accumulation_steps - 1) else contextlib.nullcontext
                     with sync():  # gradients are all-reduced on the last micro-step only
                         with autocast():
-                            out = net(batch)
-                        scaler.scale(out.loss / t.grad_accumulation_steps).backward()
-                    for k in sums:
-                        sums[k] += float(getattr(out, k)) / t.grad_accumulation_steps
+                            losses = net(batch).losses()
+                        scaler.scale(losses["loss"] / t.grad_accumulation_steps).backward()
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accumulation_steps
                 if engine is not None:
                     grad_norm = engine.get_global_grad_norm() or 0.0
                 else:
@@ -243,7 +240,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
                                step_time=time.perf_counter() - t0)
                 if eval_ds is not None and (step % cfg.eval.val_every == 0 or step == total_steps):
                     model.eval()
-                    last_metrics = evaluate(SegTokenSegmenter(model), eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
+                    last_metrics = evaluate(design.segmenter(model), eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
                                             limit=cfg.eval.val_samples, progress=False)
                     logger.log(step, val_giou=last_metrics["giou"], val_ciou=last_metrics["ciou"], val_n=last_metrics["n"])
                     if info.is_main:
