@@ -295,6 +295,39 @@ def visible_masks(scene: list[dict], h: int, w: int) -> np.ndarray:
     return masks
 
 
+def grounding_json(masks: np.ndarray, frame: tuple[int, int]) -> str:
+    """Objects as Qwen2.5-VL answers them: ``[{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}, ...]`` in
+    integer pixels of the resized ``frame = (h, w)``; the box is tight around each mask, the point
+    the mask pixel nearest to its centre of mass (inside even a concave or occluded shape)."""
+    h, w = masks.shape[1:]
+    sy, sx = frame[0] / h, frame[1] / w
+    objects = []
+    for m in masks:
+        ys, xs = np.nonzero(m == 1)
+        if len(xs) == 0:
+            continue
+        k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+        box = [round(xs.min() * sx), round(ys.min() * sy), round((xs.max() + 1) * sx), round((ys.max() + 1) * sy)]
+        objects.append({"bbox_2d": box, "point_2d": [round((xs[k] + 0.5) * sx), round((ys[k] + 0.5) * sy)]})
+    return json.dumps(objects, separators=(",", ":"))
+
+
+def grounding_answers(conversations, masks: np.ndarray, frame: tuple[int, int], prefix: str = ""):
+    """``[SEG]`` answers -> grounding JSON answers (masks consumed in reading order); the sample then
+    has no mask targets. Answers without ``[SEG]`` ("There is no ...", captions) stay as they are."""
+    out, k = [], 0
+    for conv in conversations:
+        turns = []
+        for user, answer in conv:
+            n = answer.count("[SEG]") if answer else 0
+            if n:
+                answer = prefix + grounding_json(masks[k:k + n], frame)
+                k += n
+            turns.append((user, answer))
+        out.append(turns)
+    return out, masks[:0]
+
+
 def scene_files(data_dir: str | Path, split: str) -> list[Path]:
     """The scene jsons of one split of a ``vlmsam data synth`` directory (pre-training input)."""
     files = sorted((find_root(Path(data_dir)) / split).glob("*.json"))
@@ -366,10 +399,24 @@ class SynthDataset(ReasonSegDataset):
     source = "synth"
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
-                 extra_requests: int = 0, extra_kind_weights: str | None = None):
+                 extra_requests: int = 0, extra_kind_weights: str | None = None, answer_format: str = "seg",
+                 frame=None):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
+        if answer_format not in ("seg", "grounding"):
+            raise DatasetError(f"synth answer format must be 'seg' or 'grounding', not '{answer_format}'")
+        if answer_format == "grounding" and frame is None:
+            raise DatasetError("grounding answers need the VLM's resized frame (frame=processor.resized_size)")
+        self.answer_format, self.frame = answer_format, frame
         self.extra_weights = kind_weights(extra_kind_weights)
+
+    def _question(self, rng: random.Random):
+        """``(text, is_sentence) -> question``: LISA's [SEG] wording, or the box_prompt segmenter's own."""
+        if self.answer_format == "grounding":
+            from vlmsam.grounding.prompts import grounding_prompt
+
+            return grounding_prompt
+        return lambda text, sentence: prompts.question(text, sentence, rng)
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
@@ -384,7 +431,8 @@ class SynthDataset(ReasonSegDataset):
         # The stored answer is kept as is ("[SEG]." for one target): with LISA's five phrasings
         # no single first token beats "There is no ..." under greedy decoding, and a tiny model
         # trained that way answers every attribute request with "There is no".
-        question = prompts.question(text, is_sentence, rng)
+        ask = self._question(rng)
+        question = ask(text, is_sentence)
         if self.describe_first and anno.get("scene"):
             conversations = [[(question, f"{caption(anno['scene'])} {answer}")]]
         else:
@@ -396,8 +444,11 @@ class SynthDataset(ReasonSegDataset):
             # More requests about the same image: the image is encoded once for all of them.
             extra = more_requests(anno["scene"], self.extra_requests, rng, self.extra_weights)
             no_target += [len(conversations) + j for j, (*_, targets) in enumerate(extra) if not targets]
-            conversations += [[(prompts.question(t, sentence, rng), a)] for t, sentence, a, _ in extra]
+            conversations += [[(ask(t, sentence), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
             masks = np.concatenate([masks, np.stack(more)]) if more else masks
+        if self.answer_format == "grounding":
+            prefix = f"{caption(anno['scene'])} " if self.describe_first and anno.get("scene") else ""
+            conversations, masks = grounding_answers(conversations, masks, self.frame(h, w), prefix)
         return Sample(self.image_path(i), conversations, masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target})

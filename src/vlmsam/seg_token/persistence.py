@@ -120,6 +120,7 @@ class PersistenceMixin:
         out = Path(out_dir)
         self.merge_lora()
         self._base_vlm().save_pretrained(out / "vlm")
+        self.processor.save_pretrained(out / "vlm")  # an ordinary transformers directory: tokenizer and image processor too
         self.sam.save_pretrained(out / "sam")
         self.config.vlm, self.config.sam = "vlm", "sam"
         return self.save_pretrained(out, projection_only=True)

@@ -34,6 +34,7 @@ class DataConfig:
     explanatory: float = 0.1
     synth_describe_first: bool = False  # synthetic answers first name every shape, then decide
     synth_extra_requests: int = 0  # further requests drawn about each synthetic scene (one image encoding)
+    synth_answer_format: str = "seg"  # "grounding": answer with Qwen2.5-VL JSON boxes/points instead of [SEG]
     synth_extra_kind_weights: str = ""  # how those are drawn, e.g. "uniqueness=0.3" (others: the generator's)
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"

@@ -51,7 +51,8 @@ def set_gradient_checkpointing(vlm, enabled: bool) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
 
 
-def build_mixture(cfg: TrainConfig, rank: int, prepare) -> Mixture:
+def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
+    """``frame``: ``(h, w) -> (h, w)`` as the VLM's processor resizes (for grounding answers)."""
     d, t = cfg.data, cfg.train
     families = split_list(d.datasets)
     rates = [float(r) for r in split_list(d.sample_rates)]
@@ -63,7 +64,8 @@ def build_mixture(cfg: TrainConfig, rank: int, prepare) -> Mixture:
     for family in families:
         kwargs = {"reason_seg": {"explanatory": d.explanatory},
                   "synth": {"describe_first": d.synth_describe_first, "extra_requests": d.synth_extra_requests,
-                            "extra_kind_weights": d.synth_extra_kind_weights}}.get(family, {})
+                            "extra_kind_weights": d.synth_extra_kind_weights, "answer_format": d.synth_answer_format,
+                            "frame": frame}}.get(family, {})
         built[family] = build_family(family, d.dataset_dir, lists.get(family), **kwargs)
     return Mixture(built, dict(zip(families, rates)), seed=t.seed, rank=rank,
                    samples_per_epoch=t.steps_per_epoch * t.batch_size * t.grad_accumulation_steps,
@@ -124,7 +126,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     if hasattr(model, "vlm"):
         set_gradient_checkpointing(model.vlm, t.gradient_checkpointing)
     model.to(info.device)
-    mixture = build_mixture(cfg, info.rank, model.collator.prepare)
+    processor = getattr(model, "processor", None)
+    mixture = build_mixture(cfg, info.rank, model.collator.prepare, processor.resized_size if processor is not None else None)
     if t.sam_embedding_cache:
         from vlmsam.train.sam_cache import attach_sam_cache
 

@@ -98,6 +98,17 @@ class VlmProcessor:
                 ids.extend(self.text_ids(piece))
         return ids
 
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` of an image of this size as the image processor resizes it: the frame in which
+        Qwen2.5-VL gives grounding coordinates."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        ip = self.image_processor
+        size = ip.size if isinstance(ip.size, dict) else {}
+        return smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
+                            min_pixels=size.get("shortest_edge", getattr(ip, "min_pixels", 56 * 56)),
+                            max_pixels=size.get("longest_edge", getattr(ip, "max_pixels", 14 * 14 * 4 * 1280)))
+
     def image_inputs(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``pixel_values``, ``image_grid_thw (1, 3)`` and the number of image tokens."""
         out = self.image_processor(images=[image], return_tensors="pt")
