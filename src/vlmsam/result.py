@@ -19,6 +19,8 @@ class SegmentationResult:
         text: the model's text answer ("" when a segmenter produces none).
         labels: one optional label per mask ("" where unknown).
         timings: seconds per stage, e.g. ``{"encode_image": 0.8, "decode_masks": 0.05}``.
+        info: design-specific notes, e.g. ``{"reason": "object 2: degenerate box"}`` where a grounding
+            answer gave fewer boxes than it named.
     """
 
     masks: np.ndarray
@@ -27,6 +29,7 @@ class SegmentationResult:
     text: str = ""
     labels: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks)

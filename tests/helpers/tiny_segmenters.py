@@ -33,4 +33,17 @@ def seg_token(root: Path):
     return SegTokenSegmenter(model, max_new_tokens=8)
 
 
-BUILDERS = {"seg_token": seg_token}
+def box_prompt(root: Path):
+    from vlmsam.box_prompt.segmenter import BoxPromptSegmenter
+    from vlmsam.sam.backend import SamBackend
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.runtime import VlmRuntime
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    torch.manual_seed(0)
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    return BoxPromptSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), max_new_tokens=8)
+
+
+BUILDERS = {"seg_token": seg_token, "box_prompt": box_prompt}

@@ -24,7 +24,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     from vlmsam.segmenter import SEGMENTERS
 
     p.add_argument("--segmenter", choices=SEGMENTERS, help="which design (a checkpoint names its own; needed only with --vlm/--sam)")
-    p.add_argument("--vlm", help="base VLM by hub id or path (instead of --model)")
+    p.add_argument("--vlm", help="base VLM by hub id or path (instead of --model); with --vlm-endpoint the served model's name")
+    p.add_argument("--vlm-endpoint", metavar="URL", help="an OpenAI-compatible server (vLLM, SGLang, TGI) as the VLM, "
+                   "e.g. http://127.0.0.1:8000/v1 (box_prompt)")
     p.add_argument("--sam", help="base SAM by hub id, transformers directory or Meta .pth (with --vlm)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
@@ -60,7 +62,7 @@ def _load(args):
     from vlmsam.segmenter import load_segmenter
 
     return load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam, device=args.device,
-                          dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+                          dtype=args.dtype, max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint)
 
 
 def _expand(source: str) -> list[str]:
@@ -187,6 +189,8 @@ def run_chat(args: argparse.Namespace) -> int:
     print(f"model: {seg.name}")
     image = stem = None
     turn = 0
+    history: list[tuple[str, str]] = []  # earlier turns about the current image, for designs that keep them
+    keeps_history = getattr(seg.engine, "keeps_history", False)
     while True:
         request = _ask("Please input your prompt (or press Enter to exit): ")
         if request is None or not request.strip():
@@ -198,13 +202,18 @@ def run_chat(args: argparse.Namespace) -> int:
             if source.strip():
                 image = load_image(source.strip())
                 stem = Path(source.strip()).stem or "image"
+                before = seg.current
                 seg.set_image(image)  # the same pixels are not encoded twice
+                if seg.current is not before:
+                    history = []  # a new image starts a new conversation
             elif image is None:
                 print("error: no image yet; give an image path or URL", file=sys.stderr)
                 continue
             turn += 1
             t0 = time.perf_counter()
-            result = seg.segment(request)
+            result = seg.segment(request, history=history) if keeps_history else seg.segment(request)
+            if keeps_history:
+                history.append((request, result.text))
             written = write_result(result, image, Path(args.out), f"{stem}_{turn}", extra={"request": request, "model": seg.name})
             _report(result, written, time.perf_counter() - t0)
         except VlmsamError as exc:  # a bad image or request ends that turn, not the session

@@ -40,6 +40,12 @@ def check_request(request: str) -> str:
     return request.strip()
 
 
+def is_sentence(request: str) -> bool:
+    """A request worded as a sentence (ends with ``?``, ``.`` or ``!`` and has more than four words), as
+    opposed to a phrase naming a thing; designs phrase the two differently."""
+    return request.rstrip().endswith(("?", ".", "!")) and len(request.split()) > 4
+
+
 def image_key(image: Image.Image) -> str:
     """A content hash: the same pixels give the same key whatever file they came from."""
     return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()

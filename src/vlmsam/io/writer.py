@@ -133,6 +133,7 @@ def write_result(
         "labels": list(result.labels),
         "masks": [mask_to_rle(m) for m in result.masks],
         "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
+        "info": result.info,
         **(extra or {}),
     }
     path = out_dir / f"{stem}.json"

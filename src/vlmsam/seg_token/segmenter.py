@@ -13,18 +13,13 @@ from pathlib import Path
 import torch
 
 from vlmsam.data import prompts
-from vlmsam.engine.contract import EncodedImage, SegmenterBase, mark_masks
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_masks
 from vlmsam.engine.registry import register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD
 from vlmsam.vlm.generation import Generated
 from vlmsam.vlm.runtime import VlmRuntime
-
-
-def is_sentence(request: str) -> bool:
-    """A sentence (ends with ``?``, ``.`` or ``!`` and has more than four words) gets the long prompt."""
-    return request.rstrip().endswith(("?", ".", "!")) and len(request.split()) > 4
 
 
 def seg_prompt(request: str, sentence: bool | None = None) -> str:

@@ -104,6 +104,12 @@ class VlmRuntime:
         with self._tokenizer_lock:
             return self.processor.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    def chat_many(self, prefix: VisionPrefix, conversations: list[list[tuple[str, str | None]]], *,
+                  max_new_tokens: int = 128, logits_processor=None) -> list[str]:
+        """The text answers to several conversations about one image (one batch)."""
+        answers = self.generate(prefix, conversations, max_new_tokens=max_new_tokens, logits_processor=logits_processor)
+        return [self.decode(a.tokens) for a in answers]
+
     def chat(self, prefix: VisionPrefix, request: str, *, history: list[tuple[str, str]] = (), max_new_tokens: int = 128,
              skip_special_tokens: bool = True, logits_processor=None) -> str:
         """The answer to ``request``, with earlier ``(user, answer)`` turns in context."""

@@ -1,0 +1,180 @@
+"""VLM grounding -> SAM prompts (Qwen-VL + SAM, Seg-Zero / VisionReasoner), no ``[SEG]`` training.
+
+The VLM is asked to locate the request (in its convention's own words), the answer is parsed into
+boxes and points (``vlmsam.grounding``), and SAM draws each object from its box and its points; of
+SAM's three candidate masks the one with the best predicted IoU is kept. One mask per object (with
+the answer's labels), or their union (``union=True``). The VLM's text answer is kept as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlmsam.engine.contract import EncodedImage, SegmenterBase
+from vlmsam.engine.contract import is_sentence as guess_sentence
+from vlmsam.engine.registry import CONFIG_NAME, register
+from vlmsam.errors import CheckpointError
+from vlmsam.grounding import parse_grounding
+from vlmsam.grounding.prompts import grounding_prompt
+from vlmsam.result import SegmentationResult
+
+CONVENTION_OF_STYLE = {"qwen2_5_vl": "qwen2_5_vl", "seg_zero": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen_vl": "qwen_vl"}
+
+
+class BoxPromptSegmenter(SegmenterBase):
+    """Args:
+        vlm: a :class:`~vlmsam.vlm.runtime.VlmRuntime` or :class:`~vlmsam.vlm.remote.RemoteVlm`.
+        sam: a :class:`~vlmsam.sam.backend.SamBackend`.
+        style: how the VLM is asked (``qwen2_5_vl``, ``seg_zero``, ``qwen3_vl``, ``qwen_vl``); it
+            decides the coordinate convention of the answer.
+        union: one mask (the union of the objects) instead of one per object.
+
+    Options of ``segment``: ``is_sentence``, ``history`` (earlier ``(user, answer)`` turns, kept in
+    the VLM's context), ``max_new_tokens``, ``logits_processor`` (local VLMs).
+    """
+
+    name = "box_prompt"
+    keeps_history = True  # `vlmsam chat` keeps earlier turns about an image in the VLM's context
+
+    def __init__(self, vlm, sam, *, style: str = "qwen2_5_vl", union: bool = False, multimask: bool = True,
+                 max_new_tokens: int = 128, label: str = ""):
+        super().__init__()
+        if style not in CONVENTION_OF_STYLE:
+            raise CheckpointError(f"unknown grounding style '{style}'; choose from {', '.join(CONVENTION_OF_STYLE)}")
+        self.vlm, self.sam = vlm, sam
+        self.style, self.convention = style, CONVENTION_OF_STYLE[style]
+        self.union, self.multimask, self.max_new_tokens = union, multimask, max_new_tokens
+        self.label = label or "box_prompt"
+        self.encodes = 0
+
+    def _encode(self, image, key: str) -> EncodedImage:
+        t0 = time.perf_counter()
+        sam = self.sam.encode(image)
+        t1 = time.perf_counter()
+        prefix = self.vlm.encode_image(image)
+        self.encodes += 1
+        return self.handle(image, key, sam=sam, vlm=prefix, extras={"model_input_size": self.vlm.model_input_size(prefix)},
+                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+
+    def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
+        t0 = time.perf_counter()
+        sentence = options.get("is_sentence")
+        flags = sentence if isinstance(sentence, (list, tuple)) else [sentence] * len(requests)
+        history = list(options.get("history") or [])
+        conversations = [[*history, (grounding_prompt(r, guess_sentence(r) if s is None else s, self.style), None)]
+                         for r, s in zip(requests, flags)]
+        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
+        if options.get("logits_processor") is not None:
+            kwargs["logits_processor"] = options["logits_processor"]
+        texts = self.vlm.chat_many(encoded.vlm, conversations, **kwargs)
+        t1 = time.perf_counter()
+        results = [self._result(encoded, text) for text in texts]
+        t2 = time.perf_counter()
+        for r in results:
+            r.timings.update({"generate": (t1 - t0) / len(results), "decode_masks": (t2 - t1) / len(results)})
+        return results
+
+    def _result(self, encoded: EncodedImage, text: str) -> SegmentationResult:
+        h, w = encoded.size
+        g = parse_grounding(text, (w, h), encoded.extras["model_input_size"], self.convention)
+        info = {"reason": g.reason} if g.reason else {}
+        if not len(g):
+            return SegmentationResult.empty((h, w), text=text, info=info)
+        masks = np.zeros((len(g), h, w), bool)
+        scores = np.zeros(len(g), np.float32)
+        with_points = [k for k, p in enumerate(g.points) if len(p)]
+        without = [k for k, p in enumerate(g.points) if not len(p)]
+        # All boxes of a request in one batched decoder call (two where only some objects have points).
+        for group in (with_points, without):
+            if not group:
+                continue
+            boxes = g.boxes[group]
+            points = None
+            if group is with_points:
+                n = min(len(g.points[k]) for k in group)  # same count per prompt in one batch
+                points = np.stack([g.points[k][:n] for k in group])
+            pred = self.sam.predict(boxes=boxes, points=points, multimask_output=self.multimask, embedding=encoded.sam)
+            if self.multimask:
+                pred = pred.best()
+            masks[group] = pred.masks[:, 0].cpu().numpy()
+            scores[group] = pred.iou_scores[:, 0].cpu().numpy()
+        if self.union:
+            union = masks.any(axis=0, keepdims=True)
+            return SegmentationResult(masks=union, scores=scores.mean(keepdims=True), text=text,
+                                      labels=[", ".join(lab for lab in g.labels if lab)], info=info)
+        return SegmentationResult(masks=masks, boxes=g.boxes, scores=scores, text=text, labels=g.labels, info=info)
+
+    def to(self, device) -> BoxPromptSegmenter:
+        if hasattr(self.vlm, "model"):
+            self.vlm.model.to(device)
+        self.sam.model.to(device)
+        return self
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """A checkpoint ``load_segmenter`` reads: the config, ``vlm/`` (model and processor) and ``sam/``."""
+        if not hasattr(self.vlm, "processor"):
+            raise CheckpointError("a segmenter over a remote VLM has no weights to save")
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        base = self.vlm.base
+        base.save_pretrained(out / "vlm")
+        self.vlm.processor.save_pretrained(out / "vlm")
+        self.sam.model.save_pretrained(out / "sam")
+        config = {"model_type": "vlmsam_box_prompt", "vlm": "vlm", "sam": "sam", "style": self.style, "union": self.union,
+                  "multimask": self.multimask, "max_new_tokens": self.max_new_tokens}
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        return out
+
+
+DEFAULT_DIR_NAME = "vlmsam-tiny-grounding"
+
+
+def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None, max_new_tokens: int = 128,
+          vlm_endpoint: str | None = None, style: str | None = None, union: bool | None = None) -> BoxPromptSegmenter:
+    """A box_prompt checkpoint (``path``), the bundled default (nothing named), base models by hub id or
+    path (``vlm`` + ``sam``), or a remote VLM (``vlm_endpoint`` + ``vlm`` as its model name) with ``sam``."""
+    from vlmsam.engine.registry import DEFAULT_MODEL_DIR
+    from vlmsam.sam.backend import SamBackend
+    from vlmsam.vlm.remote import RemoteVlm
+    from vlmsam.vlm.runtime import VlmRuntime
+
+    settings = {}
+    label = ""
+    if path is None and not (vlm or sam or vlm_endpoint):
+        path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: the bundled box_prompt default is missing from this installation; "
+                                  "`make box-prompt-model` rebuilds it, or name --vlm and --sam")
+        label = DEFAULT_DIR_NAME
+    if path is not None:
+        path = Path(path)
+        try:
+            settings = json.loads((path / CONFIG_NAME).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path / CONFIG_NAME}: unreadable ({type(exc).__name__})") from None
+        vlm = vlm or str(path / settings.get("vlm", "vlm"))
+        sam = sam or str(path / settings.get("sam", "sam"))
+        label = label or str(path)
+    if not sam:
+        raise CheckpointError("box_prompt needs a SAM: name one with --sam (hub id, directory or Meta .pth)")
+    if vlm_endpoint:
+        if not vlm:
+            raise CheckpointError("--vlm-endpoint needs --vlm: the model name the server serves")
+        runtime = RemoteVlm(vlm_endpoint, vlm)
+    elif vlm:
+        runtime = VlmRuntime.load(vlm, dtype=dtype, device=device)
+    else:
+        raise CheckpointError("box_prompt needs a VLM: name one with --vlm (hub id or path) or --vlm-endpoint")
+    backend = SamBackend.from_pretrained(sam, device=device, dtype=dtype)
+    return BoxPromptSegmenter(runtime, backend, style=style or settings.get("style", "qwen2_5_vl"),
+                              union=settings.get("union", False) if union is None else union,
+                              multimask=settings.get("multimask", True),
+                              max_new_tokens=max_new_tokens if max_new_tokens != 128 else settings.get("max_new_tokens", 128),
+                              label=label or f"{vlm} + {sam}")
+
+
+register("box_prompt", build)
