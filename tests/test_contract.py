@@ -53,7 +53,8 @@ def test_results_have_the_image_size_and_valid_boxes(seg):
             assert np.isfinite(result.scores).all()
             assert ((result.boxes[:, 0] <= result.boxes[:, 2]) & (result.boxes[:, 1] <= result.boxes[:, 3])).all()
             assert (result.boxes >= 0).all() and (result.boxes[:, [0, 2]] <= w).all() and (result.boxes[:, [1, 3]] <= h).all()
-            assert result.text.count("[mask ") == result.num_masks or result.num_masks == 0
+            if getattr(seg, "marks_masks", False):  # designs whose answer says where each mask goes
+                assert result.text.count("[mask ") == result.num_masks
 
 
 @pytest.mark.parametrize("bad, words", [("", "empty"), ("   \n\t", "empty"), ("x" * 20000, "20,000 characters")])

@@ -76,7 +76,7 @@ class Segmenter:
 
 def load_segmenter(name_or_path: str | Path | None = None, segmenter: str | None = None, *, vlm: str | None = None,
                    sam: str | None = None, device=None, dtype=None, max_new_tokens: int = 128,
-                   vlm_endpoint: str | None = None) -> Segmenter:
+                   vlm_endpoint: str | None = None, detector: str | None = None) -> Segmenter:
     """Load a segmenter. With no arguments: the bundled ``vlmsam-tiny``. A checkpoint directory names
     its own design; ``segmenter`` is needed only for base models (``vlm``/``sam``) or a design's own
     bundled default (``load_segmenter(segmenter="box_prompt")``). ``vlm_endpoint``: an OpenAI-compatible
@@ -85,8 +85,8 @@ def load_segmenter(name_or_path: str | Path | None = None, segmenter: str | None
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
-    extra = {"vlm_endpoint": vlm_endpoint} if vlm_endpoint else {}
-    if name_or_path not in (None, "") and not (vlm or sam) and Path(name_or_path).is_dir():
+    extra = {k: v for k, v in (("vlm_endpoint", vlm_endpoint), ("detector", detector)) if v}
+    if name_or_path not in (None, "") and not (vlm or sam or detector) and Path(name_or_path).is_dir():
         engine = registry.load(name_or_path, segmenter, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     else:
         if vlm_endpoint and (segmenter or "seg_token") == "seg_token":

@@ -47,3 +47,71 @@ def box_prompt(root: Path):
 
 
 BUILDERS = {"seg_token": seg_token, "box_prompt": box_prompt}
+
+
+def save_tiny_grounding_dino(path: Path) -> Path:
+    """A tiny random Grounding DINO of the real class, with a BERT word-piece vocabulary of our words."""
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoProcessor, SwinConfig)
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "the", "red", "blue", "green", "circle",
+             "square", "triangle", "star", "cat", "dog", "box", "shape", "airplane"]
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    backbone = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4, image_size=64,
+                          out_indices=[2, 3, 4], out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
+                                 encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                 num_queries=20, num_feature_levels=3, encoder_n_points=2, decoder_n_points=2,
+                                 max_text_len=32, use_timm_backbone=False)
+    torch.manual_seed(0)
+    GroundingDinoForObjectDetection(config).save_pretrained(path)
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}),
+                                       tokenizer=BertTokenizer(str(path / "vocab.txt")))
+    processor.save_pretrained(path)
+    return path
+
+
+def grounded(root: Path):
+    from vlmsam.gsam.segmenter import build_grounded
+    from vlmsam.sam.tiny import build_tiny_sam
+
+    build_tiny_sam().save_pretrained(root / "sam")
+    # thresholds 0: a random detector scores low, and the contract suite wants boxes to check
+    seg = build_grounded(sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd")))
+    seg.box_threshold = seg.text_threshold = 0.0
+    return seg
+
+
+def gsam(root: Path):
+    from vlmsam.gsam.segmenter import build_gsam
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    seg = build_gsam(vlm=str(vlm), sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd")), max_new_tokens=8)
+    seg.box_threshold = seg.text_threshold = 0.0
+    return seg
+
+
+BUILDERS.update(grounded=grounded, gsam=gsam)
+
+
+def save_tiny_sam2(path: Path) -> Path:
+    """A tiny random SAM 2 (transformers' Sam2Model: Hiera backbone, 1024 input) saved to ``path``."""
+    from transformers import Sam2Config, Sam2Model
+    from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(hidden_size=16, blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+                                  num_attention_heads_per_stage=[1, 1, 1, 1], global_attention_blocks=[3],
+                                  window_size_per_stage=[8, 4, 14, 7], num_attention_heads=1)
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32)
+    config = Sam2Config(vision_config=vision, prompt_encoder_config=dict(hidden_size=32),
+                        mask_decoder_config=dict(hidden_size=32, iou_head_hidden_dim=32, mlp_dim=64, num_attention_heads=2))
+    torch.manual_seed(0)
+    Sam2Model(config).save_pretrained(path)
+    return path

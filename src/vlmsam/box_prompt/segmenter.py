@@ -138,7 +138,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     """A box_prompt checkpoint (``path``), the bundled default (nothing named), base models by hub id or
     path (``vlm`` + ``sam``), or a remote VLM (``vlm_endpoint`` + ``vlm`` as its model name) with ``sam``."""
     from vlmsam.engine.registry import DEFAULT_MODEL_DIR
-    from vlmsam.sam.backend import SamBackend
+    from vlmsam.sam import load_sam_backend
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
@@ -169,7 +169,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
         runtime = VlmRuntime.load(vlm, dtype=dtype, device=device)
     else:
         raise CheckpointError("box_prompt needs a VLM: name one with --vlm (hub id or path) or --vlm-endpoint")
-    backend = SamBackend.from_pretrained(sam, device=device, dtype=dtype)
+    backend = load_sam_backend(sam, device=device, dtype=dtype)
     return BoxPromptSegmenter(runtime, backend, style=style or settings.get("style", "qwen2_5_vl"),
                               union=settings.get("union", False) if union is None else union,
                               multimask=settings.get("multimask", True),

@@ -37,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (use a seed not used in training for a fresh test set)")
     s.set_defaults(run=run_synth_command)
 
+    c = data_sub.add_parser(
+        "convert-llava-plus",
+        help="turn LLaVA-Plus tool-use conversations into <gsam> training conversations",
+        description="Read LLaVA-Plus conversations (llava-plus-v1-117k-tool-merge.json) and keep, per entry, the question "
+        "whose answer calls a segmentation tool, answered with <gsam>{caption}</gsam> (what the gsam segmenter acts on). "
+        "Writes our conversation format (role user/assistant), readable by `vlmsam train` as VQA data.",
+    )
+    c.add_argument("input", help="LLaVA-Plus json")
+    c.add_argument("output", help="json to write (e.g. DATASET_DIR/llava_dataset/llava_plus_gsam.json)")
+    c.add_argument("--image-root", required=True, help="the folder the entries' images are relative to (e.g. coco/train2017)")
+    c.set_defaults(run=run_convert_llava_plus)
+
 
 def run_check_command(args: argparse.Namespace) -> int:
     from vlmsam.data.check import run_check
@@ -57,4 +69,31 @@ def run_synth_command(args: argparse.Namespace) -> int:
     counts = write_synth(args.out, args.n, args.seed)
     print(f"wrote {sum(counts.values())} scenes to {args.out}/reason_seg/ReasonSeg ("
           + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
+    return 0
+
+
+def run_convert_llava_plus(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from vlmsam.data.llava_plus import convert_llava_plus
+    from vlmsam.errors import VlmsamError
+    from vlmsam.io.writer import atomic_write_bytes
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.is_dir():
+        raise VlmsamError(f"{dst}: is a directory; name the json file to write")
+    try:
+        entries = json.loads(src.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VlmsamError(f"{src}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise VlmsamError(f"{src}: not a JSON file ({type(exc).__name__})") from None
+    if not isinstance(entries, list):
+        raise VlmsamError(f"{src}: expected a JSON list of conversations")
+    converted, skipped = convert_llava_plus(entries, args.image_root)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst, json.dumps(converted, ensure_ascii=False, indent=1).encode("utf-8"))
+    left = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
+    print(f"wrote {len(converted)} conversations to {dst} (left out: {left})")
     return 0

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", help="a checkpoint directory (default: the bundled vlmsam-tiny)")
     e.add_argument("--vlm", help="base VLM by hub id or path (instead of --model)")
     e.add_argument("--sam", help="base SAM by hub id, directory or Meta .pth (with --vlm)")
+    e.add_argument("--detector", help="Grounding DINO by hub id or path (gsam, grounded)")
     e.add_argument("--vlm-endpoint", metavar="URL", help="an OpenAI-compatible server as the VLM (box_prompt; --vlm names its model)")
     e.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the rank's device under torchrun, else cpu)")
     e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
@@ -68,7 +69,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         ds = _eval_dataset(args)
         seg = load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam,
-                             device=device or info.device, dtype=args.dtype, vlm_endpoint=args.vlm_endpoint)
+                             device=device or info.device, dtype=args.dtype, vlm_endpoint=args.vlm_endpoint,
+                             detector=args.detector)
         metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens, limit=args.limit)
         if info.is_main:
             print(json.dumps(metrics, indent=2))

@@ -28,6 +28,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vlm-endpoint", metavar="URL", help="an OpenAI-compatible server (vLLM, SGLang, TGI) as the VLM, "
                    "e.g. http://127.0.0.1:8000/v1 (box_prompt)")
     p.add_argument("--sam", help="base SAM by hub id, transformers directory or Meta .pth (with --vlm)")
+    p.add_argument("--detector", help="Grounding DINO by hub id or path, e.g. IDEA-Research/grounding-dino-tiny (gsam, grounded)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
@@ -62,7 +63,8 @@ def _load(args):
     from vlmsam.segmenter import load_segmenter
 
     return load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam, device=args.device,
-                          dtype=args.dtype, max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint)
+                          dtype=args.dtype, max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint,
+                          detector=args.detector)
 
 
 def _expand(source: str) -> list[str]:

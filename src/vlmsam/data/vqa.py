@@ -1,4 +1,5 @@
-"""Visual question answering in LLaVA's format: ``[{image, conversations: [{from, value}]}]``.
+"""Visual question answering in LLaVA's format: ``[{image, conversations: [{from, value}]}]`` (or our own
+``[{role: user|assistant, content}]`` turns, which ``vlmsam data convert-llava-plus`` writes).
 
 ``llava_dataset/llava_instruct_150k.json`` names COCO images by file name (``coco/train2017``);
 ``llava_v1_5_mix665k.json`` names them relative to the dataset folder (``coco/train2017/...``,
@@ -56,9 +57,20 @@ class VqaDataset(SegDataset):
             raise BadSample(self.json_path, f"{where}: conversations must alternate human/gpt turns")
         pairs = []
         for k in range(0, len(turns), 2):
-            human, gpt = turns[k], turns[k + 1]
-            if not (isinstance(human, dict) and isinstance(gpt, dict)) or human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise BadSample(self.json_path, f"{where}: turn {k} is not a human/gpt pair")
-            pairs.append((prompts.strip_image_placeholder(str(human.get("value", ""))), str(gpt.get("value", ""))))
+            user, answer = _turn(turns[k], "human", "user"), _turn(turns[k + 1], "gpt", "assistant")
+            if user is None or answer is None:
+                raise BadSample(self.json_path, f"{where}: turn {k} is not a human/gpt (user/assistant) pair")
+            pairs.append((prompts.strip_image_placeholder(user), answer))
         h, w = self.image_size(i)
         return Sample(self.image_path(i), [pairs], empty_masks(h, w), self.source, Path(entry["image"]).stem)
+
+
+def _turn(turn, llava_name: str, role: str) -> str | None:
+    """The text of a turn by ``role``, in LLaVA's spelling (``from``/``value``) or ours (``role``/``content``)."""
+    if not isinstance(turn, dict):
+        return None
+    if turn.get("from") == llava_name:
+        return str(turn.get("value", ""))
+    if turn.get("role") == role:
+        return str(turn.get("content", ""))
+    return None

@@ -3,7 +3,32 @@
 from vlmsam.sam.backend import ImageEmbedding, SamBackend, SamPrediction
 from vlmsam.sam.checkpoints import convert_meta_state_dict, load_sam_model, sam_config_from_meta_state_dict
 
+
+
+def load_sam_backend(name_or_path, *, device=None, dtype=None):
+    """SAM (``SamBackend``: a Meta .pth, a transformers directory or hub id) or SAM 2 (``Sam2Backend``:
+    a ``sam2`` directory or hub id such as ``facebook/sam2.1-hiera-large``), chosen by the model's config."""
+    import json
+    from pathlib import Path
+
+    config = Path(str(name_or_path)) / "config.json"
+    model_type = None
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError):
+            model_type = None
+    elif "sam2" in str(name_or_path).lower() and not Path(str(name_or_path)).exists():
+        model_type = "sam2"  # a hub id like facebook/sam2.1-hiera-large
+    if model_type in ("sam2", "sam2_video"):
+        from vlmsam.sam.sam2_backend import Sam2Backend
+
+        return Sam2Backend.from_pretrained(name_or_path, device=device, dtype=dtype)
+    return SamBackend.from_pretrained(name_or_path, device=device, dtype=dtype)
+
+
 __all__ = [
+    "load_sam_backend",
     "ImageEmbedding",
     "SamBackend",
     "SamPrediction",

@@ -37,6 +37,7 @@ class SegTokenSegmenter(SegmenterBase):
     """
 
     name = "seg_token"
+    marks_masks = True  # the answer shows "[mask k]" where the k-th [SEG] was
 
     def __init__(self, model, label: str = "", max_new_tokens: int = 128):
         super().__init__()

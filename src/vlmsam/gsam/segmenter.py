@@ -1,0 +1,189 @@
+"""Phrases -> Grounding DINO boxes -> SAM masks (Grounded-SAM), with or without a VLM in front.
+
+* ``grounded``: the request itself is the phrase (the lang-segment-anything baseline, no VLM).
+* ``gsam``: the VLM answers the request; every ``<gsam>noun phrase</gsam>`` in its answer (the tool tag
+  a LLaVA-Plus-style model is taught, see ``vlmsam data convert-llava-plus``) goes to the detector,
+  and each detected box to SAM. An answer without a tag has no mask.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
+from vlmsam.engine.contract import EncodedImage, SegmenterBase
+from vlmsam.engine.registry import CONFIG_NAME, register
+from vlmsam.errors import CheckpointError
+from vlmsam.result import SegmentationResult
+
+TAG = re.compile(r"<gsam>(.*?)</gsam>", re.S)
+MAX_BOXES = 100
+
+
+def tool_phrases(answer: str) -> list[str]:
+    """The noun phrases a VLM put in ``<gsam>...</gsam>`` tags, in order, empty ones dropped."""
+    return [p.strip() for p in TAG.findall(answer or "") if p.strip()]
+
+
+class GroundedSegmenter(SegmenterBase):
+    """A phrase straight to the detector and SAM. Options: ``box_threshold`` (0.3), ``text_threshold`` (0.25)."""
+
+    name = "grounded"
+
+    def __init__(self, detector: GroundingDino, sam, *, box_threshold: float = BOX_THRESHOLD,
+                 text_threshold: float = TEXT_THRESHOLD, multimask: bool = True, label: str = ""):
+        super().__init__()
+        self.detector, self.sam = detector, sam
+        self.box_threshold, self.text_threshold, self.multimask = box_threshold, text_threshold, multimask
+        self.label = label or self.name
+
+    def _encode(self, image, key: str) -> EncodedImage:
+        t0 = time.perf_counter()
+        sam = self.sam.encode(image)
+        return self.handle(image, key, sam=sam, extras={"image": image}, timings={"encode_sam": time.perf_counter() - t0})
+
+    def _masks_for(self, encoded: EncodedImage, phrases: list[str], options: dict, text: str) -> SegmentationResult:
+        h, w = encoded.size
+        boxes, scores, labels = [], [], []
+        for phrase in phrases:
+            found = self.detector.detect(encoded.extras["image"], phrase,
+                                         box_threshold=options.get("box_threshold", self.box_threshold),
+                                         text_threshold=options.get("text_threshold", self.text_threshold))
+            boxes.append(found.boxes)
+            scores.extend(found.scores.tolist())
+            labels.extend(lab or phrase for lab in found.labels)
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        boxes, scores = boxes[keep][:MAX_BOXES], np.asarray(scores, np.float32)[keep][:MAX_BOXES]
+        labels = [lab for lab, k in zip(labels, keep) if k][:MAX_BOXES]
+        info = {"phrases": phrases, "detector_scores": [round(float(s), 4) for s in scores]}
+        if not len(boxes):
+            return SegmentationResult.empty((h, w), text=text, info={**info, "reason": "no box above the thresholds"})
+        pred = self.sam.predict(boxes=boxes, multimask_output=self.multimask, embedding=encoded.sam)  # one batched call
+        if self.multimask:
+            pred = pred.best()
+        return SegmentationResult(masks=pred.masks[:, 0].cpu().numpy(), boxes=boxes,
+                                  scores=pred.iou_scores[:, 0].cpu().numpy(), text=text, labels=labels, info=info)
+
+    def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
+        t0 = time.perf_counter()
+        result = self._masks_for(encoded, [request], options, text="")
+        result.timings["detect_and_decode"] = time.perf_counter() - t0
+        return result
+
+    def to(self, device):
+        self.detector.model.to(device)
+        self.sam.model.to(device)
+        return self
+
+    def _config(self) -> dict:
+        return {"model_type": f"vlmsam_{self.name}", "detector": "detector", "sam": "sam",
+                "box_threshold": self.box_threshold, "text_threshold": self.text_threshold, "multimask": self.multimask}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.detector.save_pretrained(out / "detector")
+        self.sam.model.save_pretrained(out / "sam")
+        (out / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2))
+        return out
+
+
+class GsamSegmenter(GroundedSegmenter):
+    """The VLM answers; its ``<gsam>`` phrases go to the detector and SAM. Options as ``grounded``, plus
+    ``history`` and ``max_new_tokens``."""
+
+    name = "gsam"
+    keeps_history = True
+
+    def __init__(self, vlm, detector: GroundingDino, sam, *, max_new_tokens: int = 128, **kwargs):
+        super().__init__(detector, sam, **kwargs)
+        self.vlm, self.max_new_tokens = vlm, max_new_tokens
+
+    def _encode(self, image, key: str) -> EncodedImage:
+        t0 = time.perf_counter()
+        sam = self.sam.encode(image)
+        t1 = time.perf_counter()
+        prefix = self.vlm.encode_image(image)
+        return self.handle(image, key, sam=sam, vlm=prefix, extras={"image": image},
+                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+
+    def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
+        history = list(options.get("history") or [])
+        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
+        if options.get("logits_processor") is not None:
+            kwargs["logits_processor"] = options["logits_processor"]
+        answers = self.vlm.chat_many(encoded.vlm, [[*history, (r, None)] for r in requests], **kwargs)
+        results = []
+        for answer in answers:
+            phrases = tool_phrases(answer)
+            if phrases:
+                results.append(self._masks_for(encoded, phrases, options, text=answer))
+            else:
+                results.append(SegmentationResult.empty(encoded.size, text=answer, info={"reason": "no <gsam> tag in the answer"}))
+        return results
+
+    def _segment(self, encoded, request, options):
+        return self._segment_many(encoded, [request], options)[0]
+
+    def _config(self) -> dict:
+        return {**super()._config(), "vlm": "vlm", "max_new_tokens": self.max_new_tokens}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        if not hasattr(self.vlm, "processor"):
+            raise CheckpointError("a segmenter over a remote VLM has no weights to save")
+        out = super().save_pretrained(path)
+        self.vlm.base.save_pretrained(out / "vlm")
+        self.vlm.processor.save_pretrained(out / "vlm")
+        return out
+
+
+def _settings(path) -> dict:
+    try:
+        return json.loads((Path(path) / CONFIG_NAME).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{Path(path) / CONFIG_NAME}: unreadable ({type(exc).__name__})") from None
+
+
+def _parts(path, sam, detector, device, dtype, settings):
+    from vlmsam.sam import load_sam_backend
+
+    if path is not None:
+        sam = sam or str(Path(path) / settings.get("sam", "sam"))
+        detector = detector or str(Path(path) / settings.get("detector", "detector"))
+    if not sam or not detector:
+        raise CheckpointError("name a SAM (--sam) and a Grounding DINO (--detector, e.g. IDEA-Research/grounding-dino-tiny)")
+    thresholds = {k: settings[k] for k in ("box_threshold", "text_threshold", "multimask") if k in settings}
+    return GroundingDino.from_pretrained(detector, device=device, dtype=dtype), \
+        load_sam_backend(sam, device=device, dtype=dtype), thresholds
+
+
+def build_grounded(path=None, *, sam=None, detector=None, device=None, dtype=None, **_) -> GroundedSegmenter:
+    settings = _settings(path) if path is not None else {}
+    det, backend, extra = _parts(path, sam, detector, device, dtype, settings)
+    return GroundedSegmenter(det, backend, label=str(path or f"{detector} + {sam}"), **extra)
+
+
+def build_gsam(path=None, *, vlm=None, sam=None, detector=None, device=None, dtype=None, max_new_tokens: int = 128,
+               vlm_endpoint=None, **_) -> GsamSegmenter:
+    from vlmsam.vlm.remote import RemoteVlm
+    from vlmsam.vlm.runtime import VlmRuntime
+
+    settings = _settings(path) if path is not None else {}
+    if path is not None:
+        vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
+    if not vlm:
+        raise CheckpointError("gsam needs a VLM that answers <gsam> tags: name one with --vlm (or --vlm-endpoint)")
+    runtime = RemoteVlm(vlm_endpoint, vlm) if vlm_endpoint else VlmRuntime.load(vlm, dtype=dtype, device=device)
+    det, backend, extra = _parts(path, sam, detector, device, dtype, settings)
+    return GsamSegmenter(runtime, det, backend, max_new_tokens=settings.get("max_new_tokens", max_new_tokens),
+                         label=str(path or f"{vlm} + {detector} + {sam}"), **extra)
+
+
+register("grounded", build_grounded)
+register("gsam", build_gsam)
