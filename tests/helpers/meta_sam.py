@@ -30,8 +30,29 @@ def _box_area(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _batched_nms(*args, **kwargs):  # only the automatic mask generator uses it
-    raise NotImplementedError("batched_nms is not available in the test stand-in")
+def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """torchvision's batched_nms, written out with numpy: per category, greedy by descending score,
+    dropping boxes whose IoU (areas without +1) with a kept one exceeds the threshold."""
+    b, s, c = boxes.double().numpy(), scores.double().numpy(), idxs.numpy()
+    keep = []
+    for cat in np.unique(c):
+        ids = np.flatnonzero(c == cat)
+        ids = ids[np.argsort(-s[ids], kind="stable")]
+        alive = list(ids)
+        while alive:
+            i = alive.pop(0)
+            keep.append(i)
+            rest = []
+            for j in alive:
+                xx1, yy1 = max(b[i, 0], b[j, 0]), max(b[i, 1], b[j, 1])
+                xx2, yy2 = min(b[i, 2], b[j, 2]), min(b[i, 3], b[j, 3])
+                inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
+                union = (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1]) + (b[j, 2] - b[j, 0]) * (b[j, 3] - b[j, 1]) - inter
+                if inter / union <= iou_threshold:
+                    rest.append(j)
+            alive = rest
+    keep = np.array(sorted(keep, key=lambda i: -s[i]), dtype=np.int64)
+    return torch.from_numpy(keep)
 
 
 def import_segment_anything():
@@ -86,3 +107,28 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
         for name, p in model.named_parameters():
             if "rel_pos" in name or name.endswith("pos_embed") or "norm" in name:
                 p.add_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def build_small_input_meta_sam(seed: int = 0, img_size: int = 256):
+    """A Meta ``Sam`` with a ``img_size`` input (16-pixel patches), a tiny image encoder and the released
+    prompt encoder / decoder, random weights: Meta's code path at a size a CPU test runs in seconds."""
+    from functools import partial
+
+    sa = import_segment_anything()
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(seed)
+    grid = img_size // 16
+    model = Sam(
+        image_encoder=ImageEncoderViT(depth=2, embed_dim=32, img_size=img_size, mlp_ratio=4,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=16,
+                                      qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1], window_size=4, out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
+                                                                                      num_heads=8),
+                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+    _randomize(model, seed)
+    return model.eval(), sa

@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="segment an image with SAM from box and/or point prompts",
         description="Prompt Segment Anything with boxes and/or points (original-image pixels). "
         "Several --box flags give several masks; --point flags are combined into one prompt, or "
-        "paired with a single --box.",
+        "paired with a single --box. With --everything, SAM's automatic mask generator finds every object "
+        "(Meta's SamAutomaticMaskGenerator: a grid of points, IoU / stability filters, NMS) and writes "
+        "{stem}_proposals.json (COCO RLE, Meta's fields) beside the usual files.",
     )
     p.add_argument("image", help="image path or http(s) URL")
     p.add_argument("--sam", required=True, help="Meta .pth file (sam_vit_h_4b8939.pth), transformers directory, or hub id (facebook/sam-vit-huge)")
@@ -25,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="label of each --point in order: 1 foreground (default), 0 background")
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=False,
                    help="let SAM propose 3 masks per prompt and keep the best (default: off)")
+    p.add_argument("--everything", action="store_true", help="every object: the automatic mask generator (no prompts)")
+    p.add_argument("--points-per-side", type=int, default=32, help="--everything: grid points per side (default 32)")
+    p.add_argument("--points-per-batch", type=int, default=64, help="--everything: points decoded per batch (default 64)")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="--everything: predicted-IoU filter (default 0.88)")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="--everything: stability filter (default 0.95)")
+    p.add_argument("--box-nms-thresh", type=float, default=0.7, help="--everything: box NMS IoU (default 0.7)")
+    p.add_argument("--crop-n-layers", type=int, default=0, help="--everything: layers of image crops (default 0)")
+    p.add_argument("--min-mask-region-area", type=int, default=0,
+                   help="--everything: remove holes and islands smaller than this (default 0 = off)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
     p.set_defaults(run=run_sam)
@@ -54,6 +65,8 @@ def run_sam(args: argparse.Namespace) -> int:
     from vlmsam.io import load_image, write_result
     from vlmsam.sam import SamBackend
 
+    if args.everything:
+        return run_everything(args)
     boxes = [_numbers(b, 4, "box") for b in args.box]
     points = [_numbers(p, 2, "point") for p in args.point]
     if not boxes and not points:
@@ -85,6 +98,44 @@ def run_sam(args: argparse.Namespace) -> int:
     written = write_result(result, image, args.out, stem)
     total = sum(result.timings.values())
     print(f"{result.num_masks} mask(s), scores {[round(float(s), 3) for s in result.scores]}, {total:.2f}s")
+    print(f"overlay: {written['overlay']}")
+    return 0
+
+
+def run_everything(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from vlmsam.devices import resolve_device
+    from vlmsam.io import load_image, write_result
+    from vlmsam.io.writer import atomic_write_bytes
+    from vlmsam.result import SegmentationResult
+
+    if args.box or args.point:
+        raise PromptError("--everything takes no --box or --point prompts")
+    if args.points_per_side < 1 or args.points_per_batch < 1:
+        raise PromptError("--points-per-side and --points-per-batch must be at least 1")
+    device = resolve_device(args.device)
+    image = load_image(args.image)
+    from vlmsam.sam import SamBackend
+    from vlmsam.sam.amg import AutomaticMaskGenerator
+
+    sam = SamBackend.from_pretrained(args.sam, device=device)
+    t0 = time.perf_counter()
+    amg = AutomaticMaskGenerator(sam, points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+                                 pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+                                 box_nms_thresh=args.box_nms_thresh, crop_n_layers=args.crop_n_layers,
+                                 min_mask_region_area=args.min_mask_region_area)
+    proposals = sorted(amg.generate(image), key=lambda p: -p.area)
+    elapsed = time.perf_counter() - t0
+    masks = np.stack([p.mask() for p in proposals]) if proposals else np.zeros((0, image.height, image.width), bool)
+    result = SegmentationResult(masks=masks, scores=[p.predicted_iou for p in proposals], timings={"generate": elapsed})
+    stem = Path(args.image.split("?")[0]).stem or "image"
+    written = write_result(result, image, args.out, stem)
+    path = Path(args.out) / f"{stem}_proposals.json"
+    atomic_write_bytes(path, json.dumps([p.to_dict() for p in proposals]).encode())
+    print(f"{len(proposals)} mask(s) in {elapsed:.2f}s; {path}")
     print(f"overlay: {written['overlay']}")
     return 0
 
