@@ -21,6 +21,8 @@ class SegmentationResult:
         timings: seconds per stage, e.g. ``{"encode_image": 0.8, "decode_masks": 0.05}``.
         info: design-specific notes, e.g. ``{"reason": "object 2: degenerate box"}`` where a grounding
             answer gave fewer boxes than it named.
+        extra_images: pictures a person may want beside the masks (PIL images by name, e.g. the
+            numbered "marks" image a VLM chose from); ``write_result`` saves each as ``{stem}_{name}.png``.
     """
 
     masks: np.ndarray
@@ -30,6 +32,7 @@ class SegmentationResult:
     labels: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    extra_images: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.masks = np.asarray(self.masks)

@@ -115,3 +115,23 @@ def save_tiny_sam2(path: Path) -> Path:
     torch.manual_seed(0)
     Sam2Model(config).save_pretrained(path)
     return path
+
+
+def proposal_select(root: Path):
+    from vlmsam.proposal_select.segmenter import ProposalSelectSegmenter
+    from vlmsam.sam.amg import AmgConfig
+    from vlmsam.sam.backend import SamBackend
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.runtime import VlmRuntime
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    torch.manual_seed(0)
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    # permissive filters: a random SAM's scores are low, and the suite wants proposals to choose from
+    amg = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    return ProposalSelectSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), amg=amg, max_proposals=8,
+                                   max_new_tokens=8)
+
+
+BUILDERS.update(proposal_select=proposal_select)

@@ -18,7 +18,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / DEFAULT
 
 # name -> the module that registers it (imported only when that design is asked for)
 _MODULES = {"seg_token": "vlmsam.seg_token.segmenter", "box_prompt": "vlmsam.box_prompt.segmenter",
-            "gsam": "vlmsam.gsam.segmenter", "grounded": "vlmsam.gsam.segmenter"}
+            "gsam": "vlmsam.gsam.segmenter", "grounded": "vlmsam.gsam.segmenter",
+            "proposal_select": "vlmsam.proposal_select.segmenter"}
 _BUILDERS: dict[str, Callable] = {}
 _TRAINABLE: dict[str, Trainable] = {}
 

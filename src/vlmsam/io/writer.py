@@ -136,6 +136,10 @@ def write_result(
         "info": result.info,
         **(extra or {}),
     }
+    for name, picture in result.extra_images.items():
+        path = out_dir / f"{stem}_{name}.png"
+        atomic_write_bytes(path, _encode_image(picture, "PNG"))
+        written[name] = path
     path = out_dir / f"{stem}.json"
     atomic_write_bytes(path, json.dumps(record, indent=2).encode("utf-8"))
     written["json"] = path

@@ -1,0 +1,1 @@
+"""Design 3: SAM mask proposals + selection (LLM-Seg, SAM 3 Agent set-of-marks)."""
