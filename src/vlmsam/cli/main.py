@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import data, evaluate, merge_lora, pretrain, proposals, sam, segment, train
+    from vlmsam.cli import data, evaluate, merge_lora, pretrain, proposals, sam, segment, serve, train
 
     parser = argparse.ArgumentParser(
         prog="vlmsam",
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (sam, pretrain, merge_lora, data, proposals, train, evaluate, segment):  # one module per command (or pair)
+    for command in (sam, pretrain, merge_lora, data, proposals, train, evaluate, segment, serve):  # one module per command (or pair)
         command.register(sub)
     return parser
 

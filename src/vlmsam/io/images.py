@@ -24,7 +24,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_URL_TIMEOUT_S = 20.0
 DEFAULT_URL_MAX_BYTES = 50 * 1024 * 1024
 
-ImageSource = str | os.PathLike | Image.Image | np.ndarray
+ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
 
 
 def _max_pixels() -> int:
@@ -45,7 +45,8 @@ def load_image(
     """Load ``source`` as an upright 8-bit RGB image.
 
     Args:
-        source: a file path, an ``http(s)://`` URL, a ``PIL.Image`` or an ``(H, W[, C]) uint8`` array.
+        source: a file path, an ``http(s)://`` URL, a ``PIL.Image``, an ``(H, W[, C]) uint8`` array, or the
+            encoded bytes of an image file.
         max_pixels: refuse images with more pixels than this (default 100 M, or the environment
             variable ``VLMSAM_MAX_IMAGE_PIXELS``).
         timeout: seconds to wait for a URL before giving up.
@@ -59,6 +60,11 @@ def load_image(
         return _to_rgb(source, "<PIL image>", limit)
     if isinstance(source, np.ndarray):
         return _to_rgb(_array_to_pil(source), "<array>", limit)
+    if isinstance(source, (bytes, bytearray, memoryview)):  # encoded file contents (what a server receives)
+        data = bytes(source)
+        if not data:
+            raise ImageLoadError("<bytes>: the image is empty (0 bytes)")
+        return _decode(data, "<bytes>", limit)
     if is_url(source):
         name = str(source)
         data = _download(name, timeout=timeout, max_bytes=max_bytes)

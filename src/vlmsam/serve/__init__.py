@@ -1,0 +1,1 @@
+"""``vlmsam serve``: an HTTP API (FastAPI) and a web page (Gradio) over the one engine."""
