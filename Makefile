@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `torch` requirement would otherwise pull several GB of CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-fast demo bench bench-gpu clean tiny-model
+.PHONY: setup test test-fast demo bench bench-gpu clean tiny-model browser
 
 setup: $(STAMP)
 
@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The browser test drives Debian's Chromium (playwright's own browser download cannot work offline);
+# it is installed here when missing and apt-get is usable, and the test says why it is skipped otherwise.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: the browser test will be skipped"; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 # Everything but the real-size Meta ViT-B parity test.
