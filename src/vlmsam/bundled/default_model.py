@@ -99,3 +99,38 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, w
         "evaluation": "vlmsam data synth --n 5000 --seed 7 (test split, a seed not used in training) -> eval/metrics.json",
     }, indent=2))
     return out
+
+
+BOX_PROMPT_DIR_NAME = "vlmsam-tiny-grounding"
+
+
+def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, which: str = "last") -> Path:
+    """The box_prompt design's offline default from a grounding run (configs/box_prompt_tiny.yaml): the
+    run's VLM merged into a plain transformers directory, vlmsam-tiny's SAM beside it, the design's config,
+    the training config and provenance."""
+    import json
+    import shutil
+
+    from vlmsam.box_prompt.segmenter import BoxPromptSegmenter
+    from vlmsam.sam.backend import SamBackend
+    from vlmsam.seg_token import SegTokenModel
+    from vlmsam.train.checkpoint import list_checkpoints
+    from vlmsam.vlm.runtime import VlmRuntime
+
+    run = Path(run)
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        raise FileNotFoundError(f"{run}: no checkpoints")
+    checkpoint = checkpoints[-1] if which == "last" else run / "checkpoints" / which
+    out = Path(out_dir) if out_dir else DEFAULT_MODEL_DIR.parent / BOX_PROMPT_DIR_NAME
+    model = SegTokenModel.from_pretrained(checkpoint).merge_lora()
+    if out.exists():
+        shutil.rmtree(out)
+    segmenter = BoxPromptSegmenter(VlmRuntime(model.vlm, model.processor), SamBackend(model.sam))
+    segmenter.save_pretrained(out)
+    shutil.copy(run / "config.yaml", out / "train_config.yaml")
+    (out / "provenance.json").write_text(json.dumps({
+        "design": "box_prompt", "made_by": "make box-prompt-model (configs/box_prompt_tiny.yaml)",
+        "started_from": "vlmsam-tiny's VLM (merged) and SAM", "checkpoint": checkpoint.name,
+        "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
+    return out
