@@ -102,6 +102,23 @@ def test_resume_after_sigkill_is_exact(setup, tmp_path):
     state_a = ckpt.load_trainer_state(full / "checkpoints" / "step_000012")
     state_b = ckpt.load_trainer_state(cut / "checkpoints" / "step_000012")
     assert state_a["consumed"] == state_b["consumed"] == 12 * 6
+    steps = [json.loads(x)["step"] for x in (cut / "log.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
+    assert steps == sorted(set(steps))  # the resumed log holds each step once
+
+
+def test_a_used_run_directory_is_not_mixed_with_another_run(setup, tmp_path):
+    common = {"train.steps_per_epoch": 4, "train.save_every": 2, "eval.val_dataset": ""}
+    run = tmp_path / "run"
+    assert run_cli("train", *overrides(setup, run, **common)).returncode == 0
+    again = run_cli("train", *overrides(setup, run, **common))
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    other = run_cli("train", *overrides(setup, run, **{**common, "train.lr": 1e-2}), "--resume", "auto")
+    assert other.returncode == 2 and "train.lr" in other.stderr and "another config" in other.stderr
+    before = time.time()
+    fresh = run_cli("train", *overrides(setup, run, **{**common, "train.steps_per_epoch": 2}), "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert all(c.stat().st_mtime >= before for c in ckpt.list_checkpoints(run))  # the old run's are gone
+    assert TrainConfig.load(run / "config.yaml").train.steps_per_epoch == 2
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(setup, tmp_path, monkeypatch):

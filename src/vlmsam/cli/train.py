@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--resume", help="'auto' (the newest checkpoint of the run directory) or a checkpoint directory")
     p.add_argument("--on-bad-sample", choices=["skip", "error"], help="skip and count bad samples (default) or stop")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run directory that already holds a run")
     p.set_defaults(run=run_train)
 
 
@@ -31,6 +32,8 @@ def run_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.resume={args.resume}")
     if args.on_bad_sample:
         overrides.append(f"data.on_bad_sample={args.on_bad_sample}")
+    if args.overwrite:
+        overrides.append("train.overwrite=true")
     config = args.config
     if config and "=" in config and not Path(config).is_file():  # only overrides were given
         overrides.insert(0, config)

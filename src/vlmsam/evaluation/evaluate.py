@@ -21,7 +21,7 @@ from vlmsam.data.sample import BadSample
 from vlmsam.errors import VlmsamError
 from vlmsam.evaluation.scoring import Scorer
 from vlmsam.evaluation.summary import write_summary
-from vlmsam.io.writer import atomic_write_bytes, mask_to_rle, rle_to_mask
+from vlmsam.io.writer import atomic_write_bytes, check_rle, mask_to_rle, rle_to_mask
 from vlmsam.train.distributed import DistInfo, gather_objects
 
 
@@ -38,7 +38,11 @@ def evaluate(segmenter, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir:
     each request is the raw query and whether it is a sentence). Every rank returns the same
     metrics; rank 0 writes the files when ``out_dir`` is given."""
     scorer = Scorer(split_by_length=ds.source == "reason_seg")
+    if limit < 0:
+        raise VlmsamError(f"--limit {limit}: give a positive number of images (0 = all)")
     n = min(limit, len(ds)) if limit else len(ds)
+    if n == 0:
+        raise VlmsamError(f"{ds}: the split has no images to evaluate")
     lines, skipped = [], []
     for i in tqdm(range(info.rank, n, info.world_size), desc="evaluate", unit="image",
                   disable=not (progress and info.is_main)):
@@ -58,6 +62,9 @@ def evaluate(segmenter, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir:
                 "masks": [mask_to_rle(m) for m in result.masks]}})
     scorer.all_reduce()
     metrics = scorer.metrics()
+    if metrics["n"] == 0:  # every image was unreadable: nothing was evaluated, which is not a result
+        raise VlmsamError(f"{ds}: no request could be evaluated ({len(skipped)} image(s) skipped"
+                          + (f", e.g. {skipped[0]}" if skipped else "") + ")")
     everything = sorted((x for part in gather_objects(lines) for x in part), key=lambda x: x["order"])
     all_skipped = [s for part in gather_objects(skipped) for s in part]
     if all_skipped:
@@ -73,7 +80,13 @@ def write_outputs(out: Path, metrics: dict, lines: list[dict] | None, ds: SegDat
     if lines is not None:
         atomic_write_bytes(out / "predictions.jsonl", "".join(json.dumps(x) + "\n" for x in lines).encode())
     ranked = sorted(cases, key=lambda c: -c["iou"])
-    chosen = ranked[:4] + ranked[::-1][:4]
+    # The best cases worth looking at have a mask (a correctly refused request shows nothing); the
+    # worst are the others, so no case appears twice when there are fewer than eight.
+    best = [c for c in ranked if c["line"]["masks"]][:4] or ranked[:4]
+    worst = [c for c in reversed(ranked) if c not in best][:4]
+    chosen = best + worst
+    if not chosen:
+        return
     targets = {}
     for c in chosen:
         i, j = c["order"]
@@ -120,12 +133,11 @@ def score_predictions(path: str | Path, ds: SegDataset, out_dir: Path | None = N
             if queue:
                 line = queue.pop(0)
                 try:
+                    for m in line["masks"]:  # sizes and run lengths first: nothing is decoded that does not fit
+                        check_rle(m, target.shape)
                     masks = np.stack([rle_to_mask(m) for m in line["masks"]]) if line["masks"] else np.zeros((0, *target.shape), bool)
                 except Exception as exc:
-                    raise VlmsamError(f"{path}: a mask of ({stem!r}, {query!r}) is not COCO RLE ({exc})") from None
-                if masks.shape[1:] != target.shape:
-                    raise VlmsamError(f"{path}: masks of ({stem!r}, {query!r}) are {masks.shape[2]}x{masks.shape[1]}, "
-                                      f"the image is {target.shape[1]}x{target.shape[0]}")
+                    raise VlmsamError(f"{path}: a mask of ({stem!r}, {query!r}) is not usable ({exc})") from None
             else:
                 missing += 1
                 line, masks = {"image": stem, "query": query, "answer": "", "masks": []}, np.zeros((0, *target.shape), bool)

@@ -40,17 +40,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        from vlmsam.errors import VlmsamError
+
+        raise VlmsamError(f"{path}: is a directory; cannot write a file there")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(current)
+    return current
+
+
+def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a directory (made if missing); a file there is a one-line user error."""
+    from vlmsam.errors import VlmsamError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VlmsamError(f"{out}: is a file; --out names a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VlmsamError(f"{out}: cannot create the output directory ({exc.strerror})") from None
+    return out
 
 
 def _encode_image(image: Image.Image, fmt: str) -> bytes:
@@ -65,6 +90,52 @@ def mask_to_rle(mask: np.ndarray) -> dict:
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_counts(counts) -> list[int]:
+    """The run lengths of COCO RLE ``counts`` (compressed string or list), without decoding a mask
+    (pycocotools' string format: 5-bit groups, the high bit says "more", runs after the second are
+    stored as differences)."""
+    if isinstance(counts, list):
+        return [int(c) for c in counts]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    if not isinstance(counts, str):
+        raise ValueError("RLE counts must be a string or a list")
+    out: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(counts):
+                raise ValueError("RLE counts string ends inside a number")
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def check_rle(rle, shape: tuple[int, int]) -> None:
+    """Raise ValueError unless ``rle`` is a COCO RLE of exactly ``shape = (H, W)`` whose runs cover it,
+    before anything is decoded (a 100-byte line can claim a 30000 x 30000 mask)."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise ValueError("not a COCO RLE (needs 'size' and 'counts')")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+        raise ValueError(f"RLE size {size!r} is not [height, width]")
+    if tuple(size) != tuple(shape):
+        raise ValueError(f"RLE of size {size[1]}x{size[0]} for an image of {shape[1]}x{shape[0]}")
+    runs = rle_counts(rle["counts"])
+    if any(r < 0 for r in runs) or sum(runs) != shape[0] * shape[1]:
+        raise ValueError(f"RLE runs add up to {sum(runs):,} pixels, not {shape[0] * shape[1]:,}")
 
 
 def rle_to_mask(rle: dict) -> np.ndarray:
@@ -105,7 +176,7 @@ def write_result(
 
     Returns the written paths: ``{"masks": [...], "masked_images": [...], "overlay": P, "json": P}``.
     """
-    out_dir = Path(out_dir)
+    out_dir = prepare_out_dir(out_dir)
     rgb = np.asarray(image.convert("RGB"))
     if rgb.shape[:2] != result.image_size and result.num_masks:
         raise ValueError(f"masks are {result.image_size} but the image is {rgb.shape[:2]} (H, W)")
@@ -119,6 +190,12 @@ def write_result(
         atomic_write_bytes(path, _encode_image(Image.fromarray(masked), "JPEG"))
         written["masked_images"].append(path)
 
+    # An earlier result for this stem may have had more masks: its extra files would now contradict the json.
+    for pattern, suffix in ((f"{stem}_mask_", ".png"), (f"{stem}_masked_img_", ".jpg")):
+        for stale in out_dir.glob(f"{pattern}*{suffix}"):
+            index = stale.name[len(pattern):-len(suffix)]
+            if index.isdigit() and int(index) >= result.num_masks:
+                stale.unlink(missing_ok=True)
     path = out_dir / f"{stem}_overlay.jpg"
     atomic_write_bytes(path, _encode_image(Image.fromarray(overlay_all(rgb, result.masks)), "JPEG"))
     written["overlay"] = path

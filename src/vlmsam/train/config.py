@@ -62,6 +62,7 @@ class OptimConfig:
     deepspeed: str = ""  # a DeepSpeed JSON config (ZeRO-2/3) instead of DDP
     resume: str = ""  # "auto", a checkpoint directory, or "" (start fresh)
     stop_at_step: int = 0  # end the run early at this step, schedule unchanged (0 = run to the end)
+    overwrite: bool = False  # start over in a run directory that holds another run (its checkpoints are deleted)
     progress: bool = True
 
 

@@ -51,6 +51,49 @@ def set_gradient_checkpointing(vlm, enabled: bool) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
 
 
+# Keys that may change between a run and its resumption (they do not change what is trained).
+RESUMABLE_KEYS = {"train.resume", "train.stop_at_step", "train.progress", "train.log_every", "data.num_workers",
+                  "train.overwrite", "eval.val_every", "eval.val_samples", "eval.max_new_tokens", "train.keep_last",
+                  "train.save_every", "data.on_bad_sample"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_run_dir(cfg: TrainConfig, run_dir: Path, resume_from: Path | None) -> None:
+    """A new run refuses a directory that holds another run; a resumed one refuses a checkpoint
+    trained with a different config (anything but RESUMABLE_KEYS)."""
+    existing = ckpt.list_checkpoints(run_dir) if run_dir.is_dir() else []
+    if resume_from is None:
+        if existing and not cfg.train.overwrite:
+            raise ConfigError(f"{run_dir}: already holds a run ({existing[-1].name}); resume it with --resume auto, "
+                              "pick another train.run_dir, or pass --overwrite to start over")
+        if existing and cfg.train.overwrite:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in ("best.json", "log.jsonl", "curves.png"):
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        return
+    saved = resume_from / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        theirs = _flat(TrainConfig.load(saved).to_dict())
+    except ConfigError as exc:
+        raise ConfigError(f"{saved}: the checkpoint's config cannot be read ({exc})") from None
+    ours = _flat(cfg.to_dict())
+    differ = sorted(k for k in set(ours) | set(theirs) if k not in RESUMABLE_KEYS and ours.get(k) != theirs.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({theirs.get(k)!r} -> {ours.get(k)!r})" for k in differ[:4])
+        raise ConfigError(f"{resume_from}: was trained with another config; differing: {shown}"
+                          + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+                          + "; resume with the same config, or start a new run directory")
+
+
 def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
     """``frame``: ``(h, w) -> (h, w)`` as the VLM's processor resizes (for grounding answers)."""
     d, t = cfg.data, cfg.train
@@ -87,6 +130,13 @@ class Logger:
             except ImportError:
                 pass
 
+    def truncate(self, step: int) -> None:
+        """Keep only the entries up to ``step``: a resumed run logs the steps after it again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
     def log(self, step: int, **values) -> None:
         if not self.enabled:
             return
@@ -114,6 +164,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     run_dir = Path(t.run_dir)
     resume_from = ckpt.find_resume(run_dir, t.resume)
+    check_run_dir(cfg, run_dir, resume_from)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
@@ -166,6 +217,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     net = engine or ddp or model
     eval_ds = build_eval_dataset(cfg.eval.val_dataset, cfg.data.dataset_dir) if cfg.eval.val_dataset else None
     logger = Logger(run_dir, info.is_main)
+    if resume_from is not None:
+        logger.truncate(step)  # the steps after the checkpoint are trained, and logged, again
     bad = BadSampleLog()
     autocast = (lambda: torch.autocast(info.device.type, dtype=DTYPES[t.precision])) if DTYPES[t.precision] else contextlib.nullcontext
     per_step = t.batch_size * t.grad_accumulation_steps
