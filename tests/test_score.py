@@ -66,7 +66,12 @@ def test_score_refcoco_duplicate_queries_and_bad_files(tmp_path):
     assert "short_query" not in m
     for content, words in [("{not json\n", "p.jsonl:1: not a prediction line"),
                            (json.dumps({"image": stem}) + "\n", "p.jsonl:1: not a prediction line"),
-                           (_line(stem, "small box", [np.ones((3, 3), bool)]) + "\n", "are 3x3, the image is 40x30")]:
+                           (_line(stem, "small box", [np.ones((3, 3), bool)]) + "\n", "RLE of size 3x3 for an image of 40x30"),
+                           # a 100-byte line claiming a 30000 x 30000 mask is refused before anything is decoded
+                           (json.dumps({"image": stem, "query": "small box", "answer": "",
+                                        "masks": [{"size": [30000, 30000], "counts": "0Wj9"}]}) + "\n", "30000x30000"),
+                           (json.dumps({"image": stem, "query": "small box", "answer": "",
+                                        "masks": [{"size": [30, 40], "counts": [5, 5]}]}) + "\n", "add up to 10 pixels, not 1,200")]:
         preds.write_text(content)
         proc = run_cli("score", "--predictions", preds, "--dataset", "refcoco|unc|val", "--dataset-dir", tmp_path, "--out", tmp_path / "x")
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -90,3 +90,33 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write_bytes(target, "not bytes")  # fails while writing the temporary file
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_an_images_outputs_stay_one_consistent_set(tmp_path):
+    image = Image.new("RGB", (60, 40))
+    write_result(two_mask_result(), image, tmp_path, "scene")
+    one = SegmentationResult(masks=two_mask_result().masks[:1])
+    write_result(one, image, tmp_path, "scene")
+    assert sorted(p.name for p in tmp_path.glob("scene_mask_*")) == ["scene_mask_0.png"]
+    assert sorted(p.name for p in tmp_path.glob("scene_masked_img_*")) == ["scene_masked_img_0.jpg"]
+    assert json.loads((tmp_path / "scene.json").read_text())["num_masks"] == 1
+
+
+def test_outputs_get_the_users_umask_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        written = write_result(two_mask_result(), Image.new("RGB", (60, 40)), tmp_path, "scene")
+    finally:
+        os.umask(old)
+    for path in [*written["masks"], written["overlay"], written["json"]]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_out_naming_a_file_is_a_user_error(tmp_path):
+    from vlmsam.errors import VlmsamError
+
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(VlmsamError, match="is a file"):
+        write_result(two_mask_result(), Image.new("RGB", (60, 40)), tmp_path / "taken", "scene")

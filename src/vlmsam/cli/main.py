@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reasoning segmentation: a vision-language model reasons, Segment Anything draws the masks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
+    parser.add_argument("--version", action="version", version=f"vlmsam {__import__('vlmsam').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (sam, pretrain, merge_lora, data, proposals, train, evaluate, segment, serve):  # one module per command (or pair)
         command.register(sub)
