@@ -11,6 +11,7 @@ torchvision's where it is installed and an equal greedy NMS in torch where it is
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from itertools import product
 
@@ -188,6 +189,7 @@ class AutomaticMaskGenerator:
         c = self.config
         self.point_grids = [build_point_grid(int(c.points_per_side / (c.crop_n_points_downscale_factor ** i)))
                             for i in range(c.crop_n_layers + 1)]
+        self.timings = {"encode": 0.0, "decode": 0.0, "upscale": 0.0, "filter": 0.0, "nms_rle": 0.0}  # seconds, summed
 
     @torch.inference_mode()
     def generate(self, image: ImageSource) -> list[Proposal]:
@@ -213,11 +215,14 @@ class AutomaticMaskGenerator:
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]) -> dict:
         x0, y0, x1, y1 = crop_box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+        t0 = time.perf_counter()
         embedding = self.sam.encode(crop)  # the heavy encoder: once per crop
+        self.timings["encode"] += time.perf_counter() - t0
         h, w = crop.shape[:2]
         points = self.point_grids[layer] * np.array([[w, h]])
         batches = [self._process_batch(points[i:i + self.config.points_per_batch], crop_box, orig_size, embedding)
                    for i in range(0, len(points), self.config.points_per_batch)]
+        t0 = time.perf_counter()
         data = {k: torch.cat([b[k] for b in batches]) for k in ("iou_preds", "points", "stability_score", "boxes", "masks")}
         keep = nms(data["boxes"].float(), data["iou_preds"], self.config.box_nms_thresh)
         data = {k: v[keep] for k, v in data.items()}
@@ -226,6 +231,7 @@ class AutomaticMaskGenerator:
         data["points"] = data["points"] + torch.tensor([x0, y0])
         data["crop_boxes"] = torch.tensor([crop_box] * len(keep), dtype=torch.int64).reshape(-1, 4)
         data["rles"] = [_rle(_uncrop(m, crop_box, orig_size)) for m in data.pop("masks")]
+        self.timings["nms_rle"] += time.perf_counter() - t0
         return data
 
     def _process_batch(self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int], embedding) -> dict:
@@ -234,9 +240,14 @@ class AutomaticMaskGenerator:
         coords = torch.as_tensor(points, dtype=torch.float32)
         coords = sam.transform_coords(coords, embedding)[:, None, None].to(sam.device, sam.dtype)
         labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=sam.device)
+        t0 = time.perf_counter()
         sparse = sam.model.prompt_encoder._embed_points(coords, labels, pad=True)[:, 0]  # a padding point, as Meta's
         low_res, iou = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=True)
+        t1 = time.perf_counter()
         logits = sam.upscale_logits(low_res, embedding)  # (B, 3, h, w) at the crop's size
+        t2 = time.perf_counter()
+        self.timings["decode"] += t1 - t0
+        self.timings["upscale"] += t2 - t1
         data = {"masks": logits.flatten(0, 1), "iou_preds": iou.flatten(0, 1).float(),
                 "points": torch.as_tensor(points, dtype=torch.float32).repeat_interleave(logits.shape[1], dim=0)}
         if c.pred_iou_thresh > 0:
@@ -247,6 +258,7 @@ class AutomaticMaskGenerator:
         data["masks"] = data["masks"] > MASK_THRESHOLD
         data["boxes"] = masks_to_boxes(data["masks"])
         keep = ~near_crop_edge(data["boxes"], crop_box, [0, 0, orig_size[1], orig_size[0]])
+        self.timings["filter"] += time.perf_counter() - t2
         return _select(data, keep) if not bool(keep.all()) else data
 
     def _remove_small_regions(self, data: dict, min_area: int, nms_thresh: float) -> dict:
