@@ -22,3 +22,9 @@ class PromptError(VlmsamError):
 
 class DatasetError(VlmsamError):
     """A dataset folder, file or name that cannot be used as given."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -66,6 +66,10 @@ def run_synth_command(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise VlmsamError("--n must be at least 1")
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise VlmsamError(f"{args.out}: is a file; --out names the dataset directory to write")
     counts = write_synth(args.out, args.n, args.seed)
     print(f"wrote {sum(counts.values())} scenes to {args.out}/reason_seg/ReasonSeg ("
           + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")

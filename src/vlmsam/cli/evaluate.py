@@ -65,6 +65,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         builder(args.segmenter)  # an unknown name fails before anything loads
     device = resolve_device(args.device)  # a CUDA request without CUDA fails before torchrun setup
+    from vlmsam.io.writer import prepare_out_dir
+
+    prepare_out_dir(args.out)  # a file named as --out fails now, not after the whole evaluation
     info = init_distributed()
     try:
         ds = _eval_dataset(args)

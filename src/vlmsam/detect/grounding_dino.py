@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import CheckpointError, first_line
 
 BOX_THRESHOLD = 0.3
 TEXT_THRESHOLD = 0.25
@@ -43,7 +43,7 @@ class GroundingDino:
             processor = GroundingDinoProcessor.from_pretrained(str(name_or_path))
             model = GroundingDinoForObjectDetection.from_pretrained(str(name_or_path), **({"dtype": dtype} if dtype else {}))
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{name_or_path}: not a Grounding DINO model ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{name_or_path}: not a Grounding DINO model ({first_line(exc)})") from None
         if device is not None:
             model.to(device)
         return cls(model, processor)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import SamConfig, SamModel
 
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import first_line, CheckpointError
 
 META_SUFFIXES = (".pth", ".pt", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -142,7 +142,7 @@ def _torch_load(path: Path) -> dict:
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     for wrapper in ("model", "state_dict"):  # fine-tuning repos often nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -222,13 +222,13 @@ def _from_pretrained(source: str, *, local: bool) -> SamModel:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as e:
         where = "directory" if local else "hub id (is the network reachable? otherwise pass a local path)"
-        raise CheckpointError(f"{source}: could not read a model config from this {where}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: could not read a model config from this {where}: {first_line(e)}") from None
     if config.model_type != "sam":
         raise CheckpointError(f"{source}: is a '{config.model_type}' checkpoint, not a Segment Anything (sam) model")
     try:
         model, info = SamModel.from_pretrained(source, local_files_only=local, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{source}: could not load the SAM weights: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{source}: could not load the SAM weights: {first_line(e)}") from None
     problems = [f"{k} {len(v)} keys ({_preview(sorted(v))})" for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v]
     mismatched = info.get("mismatched_keys") or []
     if mismatched:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmsam.errors import PromptError
+from vlmsam.errors import PromptError, first_line
 from vlmsam.io.images import ImageSource, load_image
 from vlmsam.sam.backend import MASK_THRESHOLD, SamPrediction
 
@@ -58,7 +58,7 @@ class Sam2Backend:
         try:
             model = Sam2Model.from_pretrained(str(name_or_path), **({"dtype": dtype} if dtype else {}))
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{name_or_path}: not a SAM 2 model ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{name_or_path}: not a SAM 2 model ({first_line(exc)})") from None
         if device is not None:
             model.to(device)
         return cls(model)

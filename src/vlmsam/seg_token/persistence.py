@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import first_line, CheckpointError
 from vlmsam.sam.backend import SamBackend
 from vlmsam.seg_token.config import SegTokenConfig
 from vlmsam.vlm.processor import VlmProcessor
@@ -80,7 +80,13 @@ class PersistenceMixin:
     def _load_trainable_weights(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(str(path / TRAINABLE_WEIGHTS))
+        try:
+            state = load_file(str(path / TRAINABLE_WEIGHTS))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no {TRAINABLE_WEIGHTS} in this checkpoint") from None
+        except Exception as exc:  # safetensors raises its own error types for truncated files
+            raise CheckpointError(f"{path / TRAINABLE_WEIGHTS}: unreadable ({first_line(exc)}); the file is "
+                                  "truncated or corrupt: copy it again or use another checkpoint") from None
         for name, module in self._parts().items():
             sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
             if not sub:

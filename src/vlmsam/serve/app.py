@@ -48,7 +48,7 @@ def decode_image(data: bytes, options: ServeOptions):
     """Bytes -> an upright RGB PIL image, with the server's size limits (413) and a clear 422 otherwise."""
     from PIL import Image
 
-    from vlmsam.errors import ImageLoadError
+    from vlmsam.errors import ImageLoadError, first_line
     from vlmsam.io.images import load_image
 
     if not data:
@@ -183,7 +183,7 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-    from vlmsam.errors import PromptError, VlmsamError
+    from vlmsam.errors import PromptError, VlmsamError, first_line
 
     options = options or ServeOptions()
     engine = Engine(segmenters, options)
@@ -226,7 +226,7 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
 
     @app.exception_handler(VlmsamError)
     async def user_error(request: Request, exc: VlmsamError):
-        return error(request, 422, str(exc).splitlines()[0])
+        return error(request, 422, first_line(exc))
 
     from fastapi.exceptions import RequestValidationError
 

@@ -7,6 +7,8 @@ reuses its handle (the encode time shows as 0, cached).
 
 from __future__ import annotations
 
+from vlmsam.errors import first_line
+
 import logging
 
 log = logging.getLogger("vlmsam.serve")
@@ -46,7 +48,7 @@ def mount_page(app, engine) -> None:
         try:
             result = seg.segment(cache[key], request)
         except Exception as exc:  # shown on the page, never a traceback
-            raise gr.Error(str(exc).splitlines()[0]) from None
+            raise gr.Error(first_line(exc)) from None
         overlay = overlay_all(np.asarray(pil), result.masks)
         masks = [(np.asarray(pil), [(m, result.labels[i] or f"mask {i + 1}") for i, m in enumerate(result.masks)])]
         timings = {"encode_image": "0 (cached)" if cached else f"{encode_s:.3f} s",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import first_line, CheckpointError
 
 STATE_FILE = "trainer_state.pt"
 PREFIX = "step_"
@@ -115,4 +115,4 @@ def load_trainer_state(path: Path) -> dict:
     try:
         return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({first_line(exc)})") from None

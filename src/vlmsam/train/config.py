@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from vlmsam.errors import VlmsamError
+from vlmsam.errors import first_line, VlmsamError
 from vlmsam.seg_token.config import SegTokenConfig
 
 
@@ -132,7 +132,7 @@ class TrainConfig:
             try:
                 data = yaml.safe_load(p.read_text()) or {}
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+                raise ConfigError(f"{p}: not valid YAML ({first_line(exc)})") from None
         cfg = cls.from_dict(data)
         for item in overrides:
             if "=" not in item:

@@ -59,8 +59,23 @@ class VlmProcessor:
         from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), **kwargs)
+        from vlmsam.errors import CheckpointError, first_line
+
+        local = Path(str(path))
+        if local.is_dir():  # say exactly what a local directory lacks, before transformers tries the hub
+            missing = [name for name, found in (
+                ("tokenizer files (tokenizer.json or vocab files)", any((local / f).is_file() for f in
+                                                                        ("tokenizer.json", "vocab.json", "tokenizer_config.json"))),
+                ("preprocessor_config.json (the image processor)", (local / "preprocessor_config.json").is_file())) if not found]
+            if missing:
+                raise CheckpointError(f"{local}: not a complete VLM directory: no {' and no '.join(missing)}; save the "
+                                      "processor beside the model (processor.save_pretrained) or name the checkpoint "
+                                      "directory that holds them")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot load the VLM's processor ({first_line(exc)})") from None
         return cls(image_processor, tokenizer)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vlmsam.devices import resolve_device, resolve_dtype
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import first_line, CheckpointError
 from vlmsam.vlm.generation import Generated, VisionPrefix, encode_prefix, generate_many
 from vlmsam.vlm.processor import VlmProcessor
 
@@ -35,7 +35,7 @@ def load_vlm_model(source: str, *, dtype=None, device=None, attn_implementation:
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{source}: could not read a VLM config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{source}: could not read a VLM config ({first_line(e)})") from None
     if config.model_type not in FAMILIES:
         raise CheckpointError(f"{source}: is a '{config.model_type}' model; supported are Qwen2-VL, Qwen2.5-VL and Qwen3-VL")
     kwargs = {}
@@ -45,7 +45,10 @@ def load_vlm_model(source: str, *, dtype=None, device=None, attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:  # a truncated or missing weights file, among others
+        raise CheckpointError(f"{source}: cannot load the VLM's weights ({first_line(exc)})") from None
     device = resolve_device(device)
     if device is not None and device_map is None:
         model.to(device)

@@ -1,0 +1,68 @@
+"""Bad input to every command ends in one line naming the thing, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.seg_token import SegTokenConfig, SegTokenModel
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("hostile")
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    SegTokenModel.build(SegTokenConfig(vlm=str(vlm), sam=str(root / "sam"), lora_r=4)).save_pretrained(root / "ckpt")
+    truncated = root / "truncated"
+    shutil.copytree(root / "ckpt", truncated)
+    data = (truncated / "trainable.safetensors").read_bytes()
+    (truncated / "trainable.safetensors").write_bytes(data[: len(data) // 3])
+    corrupt = root / "corrupt"
+    shutil.copytree(root / "ckpt", corrupt)
+    (corrupt / "vlmsam_config.json").write_text("{not json")
+    bare = root / "bare_vlm"  # model weights and config only: no tokenizer, no image processor
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(vlm / name, bare / name)
+    (root / "empty.pth").write_bytes(b"")
+    (root / "a_file").write_text("x")
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "img.png")
+    return root
+
+
+CASES = [
+    ("truncated safetensors", lambda r: ("segment", r / "img.png", "the cup", "--model", r / "truncated"), "trainable.safetensors"),
+    ("corrupt config", lambda r: ("segment", r / "img.png", "the cup", "--model", r / "corrupt"), "vlmsam_config.json"),
+    ("vlm without processor", lambda r: ("segment", r / "img.png", "the cup", "--segmenter", "box_prompt", "--vlm", r / "bare_vlm",
+                                         "--sam", r / "sam"), "preprocessor_config.json"),
+    ("empty .pth", lambda r: ("convert-sam", r / "empty.pth", r / "out"), "empty.pth"),
+    ("evaluate --out is a file", lambda r: ("evaluate", "--model", r / "ckpt", "--dataset", "reason_seg:val", "--dataset-dir", r,
+                                            "--out", r / "a_file"), "a_file"),
+    ("synth --out is a file", lambda r: ("data", "synth", "--out", r / "a_file", "--n", "2"), "a_file"),
+    ("segment --out is a file", lambda r: ("segment", r / "img.png", "the cup", "--model", r / "ckpt", "--out", r / "a_file"), "a_file"),
+    ("cuda without cuda", lambda r: ("sam", r / "img.png", "--sam", r / "sam", "--box", "1,1,5,5", "--device", "cuda:3"), "cuda"),
+    ("negative limit", lambda r: ("evaluate", "--model", r / "ckpt", "--dataset", "reason_seg:val", "--dataset-dir", r,
+                                  "--out", r / "e", "--limit", "-1"), "reason_seg"),
+    ("proposals shard size 0", lambda r: ("proposals", "--dataset-dir", r, "--datasets", "reason_seg:val", "--out", r / "p",
+                                          "--sam", r / "sam", "--shard-size", "0"), "--shard-size"),
+    ("serve port 0", lambda r: ("serve", "--port", "0"), "--port"),
+    ("unknown segmenter", lambda r: ("evaluate", "--segmenter", "magic", "--dataset", "reason_seg:val", "--dataset-dir", r,
+                                     "--out", r / "e"), "magic"),
+]
+
+
+@pytest.mark.parametrize("name, args, words", CASES, ids=[c[0] for c in CASES])
+def test_one_line_exit_2(files, name, args, words):
+    proc = run_cli(*args(files))
+    assert proc.returncode == 2, (name, proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0], lines
