@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import Request  # module level: the route annotations below are resolved here
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("vlmsam.serve")
 
@@ -208,6 +209,9 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
                                      "request_id": request_id}, status_code=401)
         try:
             response = await call_next(request)
+        except ClientDisconnect:  # the client went away mid-upload: nothing to answer, nothing broken
+            log.info("request %s: the client disconnected before sending its body", request_id)
+            return JSONResponse({"error": "the client disconnected", "request_id": request_id}, status_code=400)
         except Exception:  # a bug: logged with its id, never shown to the client
             log.exception("request %s failed", request_id)
             return JSONResponse({"error": "internal error; the server log has the details", "request_id": request_id},
