@@ -66,3 +66,30 @@ def test_one_line_exit_2(files, name, args, words):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0], lines
+
+
+def test_a_broken_explanatory_file_is_reported_by_data_check_and_training(tmp_path):
+    from tests.helpers import dataset_trees as trees
+
+    trees.write_reason_seg(tmp_path)
+    (tmp_path / "reason_seg" / "ReasonSeg" / "explanatory" / "train.json").write_text('[{"image": "kitchen.jpg", "quer')
+    check = run_cli("data", "check", "--dataset-dir", tmp_path, "--datasets", "reason_seg")
+    assert check.returncode == 2 and "explanatory/train.json" in check.stdout and "Traceback" not in check.stderr
+    from vlmsam.data.reason_seg import ReasonSegDataset
+    from vlmsam.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="explanatory/train.json"):
+        ReasonSegDataset(tmp_path, "train")
+
+
+def test_argument_errors_come_before_heavy_imports():
+    import time
+
+    for args in (("sam", "x.jpg", "--sam", "y", "--box", "1,2,3"), ("convert-sam", "missing.pth", "out"),
+                 ("merge-lora", "missing", "out")):
+        t0 = time.time()
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+        assert time.time() - t0 < 3.0, args  # no torch / transformers import first (those take 6-9 s)
+    proc = run_cli("sam", "x.jpg", "--sam", "y", "--box", "-50,1,2,3")
+    assert proc.returncode == 2 and "--box=-50" in proc.stderr

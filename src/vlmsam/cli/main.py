@@ -20,31 +20,39 @@ EXIT_USER_ERROR = 2
 def build_parser() -> argparse.ArgumentParser:
     from vlmsam.cli import data, evaluate, merge_lora, pretrain, proposals, sam, segment, serve, train
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vlmsam",
         description="Reasoning segmentation: a vision-language model reasons, Segment Anything draws the masks.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
     parser.add_argument("--version", action="version", version=f"vlmsam {__import__('vlmsam').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in (sam, pretrain, merge_lora, data, proposals, train, evaluate, segment, serve):  # one module per command (or pair)
         command.register(sub)
     return parser
 
 
 def _quiet_libraries(verbose: bool) -> None:
+    """Quiet transformers and the hub through the environment: importing transformers here would cost
+    seconds before a command could report a bad argument."""
     level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight-loading bars follow it
         import warnings
 
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a hint where a negative coordinate was read as an option."""
+
+    def error(self, message: str):
+        if "expected one argument" in message and any(f in message for f in ("--box", "--point")):
+            message += " (for a negative number write it with '=', e.g. --box=-50,10,200,240)"
+        super().error(message)
 
 
 def main(argv: list[str] | None = None) -> int:

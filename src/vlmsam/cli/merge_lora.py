@@ -21,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_merge(args: argparse.Namespace) -> int:
     from vlmsam.errors import CheckpointError
-    from vlmsam.seg_token import SegTokenModel
 
     if not Path(args.checkpoint).is_dir():
         raise CheckpointError(f"{args.checkpoint}: no such checkpoint directory")
+    if not (Path(args.checkpoint) / "vlmsam_config.json").is_file():
+        raise CheckpointError(f"{args.checkpoint}: not a vlmsam [SEG] checkpoint (no vlmsam_config.json)")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise CheckpointError(f"{args.out_dir}: is a file; name the directory to write")
+    from vlmsam.seg_token import SegTokenModel
     model = SegTokenModel.from_pretrained(args.checkpoint)
     out = model.save_merged(args.out_dir)
     print(f"merged LoRA into the base weights -> {out}")

@@ -62,9 +62,6 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
 
 
 def run_sam(args: argparse.Namespace) -> int:
-    from vlmsam.io import load_image, write_result
-    from vlmsam.sam import SamBackend
-
     if args.everything:
         return run_everything(args)
     boxes = [_numbers(b, 4, "box") for b in args.box]
@@ -76,6 +73,8 @@ def run_sam(args: argparse.Namespace) -> int:
         raise PromptError(f"{len(labels)} --point-label values for {len(points)} --point prompts")
     if points and len(boxes) > 1:
         raise PromptError("points can be combined with at most one box")
+    from vlmsam.io import load_image, write_result  # only now: the arguments are known to be usable
+    from vlmsam.sam import SamBackend
 
     from vlmsam.devices import resolve_device
 
@@ -142,11 +141,15 @@ def run_everything(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from vlmsam.errors import CheckpointError
-    from vlmsam.sam.checkpoints import load_meta_checkpoint, save_converted
 
     path = Path(args.checkpoint)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise CheckpointError(f"{args.out_dir}: is a file; name the directory to write")
+    from vlmsam.sam.checkpoints import load_meta_checkpoint, save_converted
     model = load_meta_checkpoint(path)
     out = save_converted(model, args.out_dir)
     vc = model.config.vision_config

@@ -183,6 +183,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     from vlmsam.devices import resolve_device
+    from vlmsam.engine.contract import check_request
     from vlmsam.errors import VlmsamError
     from vlmsam.io import load_image, write_result
 
@@ -197,6 +198,11 @@ def run_chat(args: argparse.Namespace) -> int:
         request = _ask("Please input your prompt (or press Enter to exit): ")
         if request is None or not request.strip():
             return 0
+        try:
+            check_request(request)  # before the image is asked for and encoded
+        except VlmsamError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         source = _ask("Please input the image path or URL: ")
         if source is None:
             return 0

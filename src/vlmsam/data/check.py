@@ -109,7 +109,8 @@ def datasets_to_check(root: Path, families: list[str], lists: dict[str, str], ex
             splits = [s for s in ("train", "val", "test") if (base / s).is_dir()]
             if not splits and explicit:
                 out.append((Report("reason_seg", "-", absent=f"{base}: no train/val/test folders"), None))
-            out += [_opened("reason_seg", s, lambda s=s: ReasonSegDataset(root, s, explanatory=0)) for s in splits]
+            # built as training builds it (explanatory answers too), so a broken explanatory file shows here
+            out += [_opened("reason_seg", s, lambda s=s: ReasonSegDataset(root, s)) for s in splits]
         elif family == "refer_seg":
             for name in names:
                 refs = root / "refer_seg" / name / f"refs({SPLIT_BY.get(name, 'unc')}).p"

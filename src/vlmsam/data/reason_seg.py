@@ -97,8 +97,13 @@ class ReasonSegDataset(SegDataset):
         self.explanations: dict[str, str] = {}
         exp_file = self.root / "explanatory" / f"{split}.json"
         if explanatory > 0 and exp_file.is_file():
-            for entry in json.loads(exp_file.read_text()):
-                self.explanations[Path(entry["image"]).name] = entry["outputs"]
+            try:
+                entries = json.loads(exp_file.read_text(encoding="utf-8"))
+                for entry in entries:
+                    self.explanations[Path(entry["image"]).name] = str(entry["outputs"])
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{exp_file}: not a list of {{image, query, outputs}} entries "
+                                   f"({type(exc).__name__}: {exc}); fix or remove it") from None
 
     def annotation_path(self, i: int) -> Path:
         return self.items[i]
