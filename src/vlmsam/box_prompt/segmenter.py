@@ -147,8 +147,8 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     if path is None and not (vlm or sam or vlm_endpoint):
         path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
         if not (path / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path}: the bundled box_prompt default is missing from this installation; "
-                                  "`make box-prompt-model` rebuilds it, or name --vlm and --sam")
+            raise CheckpointError("box_prompt has no bundled offline default yet (its grounding run did not reach its "
+                                  "bar, see docs/vlmsam-tiny.md): name --vlm and --sam, or --vlm-endpoint")
         label = DEFAULT_DIR_NAME
     if path is not None:
         path = Path(path)
