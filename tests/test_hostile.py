@@ -93,3 +93,19 @@ def test_argument_errors_come_before_heavy_imports():
         assert time.time() - t0 < 3.0, args  # no torch / transformers import first (those take 6-9 s)
     proc = run_cli("sam", "x.jpg", "--sam", "y", "--box", "-50,1,2,3")
     assert proc.returncode == 2 and "--box=-50" in proc.stderr
+
+
+def test_a_hub_id_without_network_is_one_line_at_once(files):
+    import time
+
+    from vlmsam.hub import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the model hub is reachable from here")
+    t0 = time.time()
+    proc = run_cli("segment", files / "img.png", "the cup", "--segmenter", "box_prompt", "--vlm", "Qwen/Qwen2.5-VL-7B-Instruct",
+                   "--sam", "facebook/sam-vit-base")
+    assert proc.returncode == 2 and "hub cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and time.time() - t0 < 20  # not 30 s of retries
+    train = run_cli("train", f"train.run_dir={files / 'r'}")  # no config: the default 7B model by hub id
+    assert train.returncode == 2 and "hub cannot be reached" in train.stderr and "Traceback" not in train.stderr

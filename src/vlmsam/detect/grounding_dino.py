@@ -39,6 +39,9 @@ class GroundingDino:
     def from_pretrained(cls, name_or_path: str | Path, *, device=None, dtype=None) -> GroundingDino:
         from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
 
+        from vlmsam.hub import check_available
+
+        check_available(str(name_or_path), "detector")
         try:
             processor = GroundingDinoProcessor.from_pretrained(str(name_or_path))
             model = GroundingDinoForObjectDetection.from_pretrained(str(name_or_path), **({"dtype": dtype} if dtype else {}))

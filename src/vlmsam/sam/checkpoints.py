@@ -207,6 +207,9 @@ def load_sam_model(name_or_path: str | Path, *, device=None, dtype: torch.dtype 
     elif path.is_dir():
         model = _from_pretrained(str(path), local=True)
     elif _HUB_ID.match(source) and not source.endswith(META_SUFFIXES):
+        from vlmsam.hub import check_available
+
+        check_available(source, "SAM")
         model = _from_pretrained(source, local=False)
     else:
         raise CheckpointError(f"{source}: no such file or directory (give a .pth file, a model directory or a hub id)")

@@ -55,6 +55,9 @@ class Sam2Backend:
 
         from vlmsam.errors import CheckpointError
 
+        from vlmsam.hub import check_available
+
+        check_available(str(name_or_path), "SAM 2")
         try:
             model = Sam2Model.from_pretrained(str(name_or_path), **({"dtype": dtype} if dtype else {}))
         except (OSError, ValueError) as exc:

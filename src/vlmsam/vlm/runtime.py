@@ -32,6 +32,9 @@ def load_vlm_model(source: str, *, dtype=None, device=None, attn_implementation:
     """A transformers Qwen-VL model from a hub id or directory (see the module docstring)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from vlmsam.hub import check_available
+
+    check_available(source, "VLM")
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
