@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,33 @@ def test_a_hub_id_without_network_is_one_line_at_once(files):
     assert len(proc.stderr.strip().splitlines()) == 1 and time.time() - t0 < 20  # not 30 s of retries
     train = run_cli("train", f"train.run_dir={files / 'r'}")  # no config: the default 7B model by hub id
     assert train.returncode == 2 and "hub cannot be reached" in train.stderr and "Traceback" not in train.stderr
+
+
+def test_a_moved_checkpoint_still_loads(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    work = tmp_path / "work"
+    work.mkdir()
+    build_tiny_sam().save_pretrained(work / "bases" / "sam")
+    save_tiny_vlm(work / "bases" / "vlm", "qwen2_5_vl")
+    # built and saved with base paths relative to the working directory, as a config file would name them
+    code = ("from vlmsam.seg_token import SegTokenConfig, SegTokenModel; "
+            "SegTokenModel.build(SegTokenConfig(vlm='bases/vlm', sam='bases/sam', lora_r=4)).save_pretrained('ckpt')")
+    subprocess.run([sys.executable, "-c", code], cwd=work, check=True, capture_output=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    saved = json.loads((work / "ckpt" / "vlmsam_config.json").read_text())
+    assert Path(saved["vlm"]).is_absolute() and Path(saved["sam"]).is_absolute()
+    moved = tmp_path / "elsewhere" / "my-ckpt"
+    moved.parent.mkdir()
+    (work / "ckpt").rename(moved)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    proc = run_cli("segment", tmp_path / "img.png", "the cup", "--model", moved, "--out", tmp_path / "o", "--max-new-tokens", "4",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -38,7 +38,11 @@ class PersistenceMixin:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.config.save(out / CONFIG_NAME)
+        from dataclasses import replace
+
+        # Base models by a path that survives moving the checkpoint or running from another directory:
+        # relative to the checkpoint when inside it, absolute otherwise (hub ids as they are).
+        replace(self.config, vlm=_portable(self.config.vlm, out), sam=_portable(self.config.sam, out)).save(out / CONFIG_NAME)
         state = self.trainable_state_dict()
         if projection_only:
             state = {k: v for k, v in state.items() if k.startswith("projection.")}
@@ -128,8 +132,16 @@ class PersistenceMixin:
         self._base_vlm().save_pretrained(out / "vlm")
         self.processor.save_pretrained(out / "vlm")  # an ordinary transformers directory: tokenizer and image processor too
         self.sam.save_pretrained(out / "sam")
-        self.config.vlm, self.config.sam = "vlm", "sam"
+        self.config.vlm, self.config.sam = str(out / "vlm"), str(out / "sam")  # saved relative to the checkpoint
         return self.save_pretrained(out, projection_only=True)
+
+
+def _portable(name: str, checkpoint: Path) -> str:
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name  # a hub id, or a path relative to a checkpoint that is being loaded from elsewhere
+    path, root = path.resolve(), checkpoint.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def _resolve(name: str, base_dir: Path | None) -> str:
