@@ -45,6 +45,12 @@ def test_score_reason_seg_by_hand(tmp_path):
     assert m["ciou"] == pytest.approx((32 + 64) / (64 + 80 + 1e-10), abs=1e-9)
     assert m["long_query"]["giou"] == pytest.approx(iou_street) and m["short_query"]["giou"] == pytest.approx(iou_cup)
     assert (tmp_path / "o" / "summary.png").stat().st_size > 1000
+    from PIL import Image
+
+    from vlmsam.evaluation.summary import TILE
+
+    sheet = Image.open(tmp_path / "o" / "summary.png")
+    assert sheet.size == (60 + 2 * TILE, TILE + 44)  # two requests: both have masks, shown once each, one row
 
     # A request with no prediction scores as an empty mask (IoU 0 against a non-empty target).
     preds.write_text(_line("cup", "the cup", [a, b]) + "\n")

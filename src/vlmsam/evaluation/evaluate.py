@@ -84,17 +84,14 @@ def write_outputs(out: Path, metrics: dict, lines: list[dict] | None, ds: SegDat
     # worst are the others, so no case appears twice when there are fewer than eight.
     best = [c for c in ranked if c["line"]["masks"]][:4] or ranked[:4]
     worst = [c for c in reversed(ranked) if c not in best][:4]
-    chosen = best + worst
-    if not chosen:
-        return
     targets = {}
-    for c in chosen:
+    for c in best + worst:
         i, j = c["order"]
         if i not in targets:
             targets[i] = ds.load_eval(i).masks
-    write_summary([{"image_path": c["image_path"], "query": c["line"]["query"], "iou": c["iou"],
-                    "pred_rles": c["line"]["masks"], "target": targets[c["order"][0]][c["order"][1]]} for c in chosen],
-                  out / "summary.png")
+    as_case = lambda c: {"image_path": c["image_path"], "query": c["line"]["query"], "iou": c["iou"],  # noqa: E731
+                         "pred_rles": c["line"]["masks"], "target": targets[c["order"][0]][c["order"][1]]}
+    write_summary([as_case(c) for c in best], [as_case(c) for c in worst], out / "summary.png")
 
 
 def read_predictions(path: Path) -> dict[tuple[str, str], list[dict]]:

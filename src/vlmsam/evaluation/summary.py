@@ -27,28 +27,37 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def tile(image_path, pred: np.ndarray, target: np.ndarray, caption: str) -> Image.Image:
-    img = np.asarray(load_image(image_path), dtype=np.float32)
-    sel = pred.astype(bool)
-    img[sel] = 0.5 * img[sel] + 0.5 * PRED
+    """The image at tile size with the prediction tinted red and the ground truth outlined in green,
+    the outline drawn after the resize and two pixels wide, so both stay visible at a glance."""
+    pil = load_image(image_path)
+    scale = TILE / max(pil.width, pil.height)  # up or down: small images are shown at tile size too
+    size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+    pil = pil.resize(size, Image.BICUBIC)
+    img = np.asarray(pil, dtype=np.float32)
+    sel = np.asarray(Image.fromarray(pred.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    img[sel] = 0.35 * img[sel] + 0.65 * PRED
     img = img.astype(np.uint8)
-    img[_outline(target == 1)] = TARGET
-    pil = Image.fromarray(img)
-    pil.thumbnail((TILE, TILE))
+    small_target = np.asarray(Image.fromarray((target == 1).astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    edge = _outline(small_target)
+    thick = edge.copy()
+    thick[1:, :] |= edge[:-1, :]
+    thick[:, 1:] |= edge[:, :-1]
+    img[thick] = TARGET
     canvas = Image.new("RGB", (TILE, TILE + 44), "white")
-    canvas.paste(pil, ((TILE - pil.width) // 2, 0))
+    canvas.paste(Image.fromarray(img), ((TILE - size[0]) // 2, 0))
     ImageDraw.Draw(canvas).multiline_text((4, TILE + 2), "\n".join(textwrap.wrap(caption, 40)[:3]), fill=(0, 0, 0))
     return canvas
 
 
-def write_summary(cases: list[dict], out: Path, k: int = 4) -> Path | None:
-    """``cases``: ``{"image_path", "query", "iou", "pred_rles", "target"}``; best ``k`` on the first
-    row, worst ``k`` on the second. Red = prediction, green outline = ground truth."""
-    if not cases:
+def write_summary(best: list[dict], worst: list[dict], out: Path) -> Path | None:
+    """Two rows of cases (``{"image_path", "query", "iou", "pred_rles", "target"}``), as the caller chose
+    them (best with a mask to look at, then the worst others; no case twice). Red = prediction, green
+    outline = ground truth."""
+    rows = [(label, row) for label, row in (("best", best), ("worst", worst)) if row]
+    if not rows:
         return None
-    ranked = sorted(cases, key=lambda c: -c["iou"])
-    rows = [("best", ranked[:k]), ("worst", ranked[::-1][:k])]
-    width = TILE * min(k, len(ranked))
-    sheet = Image.new("RGB", (width + 60, 2 * (TILE + 44)), "white")
+    width = TILE * max(len(row) for _, row in rows)
+    sheet = Image.new("RGB", (width + 60, len(rows) * (TILE + 44)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (label, row) in enumerate(rows):
         draw.text((4, r * (TILE + 44) + 4), label, fill=(0, 0, 0))
