@@ -7,30 +7,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from transformers import LogitsProcessorList
 
+from tests.helpers.forcing import force_text
 from tests.helpers.tiny_segmenters import box_prompt as build_box_prompt
 from vlmsam.engine import registry
 
 
-class ForceText:
-    """Greedy decoding emits the given token ids, then <|im_end|>."""
-
-    def __init__(self, ids):
-        self.ids, self.step = list(ids), 0
-
-    def __call__(self, input_ids, scores):
-        token = self.ids[min(self.step, len(self.ids) - 1)]
-        self.step += 1
-        scores[:] = -1e9
-        scores[:, token] = 0.0
-        return scores
-
 
 def forced(seg, text):
-    p = seg.vlm.processor
-    return LogitsProcessorList([ForceText(p.text_ids(text) + [p.im_end])])
+    return force_text(seg.vlm.processor, text)
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,6 @@ def test_bad_requests_are_one_line_errors(seg, bad, words):
 def test_a_handle_is_checked(seg):
     with pytest.raises(PromptError, match="EncodedImage"):
         seg.segment(images()[0], "the red square")
-    other = BUILDERS[seg.name].__call__  # another instance of the same design does not share handles
-    assert other is not None
     with pytest.raises(PromptError, match="list of requests"):
         seg.segment_many(seg.encode(images()[0]), "the red square")
 

@@ -9,24 +9,13 @@ import random
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import LogitsProcessorList
 
+from tests.helpers.forcing import force_text
 from tests.conftest import run_cli
 from tests.helpers.tiny_segmenters import grounded as build_grounded
 from tests.helpers.tiny_segmenters import gsam as build_gsam
 from vlmsam.gsam.segmenter import tool_phrases
 
-
-class ForceText:
-    def __init__(self, ids):
-        self.ids, self.step = list(ids), 0
-
-    def __call__(self, input_ids, scores):
-        token = self.ids[min(self.step, len(self.ids) - 1)]
-        self.step += 1
-        scores[:] = -1e9
-        scores[:, token] = 0.0
-        return scores
 
 
 @pytest.fixture
@@ -64,12 +53,12 @@ def test_gsam_acts_on_the_vlms_tags(tmp_path, image):
     encoded = seg.encode(image)
     p = seg.vlm.processor
     answer = "Sure. <gsam>red square</gsam>"
-    force = LogitsProcessorList([ForceText(p.text_ids(answer) + [p.im_end])])
+    force = force_text(p, answer)
     result = seg.segment(encoded, "Can you segment the red square in this image?", logits_processor=force, max_new_tokens=64)
     assert result.text == answer and result.info["phrases"] == ["red square"] and result.num_masks > 0
     alone = seg.detector.detect(Image.fromarray(image), "red square", box_threshold=0.0, text_threshold=0.0)
     assert result.num_masks == len(alone.boxes)
-    force = LogitsProcessorList([ForceText(p.text_ids("I see no square.") + [p.im_end])])
+    force = force_text(p, "I see no square.")
     none = seg.segment(encoded, "x", logits_processor=force, max_new_tokens=64)
     assert none.num_masks == 0 and "no <gsam> tag" in none.info["reason"]
 

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from transformers import LogitsProcessorList
 
+from tests.helpers.forcing import force_text
 from tests.helpers.tiny_segmenters import proposal_select as build
 from vlmsam.proposal_select.segmenter import draw_marks, parse_marks
 
-
-class ForceText:
-    def __init__(self, ids):
-        self.ids, self.step = list(ids), 0
-
-    def __call__(self, input_ids, scores):
-        token = self.ids[min(self.step, len(self.ids) - 1)]
-        self.step += 1
-        scores[:] = -1e9
-        scores[:, token] = 0.0
-        return scores
 
 
 def test_parse_marks():
@@ -46,11 +34,11 @@ def test_the_vlms_numbers_choose_the_proposals(tmp_path):
     masks = encoded.extras["masks"]
     assert len(masks) >= 2
     p = seg.vlm.processor
-    force = LogitsProcessorList([ForceText(p.text_ids("2, 1") + [p.im_end])])
+    force = force_text(p, "2, 1")
     result = seg.segment(encoded, "the red box", logits_processor=force)
     assert result.num_masks == 2 and np.array_equal(result.masks, masks[[1, 0]])
     assert result.labels == ["region 2", "region 1"] and "marks" in result.extra_images
-    force = LogitsProcessorList([ForceText(p.text_ids("none") + [p.im_end])])
+    force = force_text(p, "none")
     assert seg.segment(encoded, "a unicorn", logits_processor=force).num_masks == 0
     from vlmsam.io import write_result
 

@@ -14,7 +14,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
+from tests.helpers.forcing import ForceTokens
 from vlmsam.sam.tiny import build_tiny_sam
 from vlmsam.data import Sample
 from vlmsam.data.sample import BadSample
@@ -13,19 +14,6 @@ from vlmsam.seg_token.losses import answer_weighted_ce
 from vlmsam.seg_token.segmenter import SegTokenSegmenter, seg_prompt
 from vlmsam.vlm.tiny import save_tiny_vlm
 
-
-class ForceTokens:
-    """Makes greedy generation emit a given sequence, so tests control where [SEG] appears."""
-
-    def __init__(self, ids):
-        self.ids, self.step = list(ids), 0
-
-    def __call__(self, input_ids, scores):
-        token = self.ids[min(self.step, len(self.ids) - 1)]
-        self.step += 1
-        scores[:] = -1e9
-        scores[:, token] = 0.0
-        return scores
 
 
 def force(model, answer, end=True):

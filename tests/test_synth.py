@@ -191,3 +191,19 @@ def test_extra_kind_weights_change_which_requests_are_drawn(tmp_path):
         SynthDataset(tmp_path, "train", extra_kind_weights="odd=1")
     with pytest.raises(DatasetError, match="is not a number"):
         SynthDataset(tmp_path, "train", extra_kind_weights="none=x")
+
+
+def test_grounding_answers_in_the_resized_frame():
+    import json as _json
+
+    from vlmsam.data.grounding_answers import grounding_answers, grounding_json
+
+    masks = np.zeros((2, 40, 80), np.uint8)
+    masks[0, 10:20, 20:40] = 1
+    masks[1, 0:5, 0:4] = 1
+    objects = _json.loads(grounding_json(masks, (20, 40)))  # a frame of half the size
+    assert objects[0] == {"bbox_2d": [10, 5, 20, 10], "point_2d": [15, 7]}  # the mask pixel nearest its centre, scaled
+    convs = [[("q1", "Sure, [SEG] and [SEG].")], [("q2", "There is no red circle in this image.")]]
+    out, left = grounding_answers(convs, masks, (40, 80), prefix="Two shapes. ")
+    assert out[0][0][1].startswith("Two shapes. [{") and len(_json.loads(out[0][0][1][len("Two shapes. "):])) == 2
+    assert out[1] == convs[1] and left.shape == (0, 40, 80)

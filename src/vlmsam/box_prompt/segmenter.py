@@ -16,7 +16,7 @@ import numpy as np
 
 from vlmsam.engine.contract import EncodedImage, SegmenterBase
 from vlmsam.engine.contract import is_sentence as guess_sentence
-from vlmsam.engine.registry import CONFIG_NAME, register
+from vlmsam.engine.registry import CONFIG_NAME, read_config, register
 from vlmsam.errors import CheckpointError
 from vlmsam.grounding import parse_grounding
 from vlmsam.grounding.prompts import grounding_prompt
@@ -116,13 +116,8 @@ class BoxPromptSegmenter(SegmenterBase):
 
     def save_pretrained(self, path: str | Path) -> Path:
         """A checkpoint ``load_segmenter`` reads: the config, ``vlm/`` (model and processor) and ``sam/``."""
-        if not hasattr(self.vlm, "processor"):
-            raise CheckpointError("a segmenter over a remote VLM has no weights to save")
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        base = self.vlm.base
-        base.save_pretrained(out / "vlm")
-        self.vlm.processor.save_pretrained(out / "vlm")
+        self.vlm.save_pretrained(out / "vlm")  # a remote VLM refuses: it has no weights here
         self.sam.model.save_pretrained(out / "sam")
         config = {"model_type": "vlmsam_box_prompt", "vlm": "vlm", "sam": "sam", "style": self.style, "union": self.union,
                   "multimask": self.multimask, "max_new_tokens": self.max_new_tokens}
@@ -152,10 +147,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
         label = DEFAULT_DIR_NAME
     if path is not None:
         path = Path(path)
-        try:
-            settings = json.loads((path / CONFIG_NAME).read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path / CONFIG_NAME}: unreadable ({type(exc).__name__})") from None
+        settings = read_config(path)
         vlm = vlm or str(path / settings.get("vlm", "vlm"))
         sam = sam or str(path / settings.get("sam", "sam"))
         label = label or str(path)

@@ -295,39 +295,6 @@ def visible_masks(scene: list[dict], h: int, w: int) -> np.ndarray:
     return masks
 
 
-def grounding_json(masks: np.ndarray, frame: tuple[int, int]) -> str:
-    """Objects as Qwen2.5-VL answers them: ``[{"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}, ...]`` in
-    integer pixels of the resized ``frame = (h, w)``; the box is tight around each mask, the point
-    the mask pixel nearest to its centre of mass (inside even a concave or occluded shape)."""
-    h, w = masks.shape[1:]
-    sy, sx = frame[0] / h, frame[1] / w
-    objects = []
-    for m in masks:
-        ys, xs = np.nonzero(m == 1)
-        if len(xs) == 0:
-            continue
-        k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-        box = [round(xs.min() * sx), round(ys.min() * sy), round((xs.max() + 1) * sx), round((ys.max() + 1) * sy)]
-        objects.append({"bbox_2d": box, "point_2d": [round((xs[k] + 0.5) * sx), round((ys[k] + 0.5) * sy)]})
-    return json.dumps(objects, separators=(",", ":"))
-
-
-def grounding_answers(conversations, masks: np.ndarray, frame: tuple[int, int], prefix: str = ""):
-    """``[SEG]`` answers -> grounding JSON answers (masks consumed in reading order); the sample then
-    has no mask targets. Answers without ``[SEG]`` ("There is no ...", captions) stay as they are."""
-    out, k = [], 0
-    for conv in conversations:
-        turns = []
-        for user, answer in conv:
-            n = answer.count("[SEG]") if answer else 0
-            if n:
-                answer = prefix + grounding_json(masks[k:k + n], frame)
-                k += n
-            turns.append((user, answer))
-        out.append(turns)
-    return out, masks[:0]
-
-
 def scene_files(data_dir: str | Path, split: str) -> list[Path]:
     """The scene jsons of one split of a ``vlmsam data synth`` directory (pre-training input)."""
     files = sorted((find_root(Path(data_dir)) / split).glob("*.json"))
@@ -449,6 +416,8 @@ class SynthDataset(ReasonSegDataset):
             masks = np.concatenate([masks, np.stack(more)]) if more else masks
         if self.answer_format == "grounding":
             prefix = f"{caption(anno['scene'])} " if self.describe_first and anno.get("scene") else ""
+            from vlmsam.data.grounding_answers import grounding_answers
+
             conversations, masks = grounding_answers(conversations, masks, self.frame(h, w), prefix)
         return Sample(self.image_path(i), conversations, masks, self.source,
                       path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target})

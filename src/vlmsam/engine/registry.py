@@ -69,9 +69,9 @@ def builder(name: str) -> Callable:
     return _BUILDERS[name]
 
 
-def model_type(path: Path) -> str:
-    """The design a checkpoint directory records (``seg_token`` for checkpoints that predate the field)."""
-    config = path / CONFIG_NAME
+def read_config(path: str | Path) -> dict:
+    """A checkpoint directory's ``vlmsam_config.json`` as a dict (one clear error when it is not usable)."""
+    config = Path(path) / CONFIG_NAME
     try:
         data = json.loads(config.read_text())
     except FileNotFoundError:
@@ -80,7 +80,12 @@ def model_type(path: Path) -> str:
         raise CheckpointError(f"{config}: unreadable ({type(exc).__name__}: {exc}); re-export the checkpoint") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{config}: expected a JSON object")
-    return str(data.get("model_type", "seg_token")).removeprefix("vlmsam_")  # written as "vlmsam_<design>"
+    return data
+
+
+def model_type(path: Path) -> str:
+    """The design a checkpoint directory records (``seg_token`` for checkpoints that predate the field)."""
+    return str(read_config(path).get("model_type", "seg_token")).removeprefix("vlmsam_")  # written as "vlmsam_<design>"
 
 
 def load(path: str | Path | None = None, segmenter: str | None = None, **kwargs):

@@ -17,7 +17,7 @@ import numpy as np
 
 from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
 from vlmsam.engine.contract import EncodedImage, SegmenterBase
-from vlmsam.engine.registry import CONFIG_NAME, register
+from vlmsam.engine.registry import CONFIG_NAME, read_config, register
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 
@@ -135,19 +135,8 @@ class GsamSegmenter(GroundedSegmenter):
         return {**super()._config(), "vlm": "vlm", "max_new_tokens": self.max_new_tokens}
 
     def save_pretrained(self, path: str | Path) -> Path:
-        if not hasattr(self.vlm, "processor"):
-            raise CheckpointError("a segmenter over a remote VLM has no weights to save")
-        out = super().save_pretrained(path)
-        self.vlm.base.save_pretrained(out / "vlm")
-        self.vlm.processor.save_pretrained(out / "vlm")
-        return out
-
-
-def _settings(path) -> dict:
-    try:
-        return json.loads((Path(path) / CONFIG_NAME).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{Path(path) / CONFIG_NAME}: unreadable ({type(exc).__name__})") from None
+        self.vlm.save_pretrained(Path(path) / "vlm")  # first: a remote VLM refuses before anything is written
+        return super().save_pretrained(path)
 
 
 def _parts(path, sam, detector, device, dtype, settings):
@@ -164,7 +153,7 @@ def _parts(path, sam, detector, device, dtype, settings):
 
 
 def build_grounded(path=None, *, sam=None, detector=None, device=None, dtype=None, **_) -> GroundedSegmenter:
-    settings = _settings(path) if path is not None else {}
+    settings = read_config(path) if path is not None else {}
     det, backend, extra = _parts(path, sam, detector, device, dtype, settings)
     return GroundedSegmenter(det, backend, label=str(path or f"{detector} + {sam}"), **extra)
 
@@ -174,7 +163,7 @@ def build_gsam(path=None, *, vlm=None, sam=None, detector=None, device=None, dty
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
-    settings = _settings(path) if path is not None else {}
+    settings = read_config(path) if path is not None else {}
     if path is not None:
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
     if not vlm:

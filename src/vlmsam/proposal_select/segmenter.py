@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmsam.engine.contract import EncodedImage, SegmenterBase
-from vlmsam.engine.registry import CONFIG_NAME, register
+from vlmsam.engine.registry import CONFIG_NAME, read_config, register
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.amg import AmgConfig, AutomaticMaskGenerator
@@ -112,12 +112,8 @@ class ProposalSelectSegmenter(SegmenterBase):
         return self
 
     def save_pretrained(self, path: str | Path) -> Path:
-        if not hasattr(self.vlm, "processor"):
-            raise CheckpointError("a segmenter over a remote VLM has no weights to save")
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        self.vlm.base.save_pretrained(out / "vlm")
-        self.vlm.processor.save_pretrained(out / "vlm")
+        self.vlm.save_pretrained(out / "vlm")  # a remote VLM refuses: it has no weights here
         self.sam.model.save_pretrained(out / "sam")
         from dataclasses import asdict
 
@@ -134,10 +130,7 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
 
     settings = {}
     if path is not None:
-        try:
-            settings = json.loads((Path(path) / CONFIG_NAME).read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{Path(path) / CONFIG_NAME}: unreadable ({type(exc).__name__})") from None
+        settings = read_config(path)
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
         sam = sam or str(Path(path) / settings.get("sam", "sam"))
     if not vlm or not sam:

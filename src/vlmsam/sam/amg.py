@@ -275,9 +275,8 @@ class AutomaticMaskGenerator:
         boxes = masks_to_boxes(stacked)
         keep = nms(boxes.float(), torch.as_tensor(scores), nms_thresh)
         data = _select(data, keep)
-        for i in keep.tolist():
+        for k, i in enumerate(keep.tolist()):
             if scores[i] == 0.0:  # recompute what changed
-                k = keep.tolist().index(i)
                 data["rles"][k] = _rle(stacked[i])
                 data["boxes"][k] = boxes[i]
         return data

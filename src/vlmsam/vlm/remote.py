@@ -71,6 +71,11 @@ class RemoteVlm:
                 messages.append({"role": "assistant", "content": answer})
         return messages
 
+    def save_pretrained(self, path) -> None:
+        from vlmsam.errors import CheckpointError
+
+        raise CheckpointError(f"{self.endpoint}: a remote VLM has no weights to save")
+
     def chat_many(self, prefix: RemoteImage, conversations: list[list[tuple[str, str | None]]], *,
                   max_new_tokens: int = 128, **_) -> list[str]:
         """One answer per conversation (greedy: temperature 0)."""

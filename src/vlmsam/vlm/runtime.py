@@ -106,6 +106,11 @@ class VlmRuntime:
                              pad_id=self.processor.tokenizer.pad_token_id or 0, state_token=state_token,
                              max_new_tokens=max_new_tokens, logits_processor=logits_processor)
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """An ordinary transformers directory: the model (LoRA as it is) and its processor beside it."""
+        self.base.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
     def decode(self, tokens, skip_special_tokens: bool = True) -> str:
         with self._tokenizer_lock:
             return self.processor.decode(tokens, skip_special_tokens=skip_special_tokens)
