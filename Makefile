@@ -63,7 +63,9 @@ tiny-model: $(STAMP)
 # so it is not copied into the package.
 box-prompt-model: $(STAMP)
 	test -d build/synth || $(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0
+	rm -rf build/vlmsam-tiny-merged
 	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('src/vlmsam/weights/vlmsam-tiny').save_merged('build/vlmsam-tiny-merged')"
+	$(PY) -c "from vlmsam.bundled.default_model import add_number_tokens; add_number_tokens('build/vlmsam-tiny-merged', 256)"
 	$(PY) -m vlmsam train configs/box_prompt_tiny.yaml --overwrite
 	$(PY) -c "from vlmsam.bundled.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny', 'build/vlmsam-tiny-grounding')"
 	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7

@@ -204,6 +204,7 @@ def test_grounding_answers_in_the_resized_frame():
     objects = _json.loads(grounding_json(masks, (20, 40)))  # a frame of half the size
     assert objects[0] == {"bbox_2d": [10, 5, 20, 10], "point_2d": [15, 7]}  # the mask pixel nearest its centre, scaled
     convs = [[("q1", "Sure, [SEG] and [SEG].")], [("q2", "There is no red circle in this image.")]]
-    out, left = grounding_answers(convs, masks, (40, 80), prefix="Two shapes. ")
+    out, left, objects = grounding_answers(convs, masks, (40, 80), prefix="Two shapes. ")
     assert out[0][0][1].startswith("Two shapes. [{") and len(_json.loads(out[0][0][1][len("Two shapes. "):])) == 2
     assert out[1] == convs[1] and left.shape == (0, 40, 80)
+    assert np.array_equal(objects[0], masks) and objects[1].shape == (0, 40, 80)  # what each answer's boxes are of

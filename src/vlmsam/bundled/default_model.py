@@ -134,3 +134,28 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
         "started_from": "vlmsam-tiny's VLM (merged) and SAM", "checkpoint": checkpoint.name,
         "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
     return out
+
+
+def add_number_tokens(model_dir: str | Path, up_to: int) -> int:
+    """Give every integer ``10..up_to`` a token of its own in the VLM at ``model_dir`` (a merged
+    checkpoint: its ``vlm/`` and top-level tokenizer). The box_prompt default answers coordinates in a
+    frame of at most ``up_to`` pixels; one token per coordinate is one decision for a tiny model instead
+    of two or three digits in a row (Qwen's own tokenizer splits digits; the text is the same either
+    way, so answers parse alike). New embeddings start at the mean of the existing ones. Returns the
+    number of tokens added."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    model_dir = Path(model_dir)
+    vlm_dir = model_dir / "vlm"
+    numbers = [str(n) for n in range(10, up_to + 1)]
+    added = 0
+    for where in (vlm_dir, model_dir):
+        if (where / "tokenizer.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            added = tokenizer.add_tokens(numbers)
+            tokenizer.save_pretrained(where)
+    tokenizer = AutoTokenizer.from_pretrained(vlm_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm_dir)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.save_pretrained(vlm_dir)
+    return added

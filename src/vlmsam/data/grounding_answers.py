@@ -28,15 +28,20 @@ def grounding_json(masks: np.ndarray, frame: tuple[int, int]) -> str:
 
 def grounding_answers(conversations, masks: np.ndarray, frame: tuple[int, int], prefix: str = ""):
     """``[SEG]`` answers -> grounding JSON answers (masks consumed in reading order); the sample then
-    has no mask targets. Answers without ``[SEG]`` ("There is no ...", captions) stay as they are."""
-    out, k = [], 0
+    has no mask targets. Answers without ``[SEG]`` ("There is no ...", captions) stay as they are.
+    Returns ``(conversations, no masks, objects)``: ``objects[c]`` are the masks conversation ``c``'s
+    answer boxes, in answer order (what its coordinates should look at, for the grounding loss)."""
+    out, objects, k = [], [], 0
     for conv in conversations:
-        turns = []
+        turns, mine = [], []
         for user, answer in conv:
             n = answer.count("[SEG]") if answer else 0
             if n:
+                drawn = [m for m in masks[k:k + n] if (m == 1).any()]  # grounding_json skips empty ones too
                 answer = prefix + grounding_json(masks[k:k + n], frame)
+                mine += drawn
                 k += n
             turns.append((user, answer))
         out.append(turns)
-    return out, masks[:0]
+        objects.append(np.stack(mine) if mine else masks[:0])
+    return out, masks[:0], objects

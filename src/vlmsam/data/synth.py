@@ -414,10 +414,11 @@ class SynthDataset(ReasonSegDataset):
             conversations += [[(ask(t, sentence), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
             masks = np.concatenate([masks, np.stack(more)]) if more else masks
+        meta = {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target}
         if self.answer_format == "grounding":
             prefix = f"{caption(anno['scene'])} " if self.describe_first and anno.get("scene") else ""
             from vlmsam.data.grounding_answers import grounding_answers
 
-            conversations, masks = grounding_answers(conversations, masks, self.frame(h, w), prefix)
-        return Sample(self.image_path(i), conversations, masks, self.source,
-                      path.stem, {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target})
+            conversations, masks, objects = grounding_answers(conversations, masks, self.frame(h, w), prefix)
+            meta["box_objects"] = objects
+        return Sample(self.image_path(i), conversations, masks, self.source, path.stem, meta)

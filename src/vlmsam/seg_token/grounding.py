@@ -42,6 +42,10 @@ class GroundingMixin:
             fg = (batch.masks[b] == 1).float()[:, None]
             shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
             refusals = set(batch.samples[b].meta.get("no_target", [])) if batch.samples and self.config.grounding_sink else set()
+            box_objects = None
+            if batch.samples and batch.samples[b].meta.get("box_objects") is not None:
+                box_objects = [F.adaptive_avg_pool2d(torch.as_tensor(o == 1, dtype=torch.float32, device=fg.device)[:, None],
+                                                     (h // merge, w // merge)).flatten(1) for o in batch.samples[b].meta["box_objects"]]
             k = 0
             for c, r in enumerate(range(batch.offsets[b], batch.offsets[b + 1])):
                 ids, labels = batch.input_ids[r], batch.labels[r]
@@ -51,21 +55,73 @@ class GroundingMixin:
                 segs = torch.nonzero(ids == self.config.seg_token_id)[:, 0].tolist()
                 starts = torch.nonzero(answer_starts(labels))[:, 0].tolist()  # the token before each answer
                 ends = [*starts[1:], len(ids)]
+                boxes = box_objects[c] if box_objects is not None else None
                 for d, end in zip(starts, ends):
                     inside = [i for i, s in enumerate(segs) if d < s < end]
                     if inside:
                         queries.append((r, d, visual, shares[[k + i for i in inside]].sum(0).clamp(max=1.0)))
+                    elif boxes is not None and len(boxes):
+                        queries.append((r, d, visual, boxes.sum(0).clamp(max=1.0)))
                     elif c in refusals:
                         sink = torch.nonzero(ids == self.processor.vision_start)[:1, 0]
                         queries.append((r, d, sink, torch.ones(len(sink), device=sink.device)))
+                if boxes is not None and len(boxes):
+                    grid = (h // merge, w // merge)
+                    queries += [(r, q, visual, wanted) for q, wanted in self._coordinate_queries(ids, labels, boxes, grid)]
                 for i, s in enumerate(segs):
                     queries.append((r, s, visual, shares[k + i]))
                 k += len(segs)
         return [(r, q, keys, w / w.sum()) for r, q, keys, w in queries if w.sum() > 0]
 
+    def _coordinate_queries(self, ids, labels, objects, grid):
+        """Grounding answers (``meta["box_objects"]``): the token that predicts each digit of a box's
+        ``x1, y1, x2, y2`` looks at the object's leftmost / top / rightmost / bottom cells, and of its
+        point at all the object's cells, so the number can be read from where the head looks. The
+        answer's numbers are runs of digit tokens, six per object (the last ones: a caption may come first);
+        an answer with fewer gets none."""
+        digits = torch.isin(ids, self._digit_token_ids(ids.device)) & (labels != -100)
+        runs, p = [], 0
+        positions = torch.nonzero(digits)[:, 0].tolist()
+        decode = self.processor.tokenizer.decode
+        while p < len(positions):
+            q = p
+            while q + 1 < len(positions) and positions[q + 1] == positions[q] + 1:
+                q += 1
+            if decode(ids[positions[p] - 1:positions[p]]).rstrip().endswith(("[", ",")):  # a number, not "bbox_2d"'s 2
+                runs.append(positions[p:q + 1])
+            p = q + 1
+        if len(runs) < 6 * len(objects):
+            return []
+        runs = runs[len(runs) - 6 * len(objects):]  # a caption before the JSON may hold numbers too
+        rows, cols = grid
+        out = []
+        for o, cells in enumerate(objects):
+            s = cells.view(rows, cols)
+            ys, xs = torch.nonzero(s > 0, as_tuple=True)
+            col = torch.arange(cols, device=s.device)[None].expand(rows, cols)
+            row = torch.arange(rows, device=s.device)[:, None].expand(rows, cols)
+            edges = [s * (col == xs.min()), s * (row == ys.min()), s * (col == xs.max()), s * (row == ys.max()), s, s]
+            for run, wanted in zip(runs[6 * o:6 * o + 6], edges):
+                out += [(t - 1, wanted.flatten()) for t in run]
+        return out
+
+    def _digit_token_ids(self, device) -> torch.Tensor:
+        if getattr(self, "_digits", None) is None or self._digits.device != torch.device(device):
+            vocab = self.processor.tokenizer.get_vocab()
+            self._digits = torch.tensor(sorted(i for t, i in vocab.items() if t.isdigit()), device=device)
+        return self._digits
+
     def grounding_loss(self, batch: Batch, attention: torch.Tensor) -> torch.Tensor:
         """Mean CE between each query's wanted distribution and where the first head of the
         grounding layer looks (``attention``: ``(rows, heads, L, L)``)."""
-        losses = [-(wanted * torch.log(attention[r, 0, q, keys].float() + 1e-6)).sum()
-                  for r, q, keys, wanted in self.grounding_queries(batch)]
-        return torch.stack(losses).mean() if losses else attention.new_zeros((), dtype=torch.float32)
+        queries = self.grounding_queries(batch)
+        if not queries:
+            return attention.new_zeros((), dtype=torch.float32)
+        # One gather for all queries (a grounding answer has a dozen per object): dense wanted rows.
+        wanted = attention.new_zeros((len(queries), attention.shape[-1]), dtype=torch.float32)
+        for i, (_, _, keys, w) in enumerate(queries):
+            wanted[i, keys] = w.float()
+        rows = torch.tensor([r for r, *_ in queries], device=attention.device)
+        at = torch.tensor([q for _, q, *_ in queries], device=attention.device)
+        looked = attention[rows, 0, at].float()
+        return -(wanted * torch.log(looked + 1e-6)).sum(1).mean()
