@@ -88,4 +88,5 @@ def test_bad_checkpoints(tmp_path, scene_path):
 
 def test_usage_errors_exit_2():
     proc = run_cli("sam")
-    assert proc.returncode == 2 and "usage:" in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "vlmsam sam: error:" in lines[0] and "--help" in lines[0], proc.stderr

@@ -51,7 +51,7 @@ CASES = [
     ("segment --out is a file", lambda r: ("segment", r / "img.png", "the cup", "--model", r / "ckpt", "--out", r / "a_file"), "a_file"),
     ("cuda without cuda", lambda r: ("sam", r / "img.png", "--sam", r / "sam", "--box", "1,1,5,5", "--device", "cuda:3"), "cuda"),
     ("negative limit", lambda r: ("evaluate", "--model", r / "ckpt", "--dataset", "reason_seg:val", "--dataset-dir", r,
-                                  "--out", r / "e", "--limit", "-1"), "reason_seg"),
+                                  "--out", r / "e", "--limit", "-1"), "--limit"),
     ("proposals shard size 0", lambda r: ("proposals", "--dataset-dir", r, "--datasets", "reason_seg:val", "--out", r / "p",
                                           "--sam", r / "sam", "--shard-size", "0"), "--shard-size"),
     ("serve port 0", lambda r: ("serve", "--port", "0"), "--port"),

@@ -28,3 +28,20 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type's name when the message is empty."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def env_int(name: str, default: int, lo: int = 0, hi: int = 2 ** 63 - 1) -> int:
+    """An integer environment variable, checked where it is read: a value that is not a whole number
+    in ``[lo, hi]`` is one line naming the variable (a VlmsamError), not a ValueError deep inside."""
+    import os
+
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise VlmsamError(f"environment variable {name}={text!r} must be a whole number; unset it or fix it") from None
+    if not lo <= value <= hi:
+        raise VlmsamError(f"environment variable {name}={value} must be from {lo} to {hi}; unset it or fix it")
+    return value

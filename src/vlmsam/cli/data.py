@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlmsam.cli.types import positive, seed, workers
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset tools: check a dataset tree, write synthetic scenes", description="Dataset tools.")
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sem-seg-data", help="e.g. ade20k,cocostuff,mapillary,paco_lvis,pascal_part")
     p.add_argument("--vqa-data", help="LLaVA json names in llava_dataset/, e.g. llava_instruct_150k")
     p.add_argument("--seg-pp-data", help="e.g. caption,cot,conversation,instance_seg")
-    p.add_argument("--workers", type=int, default=4, help="threads decoding images and annotations (default 4)")
+    p.add_argument("--workers", type=workers, default=4, help="threads decoding images and annotations (default 4)")
     p.set_defaults(run=run_check_command)
 
     s = data_sub.add_parser(
@@ -33,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/reason_seg/ReasonSeg/{train,val,test}/X.jpg + X.json (80/10/10 %), readable by every ReasonSeg tool.",
     )
     s.add_argument("--out", required=True, help="dataset directory to write (use it as --dataset-dir)")
-    s.add_argument("--n", type=int, required=True, help="number of scenes")
-    s.add_argument("--seed", type=int, default=0, help="random seed (use a seed not used in training for a fresh test set)")
+    s.add_argument("--n", type=positive, required=True, help="number of scenes")
+    s.add_argument("--seed", type=seed, default=0, help="random seed (use a seed not used in training for a fresh test set)")
     s.set_defaults(run=run_synth_command)
 
     c = data_sub.add_parser(
@@ -82,20 +84,19 @@ def run_convert_llava_plus(args: argparse.Namespace) -> int:
 
     from vlmsam.data.llava_plus import convert_llava_plus
     from vlmsam.errors import VlmsamError
+    from vlmsam.io.files import read_json
     from vlmsam.io.writer import atomic_write_bytes
 
     src, dst = Path(args.input), Path(args.output)
     if dst.is_dir():
         raise VlmsamError(f"{dst}: is a directory; name the json file to write")
-    try:
-        entries = json.loads(src.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VlmsamError(f"{src}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VlmsamError(f"{src}: not a JSON file ({type(exc).__name__})") from None
-    if not isinstance(entries, list):
-        raise VlmsamError(f"{src}: expected a JSON list of conversations")
+    if args.image_root and not Path(args.image_root).is_dir():
+        raise VlmsamError(f"{args.image_root}: no such directory (--image-root: the COCO image folder)")
+    entries = read_json(src, "a LLaVA-Plus JSON list of conversations", list)
     converted, skipped = convert_llava_plus(entries, args.image_root)
+    if entries and not converted:
+        left = ", ".join(f"{v} {k}" for k, v in skipped.items() if v)
+        raise VlmsamError(f"{src}: none of its {len(entries)} entries is a LLaVA-Plus conversation ({left}); nothing written")
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dst, json.dumps(converted, ensure_ascii=False, indent=1).encode("utf-8"))
     left = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"

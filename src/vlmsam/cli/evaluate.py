@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vlmsam.cli.types import non_negative, tokens
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
@@ -25,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...")
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--max-new-tokens", type=int, default=128, help="generation stops at the end of the answer or here (default 128)")
-    e.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    e.add_argument("--max-new-tokens", type=tokens, default=128, help="generation stops at the end of the answer or here (default 128)")
+    e.add_argument("--limit", type=non_negative, default=0, help="evaluate only the first N images (0 = all)")
     e.add_argument("--multi-part", choices=["sum", "or"], default="sum",
                    help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
                    "builds it (overlaps count as background; the default, so scores compare with papers) or 'or' (their union)")
@@ -85,7 +87,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from vlmsam.evaluation.evaluate import score_predictions
+    from vlmsam.io.writer import prepare_out_dir
 
+    prepare_out_dir(args.out)  # a file named as --out fails first
     metrics = score_predictions(args.predictions, _eval_dataset(args), Path(args.out))
     print(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.out) / 'metrics.json'}")

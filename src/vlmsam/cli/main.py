@@ -47,12 +47,13 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a hint where a negative coordinate was read as an option."""
+    """argparse, with usage errors as one line (the usage block is ``--help``'s), and a hint where a
+    negative coordinate was read as an option."""
 
     def error(self, message: str):
         if "expected one argument" in message and any(f in message for f in ("--box", "--point")):
             message += " (for a negative number write it with '=', e.g. --box=-50,10,200,240)"
-        super().error(message)
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vlmsam.cli.types import number, positive
+from vlmsam.cli.types import seed as seed_value
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
@@ -32,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("vlm", help="Qwen-VL directory to start from (e.g. the untrained vlmsam-tiny base)")
     _pretrain_arguments(v, "the VLM with its pre-trained vision tower", steps=3000, batch="images per step (default 32)",
                         seed="sampling and head initialisation seed")
-    v.add_argument("--kind-weight", type=float, default=argparse.SUPPRESS,
+    v.add_argument("--kind-weight", type=number(0, 1e6, what="a weight"), default=argparse.SUPPRESS,
                    help="weight of the shape-kind loss against the colour loss (default 1)")
-    v.add_argument("--position-weight", type=float, default=argparse.SUPPRESS,
+    v.add_argument("--position-weight", type=number(0, 1e6, what="a weight"), default=argparse.SUPPRESS,
                    help="weight of each token's position (MSE, image fractions) (default 10)")
     v.set_defaults(run=run_pretrain_vision)
 
@@ -45,10 +48,10 @@ def _pretrain_arguments(p: argparse.ArgumentParser, output: str, *, steps: int, 
     test keeps the two equal."""
     p.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
     p.add_argument("--out", required=True, help=f"directory for {output}")
-    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help=f"optimiser steps (default {steps})")
-    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS, help=batch)
-    p.add_argument("--lr", type=float, default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
-    p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help=f"{seed} (default 0)")
+    p.add_argument("--steps", type=positive, default=argparse.SUPPRESS, help=f"optimiser steps (default {steps})")
+    p.add_argument("--batch-size", type=positive, default=argparse.SUPPRESS, help=batch)
+    p.add_argument("--lr", type=number(0, 10, lo_open=True, what="a learning rate"), default=argparse.SUPPRESS, help="peak AdamW rate, cosine decay (default 0.002)")
+    p.add_argument("--seed", type=seed_value, default=argparse.SUPPRESS, help=f"{seed} (default 0)")
 
 
 def _given(args: argparse.Namespace) -> dict:

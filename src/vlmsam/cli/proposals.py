@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vlmsam.cli.types import fraction, integer, non_negative
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,14 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datasets", required=True, help="splits, e.g. reason_seg:train,reason_seg:val,refcoco|unc|train")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sam", required=True, help="SAM: Meta .pth, transformers directory or hub id")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--points-per-batch", type=int, default=64)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--box-nms-thresh", type=float, default=0.7)
-    p.add_argument("--min-mask-region-area", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=1024, help="images are downscaled to this longest side first (default 1024)")
-    p.add_argument("--shard-size", type=int, default=16, help="images per shard (default 16)")
+    p.add_argument("--points-per-side", type=integer(1, 1024), default=32)
+    p.add_argument("--points-per-batch", type=integer(1, 1 << 20), default=64)
+    p.add_argument("--pred-iou-thresh", type=fraction, default=0.88)
+    p.add_argument("--stability-score-thresh", type=fraction, default=0.95)
+    p.add_argument("--box-nms-thresh", type=fraction, default=0.7)
+    p.add_argument("--min-mask-region-area", type=non_negative, default=0)
+    p.add_argument("--max-side", type=integer(16, 16384), default=1024, help="images are downscaled to this longest side first (default 1024)")
+    p.add_argument("--shard-size", type=integer(1, 100_000), default=16, help="images per shard (default 16)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the rank's device)")
     p.set_defaults(run=run)
 
@@ -34,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     from vlmsam.errors import VlmsamError
 
-    if args.shard_size < 1 or args.max_side < 16 or args.points_per_side < 1 or args.points_per_batch < 1:
-        raise VlmsamError("--shard-size, --points-per-side and --points-per-batch must be at least 1, --max-side at least 16")
+    # (numbers are range-checked by their argparse types)
+    if not Path(args.dataset_dir).is_dir():
+        raise VlmsamError(f"{args.dataset_dir}: no such directory (--dataset-dir: the dataset tree, see docs/datasets.md)")
     if Path(args.out).is_file():
         raise VlmsamError(f"{args.out}: is a file; --out names a directory")
     from vlmsam.devices import resolve_device

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from vlmsam.cli.types import fraction, integer, non_negative
 from vlmsam.errors import PromptError
 
 
@@ -23,18 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sam", required=True, help="Meta .pth file (sam_vit_h_4b8939.pth), transformers directory, or hub id (facebook/sam-vit-huge)")
     p.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2", help="box prompt, XYXY in pixels (repeatable)")
     p.add_argument("--point", action="append", default=[], metavar="X,Y", help="point prompt in pixels (repeatable)")
-    p.add_argument("--point-label", action="append", type=int, default=None, metavar="0|1",
+    p.add_argument("--point-label", action="append", type=integer(0, 1, "0 or 1"), default=None, metavar="0|1",
                    help="label of each --point in order: 1 foreground (default), 0 background")
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=False,
                    help="let SAM propose 3 masks per prompt and keep the best (default: off)")
     p.add_argument("--everything", action="store_true", help="every object: the automatic mask generator (no prompts)")
-    p.add_argument("--points-per-side", type=int, default=32, help="--everything: grid points per side (default 32)")
-    p.add_argument("--points-per-batch", type=int, default=64, help="--everything: points decoded per batch (default 64)")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88, help="--everything: predicted-IoU filter (default 0.88)")
-    p.add_argument("--stability-score-thresh", type=float, default=0.95, help="--everything: stability filter (default 0.95)")
-    p.add_argument("--box-nms-thresh", type=float, default=0.7, help="--everything: box NMS IoU (default 0.7)")
-    p.add_argument("--crop-n-layers", type=int, default=0, help="--everything: layers of image crops (default 0)")
-    p.add_argument("--min-mask-region-area", type=int, default=0,
+    p.add_argument("--points-per-side", type=integer(1, 1024), default=32, help="--everything: grid points per side (default 32)")
+    p.add_argument("--points-per-batch", type=integer(1, 1 << 20), default=64, help="--everything: points decoded per batch (default 64)")
+    p.add_argument("--pred-iou-thresh", type=fraction, default=0.88, help="--everything: predicted-IoU filter (default 0.88)")
+    p.add_argument("--stability-score-thresh", type=fraction, default=0.95, help="--everything: stability filter (default 0.95)")
+    p.add_argument("--box-nms-thresh", type=fraction, default=0.7, help="--everything: box NMS IoU (default 0.7)")
+    p.add_argument("--crop-n-layers", type=integer(0, 4), default=0, help="--everything: layers of image crops (default 0)")
+    p.add_argument("--min-mask-region-area", type=non_negative, default=0,
                    help="--everything: remove holes and islands smaller than this (default 0 = off)")
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
@@ -62,6 +63,9 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
 
 
 def run_sam(args: argparse.Namespace) -> int:
+    from vlmsam.io.writer import check_out_dir
+
+    check_out_dir(args.out)  # before the model loads
     if args.everything:
         return run_everything(args)
     boxes = [_numbers(b, 4, "box") for b in args.box]

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from vlmsam.cli.types import tokens
+
 MODEL_HELP = (
     "With no --model the bundled vlmsam-tiny is used. It was trained only on synthetic scenes of "
     "coloured shapes (circles, squares, triangles, stars, hexagons; see `vlmsam data synth`) and "
@@ -32,7 +34,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=tokens, default=128)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,7 +147,10 @@ def run_segment(args: argparse.Namespace) -> int:
     from vlmsam.io import load_image, write_result
     from vlmsam.io.writer import atomic_write_bytes, mask_to_rle
 
+    from vlmsam.io.writer import check_out_dir
+
     jobs = _jobs(args)
+    check_out_dir(args.out)
     resolve_device(args.device)  # a bad device is reported before the model loads
     stems = _stems(jobs)
     by_image: dict[str, list[int]] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from vlmsam.cli.types import integer, number, port
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the segmenters over HTTP (JSON API + web page)",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="example: vlmsam serve --port 8000   then   curl -F image=@scene.jpg -F prompt='the red circle' "
                        "http://127.0.0.1:8000/v1/segment")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]DIR",
                    help="a checkpoint to serve (repeatable; NAME defaults to its design); default: the bundled defaults")
     p.add_argument("--segmenter", action="append", default=[], help="serve a design's bundled default (repeatable)")
@@ -22,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--api-key", default=os.environ.get("VLMSAM_API_KEY"),
                    help="require this key on every /v1 route (X-API-Key or Authorization: Bearer); env VLMSAM_API_KEY")
-    p.add_argument("--concurrency", type=int, default=1, help="model calls at once (default 1)")
-    p.add_argument("--max-queue", type=int, default=16, help="waiting requests beyond those running; more get 503 (default 16)")
-    p.add_argument("--cache-size", type=int, default=32, help="encoded images kept for image_id requests (default 32)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload (default 20)")
+    p.add_argument("--concurrency", type=integer(1, 256), default=1, help="model calls at once (default 1)")
+    p.add_argument("--max-queue", type=integer(0, 100_000), default=16, help="waiting requests beyond those running; more get 503 (default 16)")
+    p.add_argument("--cache-size", type=integer(1, 100_000), default=32, help="encoded images kept for image_id requests (default 32)")
+    p.add_argument("--max-upload-mb", type=number(0, 4096, lo_open=True, what="a size in MB"), default=20.0, help="largest image upload (default 20)")
     p.add_argument("--no-page", action="store_true", help="the API only, no web page")
     p.set_defaults(run=run)
 

@@ -96,14 +96,15 @@ def write_outputs(out: Path, metrics: dict, lines: list[dict] | None, ds: SegDat
 
 def read_predictions(path: Path) -> dict[tuple[str, str], list[dict]]:
     """``(image stem, query)`` -> the prediction lines with that key, in file order."""
-    if not path.is_file():
-        raise VlmsamError(f"{path}: no such predictions file")
+    from vlmsam.io.files import loads, read_text
+
+    what = 'a predictions.jsonl ({"image": STEM, "query": TEXT, "answer": TEXT, "masks": [RLE, ...]} per line)'
     by_key = defaultdict(list)
-    for k, text in enumerate(path.read_text().splitlines(), 1):
+    for k, text in enumerate(read_text(path, what).splitlines(), 1):
         if not text.strip():
             continue
         try:
-            line = json.loads(text)
+            line = loads(text)
             key = (str(line["image"]), str(line["query"]))
             masks = line.get("masks", [])
             if not isinstance(masks, list):

@@ -28,7 +28,9 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes
 
 
 def _max_pixels() -> int:
-    return int(os.environ.get("VLMSAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS))
+    from vlmsam.errors import env_int
+
+    return env_int("VLMSAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS, lo=1)
 
 
 def is_url(source: object) -> bool:

@@ -64,6 +64,20 @@ def _umask() -> int:
     return current
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse an ``--out`` that cannot become a directory (a file, or under one) before any work starts;
+    nothing is created."""
+    from vlmsam.errors import VlmsamError
+
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise VlmsamError(f"{p}: is a file; --out names a directory")
+            break
+    return out
+
+
 def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     """``out_dir`` as a directory (made if missing); a file there is a one-line user error."""
     from vlmsam.errors import VlmsamError

@@ -141,8 +141,9 @@ def _torch_load(path: Path) -> dict:
                 "trusted copy, or convert them to safetensors."
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        # text or random bytes can drive the restricted unpickler into any of these
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
     for wrapper in ("model", "state_dict"):  # fine-tuning repos often nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

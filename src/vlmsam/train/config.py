@@ -8,6 +8,7 @@ Sections mirror what they configure: ``model`` is the [SEG] model's own config
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -130,9 +131,14 @@ class TrainConfig:
             if not p.is_file():
                 raise ConfigError(f"{p}: no such config file")
             try:
-                data = yaml.safe_load(p.read_text()) or {}
+                data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ConfigError(f"{p}: not a UTF-8 text file; a config is YAML text") from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{p}: not valid YAML ({first_line(exc)})") from None
+            if not isinstance(data, dict):
+                what = "empty" if data is None else f"a YAML {type(data).__name__}"
+                raise ConfigError(f"{p}: {what}, not a mapping of sections ({', '.join(cls.SECTIONS)}); see configs/")
         cfg = cls.from_dict(data)
         for item in overrides:
             if "=" not in item:
@@ -176,14 +182,19 @@ def coerce(value, current, key: str):
             return value
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if isinstance(current, float):
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            if isinstance(value, str):
-                return float(value)
-        except ValueError:
-            pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if isinstance(current, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

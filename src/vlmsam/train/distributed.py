@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from vlmsam.errors import env_int
 
 
 @dataclass
@@ -28,8 +29,8 @@ class DistInfo:
 
 def init_distributed() -> DistInfo:
     """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = env_int("WORLD_SIZE", 1, lo=1)  # torchrun sets these; a hand-set bad value is one line
+    local_rank = env_int("LOCAL_RANK", 0, lo=0, hi=world - 1 if world > 1 else 1 << 16)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
