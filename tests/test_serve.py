@@ -219,3 +219,46 @@ def test_api_key(tmp_path):
         proc.wait(timeout=60)
     out = proc.stdout.read()
     assert "an API key is required" in out
+
+
+# The CLI's hostile-input table (tests/test_hostile_table.py) over HTTP: every field given the wrong kind
+# of thing, every image given the file kinds the CLI table feeds commands. Each must be a 4xx with a JSON
+# error and a request id, never a 500 or a traceback; the server stays up for the next request.
+GARBAGE = os.urandom(3000)
+HOSTILE_IMAGES = {"empty": b"", "random bytes": GARBAGE, "text": b"just some words\n", "json": b'{"x": NaN}',
+                  "latin1": "caf\xe9".encode("latin-1"), "truncated png": SMALL[: len(SMALL) // 2],
+                  "png header only": SMALL[:8], "gif text": b"GIF89a" + b"\x00" * 10}
+HOSTILE_FIELDS = [None, 3, 1e308, True, [1, 2], {"a": 1}, "", " \t\n", "\x00"]
+HOSTILE_BODIES = [b"null", b"3", b'"text"', b"[]", b"{", b'{"prompt": NaN}', "caf\xe9".encode("latin-1"), b""]
+
+
+def _hostile_http():
+    for endpoint in ("/v1/segment", "/v1/images"):
+        for name, data in HOSTILE_IMAGES.items():
+            yield f"{endpoint} multipart image {name}", endpoint, {"files": {"image": ("x.png", data, "image/png")}, "data": {"prompt": "x"}}
+            yield f"{endpoint} base64 image {name}", endpoint, {"json": {"image": base64.b64encode(data).decode(), "prompt": "x"}}
+        for body in HOSTILE_BODIES:
+            yield f"{endpoint} body {body[:12]!r}", endpoint, {"content": body, "headers": {"content-type": "application/json"}}
+        for value in HOSTILE_FIELDS:
+            yield f"{endpoint} image = {value!r}", endpoint, {"json": {"image": value, "prompt": "x"}}
+            if value not in (None, ""):  # not given: the default segmenter
+                yield f"{endpoint} segmenter = {value!r}", endpoint, {"json": {"image": SMALL64, "prompt": "x", "segmenter": value}}
+    for value in HOSTILE_FIELDS:
+        if value == "\x00":
+            continue  # a NUL alone is a (strange) prompt, answered like any other
+        yield f"prompt = {value!r}", "/v1/segment", {"json": {"image": SMALL64, "prompt": value}}
+        yield f"image_id = {value!r}", "/v1/segment", {"json": {"image_id": value, "prompt": "x"}}
+    yield "multipart image as a text field", "/v1/segment", {"data": {"image": "abc", "prompt": "x"}}
+
+
+HOSTILE_HTTP = list(_hostile_http())
+
+
+@pytest.mark.parametrize("name, endpoint, kwargs", HOSTILE_HTTP, ids=[h[0] for h in HOSTILE_HTTP])
+def test_hostile_requests_are_4xx(server, name, endpoint, kwargs):
+    _, url = server
+    r = httpx.post(url + endpoint, timeout=60, **kwargs)
+    assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:500])
+    body = r.json()
+    assert body["error"] and body["request_id"] and "Traceback" not in r.text, body
+    assert httpx.get(url + "/healthz", timeout=10).status_code == 200

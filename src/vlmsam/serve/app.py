@@ -121,6 +121,8 @@ class Engine:
             w.cancel()
 
     def segmenter(self, name: str | None):
+        if name is not None and not isinstance(name, str):
+            raise ApiError(422, f"'segmenter' must be a name (one of {', '.join(self.segmenters)}), not {type(name).__name__}")
         name = name or next(iter(self.segmenters))
         if name not in self.segmenters:
             raise ApiError(404, f"unknown segmenter '{name}'; loaded: {', '.join(self.segmenters)}")
