@@ -135,3 +135,39 @@ def proposal_select(root: Path):
 
 
 BUILDERS.update(proposal_select=proposal_select)
+
+
+def save_tiny_dinov2(path: Path) -> Path:
+    """A tiny random DINOv2 (transformers' Dinov2Model) and its image processor, saved to ``path``."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=8, image_size=64)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(path)
+    return path
+
+
+def llmseg(root: Path):
+    """proposal_select with the trained selector (random here): a [SEG] VLM, DINOv2 and the head."""
+    from dataclasses import asdict
+
+    from vlmsam.proposal_select.llmseg import LlmSegConfig, LlmSegModel
+    from vlmsam.proposal_select.segmenter import _llmseg_segmenter
+    from vlmsam.sam.amg import AmgConfig
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    torch.manual_seed(0)
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    # permissive proposal filters, as for the marks selector
+    amg = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    config = LlmSegConfig(vlm=str(vlm), sam=str(root / "sam"), dinov2=str(save_tiny_dinov2(root / "dino")), dino_size=64,
+                          max_proposals=8, head_dim=32, head_heads=2, lora_r=4, lora_alpha=8, amg=asdict(amg))
+    model = LlmSegModel.build(config)
+    _perturb(model)
+    return _llmseg_segmenter(model.eval(), max_new_tokens=8)
+
+
+BUILDERS.update(llmseg=llmseg)

@@ -1,4 +1,7 @@
-"""SAM proposals + selection (LLM-Seg; SAM 3 Agent's set-of-marks), selector ``marks``: training-free.
+"""SAM proposals + selection (LLM-Seg; SAM 3 Agent's set-of-marks).
+
+Selector ``marks`` (training-free, below) or ``llmseg`` (a trained selection head on the ``[SEG]``
+state of a VLM, ``proposal_select/llmseg.py``; pass the trained model as ``selector``).
 
 Where the objects are is SAM's job: its automatic masks, computed once per image (when it is
 encoded). Which of them the request means is the VLM's: the proposals are drawn on the image with
@@ -15,10 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
-from vlmsam.engine.contract import EncodedImage, SegmenterBase
-from vlmsam.engine.registry import CONFIG_NAME, read_config, register
+from vlmsam.data import prompts
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_masks
+from vlmsam.engine.registry import CONFIG_NAME, read_config, register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.amg import AmgConfig, AutomaticMaskGenerator
@@ -68,33 +73,45 @@ class ProposalSelectSegmenter(SegmenterBase):
     keeps_history = False
 
     def __init__(self, vlm, sam, *, amg: AmgConfig | None = None, max_proposals: int = 50, max_new_tokens: int = 32,
-                 label: str = ""):
+                 label: str = "", selector=None):
         super().__init__()
         self.vlm, self.sam = vlm, sam
         self.amg = AutomaticMaskGenerator(sam, amg or AmgConfig())
         self.max_proposals, self.max_new_tokens = max_proposals, max_new_tokens
         self.label = label or self.name
+        self.selector = selector  # None: marks; an LlmSegModel: its trained head
+        self.marks_masks = selector is not None  # llmseg answers mark "[mask k]" where each [SEG] was
+
+    @property
+    def model(self):
+        return self.selector
 
     def _encode(self, image, key: str) -> EncodedImage:
         t0 = time.perf_counter()
         proposals = sorted(self.amg.generate(image), key=lambda p: -p.area)[: self.max_proposals]
         masks = np.stack([p.mask() for p in proposals]) if proposals else np.zeros((0, image.height, image.width), bool)
-        marks = draw_marks(image, masks)
+        extras = {"masks": masks, "scores": np.array([p.predicted_iou for p in proposals], np.float32)}
+        if self.selector is None:
+            extras["marks"] = draw_marks(image, masks)
+        else:
+            extras["features"] = self.selector.dino(image)  # what the head pools inside each proposal
         t1 = time.perf_counter()
-        prefix = self.vlm.encode_image(marks)
-        return self.handle(image, key, vlm=prefix, extras={"masks": masks, "marks": marks,
-                                                          "scores": np.array([p.predicted_iou for p in proposals], np.float32)},
+        prefix = self.vlm.encode_image(extras.get("marks", image))  # llmseg's VLM sees the image itself
+        return self.handle(image, key, vlm=prefix, extras=extras,
                            timings={"proposals": t1 - t0, "encode_vlm": time.perf_counter() - t1})
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         masks = encoded.extras["masks"]
         n = len(masks)
+        shown = {"marks": encoded.extras["marks"]} if "marks" in encoded.extras else {}
         if n == 0:
             return [SegmentationResult.empty(encoded.size, info={"reason": "SAM proposed no region"},
-                                             extra_images={"marks": encoded.extras["marks"]}) for _ in requests]
+                                             extra_images=shown) for _ in requests]
         kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
         if options.get("logits_processor") is not None:
             kwargs["logits_processor"] = options["logits_processor"]
+        if self.selector is not None:
+            return self._select_trained(encoded, requests, kwargs)
         answers = self.vlm.chat_many(encoded.vlm, [[(MARKS_PROMPT.format(n=n, request=r), None)] for r in requests], **kwargs)
         results = []
         for answer in answers:
@@ -105,13 +122,48 @@ class ProposalSelectSegmenter(SegmenterBase):
                                               extra_images={"marks": encoded.extras["marks"]}))
         return results
 
+    @torch.inference_mode()
+    def _select_trained(self, encoded: EncodedImage, requests: list[str], kwargs: dict) -> list[SegmentationResult]:
+        """llmseg: the VLM answers with [SEG]s; each [SEG]'s state picks proposals through the head."""
+        model = self.selector
+        conversations = [[(prompts.eval_question(r.rstrip(), is_sentence(r)), None)] for r in requests]
+        answers = self.vlm.generate(encoded.vlm, conversations, state_token=model.config.seg_token_id, **kwargs)
+        proposals = torch.from_numpy(encoded.extras["masks"]).to(self.vlm.device)
+        results = []
+        for answer in answers:
+            chosen_masks, scores = [], []
+            for state in answer.states:
+                chosen, iou = model.choose(encoded.extras["features"], proposals, state)
+                chosen_masks.append(proposals[chosen].any(0).cpu().numpy())
+                scores.append(float(iou[chosen].max()))
+            pieces, current = [], []
+            for t in answer.tokens.tolist():
+                if t == model.config.seg_token_id:
+                    pieces.append(current)
+                    current = []
+                else:
+                    current.append(t)
+            pieces.append(current)
+            text = mark_masks([self.vlm.decode(p) if p else "" for p in pieces])
+            results.append(SegmentationResult(
+                masks=np.stack(chosen_masks) if chosen_masks else np.zeros((0, *encoded.size), bool),
+                scores=np.array(scores, np.float32), text=text))
+        return results
+
     def to(self, device):
+        if self.selector is not None:
+            self.selector.to(device)
         if hasattr(self.vlm, "model"):
             self.vlm.model.to(device)
         self.sam.model.to(device)
         return self
 
     def save_pretrained(self, path: str | Path) -> Path:
+        if self.selector is not None:
+            from dataclasses import asdict
+
+            self.selector.config.amg = asdict(self.amg.config)  # the proposals it was used with
+            return self.selector.save_pretrained(path)
         out = Path(path)
         self.vlm.save_pretrained(out / "vlm")  # a remote VLM refuses: it has no weights here
         self.sam.model.save_pretrained(out / "sam")
@@ -131,6 +183,8 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
     settings = {}
     if path is not None:
         settings = read_config(path)
+        if settings.get("selector") == "llmseg":
+            return _build_llmseg(path, sam=sam, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
         sam = sam or str(Path(path) / settings.get("sam", "sam"))
     if not vlm or not sam:
@@ -142,4 +196,43 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
                                    max_new_tokens=settings.get("max_new_tokens", max_new_tokens), label=str(path or f"{vlm} + {sam}"))
 
 
+def _build_llmseg(path, *, sam=None, device=None, dtype=None, max_new_tokens: int = 32) -> ProposalSelectSegmenter:
+    from vlmsam.proposal_select.llmseg import LlmSegModel
+
+    model = LlmSegModel.from_pretrained(path)
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    return _llmseg_segmenter(model, sam=sam, label=str(path), max_new_tokens=max_new_tokens)
+
+
+def _llmseg_segmenter(model, *, sam=None, label: str = "", max_new_tokens: int = 32) -> ProposalSelectSegmenter:
+    """The segmenter of a (training or trained) LlmSegModel; its SAM, which proposes, is loaded once."""
+    from vlmsam.sam import SamBackend
+    from vlmsam.vlm.runtime import VlmRuntime
+
+    device = next(model.parameters()).device
+    backend = getattr(model, "_proposer", None)
+    if backend is None or sam is not None:
+        backend = SamBackend.from_pretrained(sam or model.config.sam, device=device)
+        model._proposer = backend
+    return ProposalSelectSegmenter(VlmRuntime(model.vlm, model.processor), backend, amg=AmgConfig(**model.config.amg),
+                                   max_proposals=model.config.max_proposals,
+                                   max_new_tokens=max_new_tokens, label=label or "proposal_select (llmseg)", selector=model)
+
+
+def _llmseg_config():
+    from vlmsam.proposal_select.llmseg import LlmSegConfig
+
+    return LlmSegConfig
+
+
+def _build_trainable(config):
+    from vlmsam.proposal_select.llmseg import LlmSegModel
+
+    return LlmSegModel.build(config)
+
+
 register("proposal_select", build)
+register_trainable("proposal_select", _llmseg_config(), _build_trainable, _llmseg_segmenter)

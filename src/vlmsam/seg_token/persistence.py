@@ -163,15 +163,6 @@ def _load_sam(name: str, base_dir: Path | None):
 
 
 def _apply_lora(vlm: nn.Module, config: SegTokenConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from vlmsam.vlm.lora import apply_lora
 
-    targets = "|".join(config.lora_targets)
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        # Language layers only: the vision tower uses some of the same module names.
-        target_modules=rf".*language_model.*\.({targets})$",
-        bias="none",
-    )
-    return get_peft_model(vlm, lora)
+    return apply_lora(vlm, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, targets=config.lora_targets)
