@@ -93,3 +93,33 @@ def test_same_masks_as_metas_generator(meta_and_ours, scene, settings):
     assert all(iou >= 0.99 for iou in ious), sorted(ious)[:5]
     for p in got:
         assert p.area == int(mask_utils.area(p.segmentation)) and len(p.bbox) == 4
+
+
+@pytest.mark.parametrize("layers, heads", [(2, 8), (3, 2)])
+def test_the_fast_many_prompt_decoder_computes_what_the_stock_decoder_does(layers, heads):
+    """sam/fast_decoder.py against transformers' SamMaskDecoder on the same weights: shared first-block
+    projections and projections folded into the tokens change only the order of the arithmetic."""
+    from transformers import SamConfig, SamModel
+
+    torch.manual_seed(layers)
+    config = SamConfig(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=128, patch_size=16,
+                                          output_channels=64, mlp_dim=64, global_attn_indexes=[0], window_size=0, num_pos_feats=32,
+                                          initializer_range=0.02),
+                       prompt_encoder_config=dict(hidden_size=64, image_size=128, patch_size=16),
+                       mask_decoder_config=dict(hidden_size=64, num_hidden_layers=layers, num_attention_heads=heads, mlp_dim=128,
+                                                iou_head_hidden_dim=64))
+    model = SamModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sam = SamBackend(model)
+    rng = np.random.default_rng(layers)
+    embedding = sam.encode((rng.random((50, 70, 3)) * 255).astype(np.uint8))
+    sparse = torch.randn(9, 2, 64)
+    for multimask in (True, False):
+        with torch.no_grad():
+            stock = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=multimask)
+        fast = sam.decode_prompts(embedding, sparse, multimask_output=multimask)
+        for a, b in zip(stock, fast):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -242,7 +242,10 @@ class AutomaticMaskGenerator:
         labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=sam.device)
         t0 = time.perf_counter()
         sparse = sam.model.prompt_encoder._embed_points(coords, labels, pad=True)[:, 0]  # a padding point, as Meta's
-        low_res, iou = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=True)
+        if hasattr(sam, "decode_prompts"):  # SAM: image-side work shared across the batch (sam/fast_decoder.py)
+            low_res, iou = sam.decode_prompts(embedding, sparse, multimask_output=True)
+        else:
+            low_res, iou = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=True)
         t1 = time.perf_counter()
         logits = sam.upscale_logits(low_res, embedding)  # (B, 3, h, w) at the crop's size
         t2 = time.perf_counter()

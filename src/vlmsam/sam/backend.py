@@ -257,6 +257,20 @@ class SamBackend:
         )
         return low_res[:, 0], iou[:, 0]
 
+    @torch.no_grad()
+    def decode_prompts(self, embedding: ImageEmbedding, sparse_embeddings: torch.Tensor,
+                       multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` for many sparse prompts on one image without gradients (the automatic mask
+        generator's case), through :func:`vlmsam.sam.fast_decoder.decode_many`: the same results with
+        the image-side projections shared or folded into the few tokens."""
+        from vlmsam.sam.fast_decoder import decode_many
+
+        image = embedding.embeddings.to(self.dtype)
+        grid = image.shape[-2:]
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *grid)
+        return decode_many(self.model.mask_decoder, image, self.model.get_image_wide_positional_embeddings()[:1].to(self.dtype),
+                           no_mask.to(self.dtype), sparse_embeddings.to(self.dtype), multimask_output)
+
     def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """``(N, M, 4g, 4g)`` logits -> ``(N, M, H, W)`` logits in original pixels (differentiable)."""
         if low_res_logits.shape[0] == 0:
