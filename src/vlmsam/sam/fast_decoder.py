@@ -46,47 +46,53 @@ def _softmax(scores: torch.Tensor, dtype) -> torch.Tensor:
 
 def _attend_tokens(attn: nn.Module, q: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor) -> torch.Tensor:
     """Tokens ``q (n, T, C)`` (already with their positional embedding) attending to a per-prompt image:
-    keys ``(n, P, C)`` (image + its positional embedding), values ``(n, P, C)``. Returns ``(n, T, C)``."""
+    keys ``(n, P, C)`` (image + its positional embedding), values ``(n, P, C)``. Returns ``(n, T, C)``.
+    Heads and tokens share one batched-matmul row axis (``h * T``), so no image tensor is broadcast."""
     h = attn.num_attention_heads
+    n, t, _ = q.shape
     query = _heads(attn.q_proj(q), h)  # (n, h, T, d)
     wk = attn.k_proj.weight.reshape(h, -1, attn.k_proj.weight.shape[-1])  # (h, d, C)
-    bk = attn.k_proj.bias.reshape(h, -1)  # (h, d)
-    folded = torch.einsum("nhtd,hdc->nhtc", query, wk)  # keys' projection moved to the T queries
-    scores = (folded @ image_keys.transpose(1, 2)[:, None] + (query * bk[None, :, None]).sum(-1, keepdim=True)) * attn.scaling
-    weights = _softmax(scores, q.dtype)  # (n, h, T, P)
-    mixed = weights @ image_values[:, None]  # (n, h, T, C): the image mixed before its value projection
+    folded = torch.einsum("nhtd,hdc->nhtc", query, wk).reshape(n, h * t, -1)  # keys' projection moved to the queries
+    bias = (query * attn.k_proj.bias.reshape(1, h, 1, -1)).sum(-1).reshape(n, h * t, 1)
+    weights = _softmax(torch.baddbmm(bias, folded, image_keys.transpose(1, 2)) * attn.scaling, q.dtype)  # (n, hT, P)
+    mixed = torch.bmm(weights, image_values).reshape(n, h, t, -1)  # the image mixed before its value projection
     wv = attn.v_proj.weight.reshape(h, -1, attn.v_proj.weight.shape[-1])  # (h, d, C)
-    values = torch.einsum("nhtc,hdc->nhtd", mixed, wv) + attn.v_proj.bias.reshape(h, 1, -1)
+    values = torch.einsum("nhtc,hdc->nhtd", mixed, wv) + attn.v_proj.bias.reshape(1, h, 1, -1)
     return attn.out_proj(_merge(values))
 
 
 def _attend_tokens_shared(attn: nn.Module, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """As :func:`_attend_tokens` for an image shared by every prompt: ``keys``/``values`` are its
     projected ``(h, P, d)`` heads, computed once."""
-    query = _heads(attn.q_proj(q), attn.num_attention_heads)  # (n, h, T, d)
-    weights = _softmax(query @ keys.transpose(-1, -2)[None] * attn.scaling, q.dtype)
-    return attn.out_proj(_merge(weights @ values[None]))
-
-
-def _attend_image(attn: nn.Module, image_queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  projected: torch.Tensor | None = None) -> torch.Tensor:
-    """The image ``image_queries (n or 1, P, C)`` (with its positional embedding) attending to the
-    tokens: keys ``k (n, T, C)`` (with their positional embedding), values ``v (n, T, C)``. Returns
-    ``(n, P, C)``. ``projected``: the image queries' ``(h, P, d)`` heads when the image is shared."""
     h = attn.num_attention_heads
+    n, t, _ = q.shape
+    query = _heads(attn.q_proj(q), h).transpose(0, 1).reshape(h, n * t, -1)  # (h, nT, d)
+    weights = _softmax(torch.bmm(query, keys.transpose(1, 2)) * attn.scaling, q.dtype)  # (h, nT, P)
+    out = torch.bmm(weights, values).reshape(h, n, t, -1).transpose(0, 1)  # (n, h, T, d)
+    return attn.out_proj(_merge(out))
+
+
+def _attend_image(attn: nn.Module, image_queries: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor,
+                  projected: torch.Tensor | None = None) -> torch.Tensor:
+    """The image ``image_queries (n, P, C)`` (with its positional embedding) attending to the tokens:
+    keys ``k (n, T, C)`` (with their positional embedding), values ``v (n, T, C)``. Returns ``(n, P, C)``.
+    ``projected``: the image queries' ``(h, P, d)`` heads instead, when the image is shared."""
+    h = attn.num_attention_heads
+    n, t, _ = k.shape
     key = _heads(attn.k_proj(k), h)  # (n, h, T, d)
     if projected is not None:
-        scores = projected[None] @ key.transpose(-1, -2)  # (n, h, P, T)
+        scores = torch.bmm(projected, key.permute(1, 3, 0, 2).reshape(h, -1, n * t))  # (h, P, nT)
+        scores = scores.reshape(h, -1, n, t).permute(2, 1, 0, 3)  # (n, P, h, T)
     else:
         wq = attn.q_proj.weight.reshape(h, -1, attn.q_proj.weight.shape[-1])  # (h, d, C)
-        bq = attn.q_proj.bias.reshape(h, -1)
-        folded = torch.einsum("nhtd,hdc->nhtc", key, wq)  # queries' projection moved to the T keys
-        scores = image_queries[:, None] @ folded.transpose(-1, -2) + (key * bq[None, :, None]).sum(-1)[:, :, None]
-    weights = _softmax(scores * attn.scaling, k.dtype)  # (n, h, P, T)
+        folded = torch.einsum("nhtd,hdc->nhtc", key, wq).reshape(n, h * t, -1)  # queries' projection moved to the keys
+        bias = (key * attn.q_proj.bias.reshape(1, h, 1, -1)).sum(-1).reshape(n, 1, h * t)
+        scores = torch.baddbmm(bias, image_queries, folded.transpose(1, 2)).reshape(n, -1, h, t)  # (n, P, h, T)
+    weights = _softmax(scores * attn.scaling, k.dtype).reshape(n, -1, h * t)
     value = _heads(attn.v_proj(v), h)  # (n, h, T, d)
     wo = attn.out_proj.weight.reshape(-1, h, value.shape[-1])  # (C, h, d)
-    out_values = torch.einsum("nhtd,chd->nhtc", value, wo)  # the output projection applied to the T values
-    return (weights @ out_values).sum(1) + attn.out_proj.bias
+    out_values = torch.einsum("nhtd,chd->nhtc", value, wo).reshape(n, h * t, -1)  # output projection on the T values
+    return torch.baddbmm(attn.out_proj.bias.expand(n, 1, -1), weights, out_values)
 
 
 @torch.no_grad()
@@ -127,7 +133,8 @@ def decode_many(decoder: nn.Module, image: torch.Tensor, image_pe: torch.Tensor,
             shared_v = _heads(attn.v_proj(x0), h)
             queries = queries + _attend_tokens_shared(attn, queries + point, shared_k, shared_v)
         else:
-            queries = queries + _attend_tokens(attn, queries + point, keys + pe, keys)
+            keys_pe = keys + pe  # the image with its positional embedding, for both cross-attentions
+            queries = queries + _attend_tokens(attn, queries + point, keys_pe, keys)
         queries = layer.layer_norm2(queries)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
         # image -> tokens
@@ -137,7 +144,9 @@ def decode_many(decoder: nn.Module, image: torch.Tensor, image_pe: torch.Tensor,
             out = _attend_image(attn, None, queries + point, queries, projected=projected)
             keys = layer.layer_norm4(x0[None] + out)
         else:
-            keys = layer.layer_norm4(keys + _attend_image(attn, keys + pe, queries + point, queries))
+            out = _attend_image(attn, keys_pe, queries + point, queries)
+            del keys_pe
+            keys = layer.layer_norm4(keys.add_(out))
     queries = transformer.layer_norm_final_attn(
         queries + _attend_tokens(transformer.final_attn_token_to_image, queries + point, keys + pe, keys))
 
