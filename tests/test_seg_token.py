@@ -302,6 +302,28 @@ def test_region_target_averages_sams_embedding_over_the_target(bases, image):
     torch.testing.assert_close(model.prompt_target_loss(states, targets, embedding), expected)
 
 
+def test_number_tokens_are_taught_as_ordinal_values():
+    """number_sigma: a number target's loss is the CE against a Gaussian over the number tokens around it,
+    so a guess near the target costs less than one far away; other tokens keep the one-hot CE."""
+    torch.manual_seed(0)
+    vocab = 12
+    ids, values = torch.tensor([2, 3, 4, 5, 6, 7]), torch.tensor([10, 11, 12, 13, 14, 15])
+    labels = torch.tensor([[-100, 1, 4, 9]])  # 4 is the number 12
+    by_hand = []
+    for guess in (4, 7):  # logits that favour 12 (right) or 15 (3 away)
+        logits = torch.zeros(1, 4, vocab)
+        logits[0, 1, guess] = 5.0
+        soft = torch.softmax(-((values.float() - 12) ** 2) / (2 * 2.0 ** 2), -1)
+        number_loss = -(soft * torch.log_softmax(logits[0, 1], -1)[ids]).sum()
+        plain = torch.nn.functional.cross_entropy(logits[0, [0, 2]], torch.tensor([1, 9]), reduction="none")
+        expected = (plain.sum() + number_loss) / 3
+        got = answer_weighted_ce(logits, labels, 1.0, (ids, values), 2.0)
+        torch.testing.assert_close(got, expected)
+        by_hand.append(float(got))
+        torch.testing.assert_close(answer_weighted_ce(logits, labels, 1.0, (ids, values), 0.0), answer_weighted_ce(logits, labels, 1.0))
+    assert by_hand[0] < by_hand[1]
+
+
 def test_answer_weighted_ce_weights_each_answers_first_token():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 7, 11, generator=g)

@@ -31,6 +31,10 @@ class SegTokenConfig:
     # Weight of each answer's first token in the CE average: the decision ("[SEG]" or "There is no
     # ..."), one token among the many of an answer and of any caption conversation beside it.
     answer_start_weight: float = 1.0
+    # > 0: answers that write numbers (grounding JSON) are taught with a Gaussian of this width (in
+    # units of the number) over the whole-number tokens around each target instead of one-hot
+    # (``losses.answer_weighted_ce``); 0: the usual CE.
+    number_sigma: float = 0.0
     # > 0: one attention head of the language model (the first of layer ``grounding_layer``) is
     # taught where to look: at each [SEG], and at the token that decides each answer with targets,
     # its attention over the visual tokens is pulled (CE) towards the targets' share of each token;

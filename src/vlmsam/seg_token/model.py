@@ -170,7 +170,8 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
-        ce = answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight)  # weight 1: the usual causal-LM CE
+        ce = answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight,  # weight 1, sigma 0: the usual causal-LM CE
+                                self.number_tokens(out.logits.device) if c.number_sigma > 0 else None, c.number_sigma)
         loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
         aux = aux / (n_masks + 1e-8)
         if c.prompt_target_weight > 0:
@@ -182,6 +183,13 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
         return SegOutput(loss, ce.detach(), bce.detach(), dice.detach(), logits_out,
                          aux.detach() if c.prompt_target_weight > 0 else None,
                          grounding.detach() if grounding is not None else None)
+
+    def number_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, values)`` of the tokens that are a whole number (sorted by id), for ``number_sigma``."""
+        if getattr(self, "_numbers", None) is None or self._numbers[0].device != torch.device(device):
+            pairs = sorted((i, int(t)) for t, i in self.processor.tokenizer.get_vocab().items() if t.isdigit() and t.isascii())
+            self._numbers = (torch.tensor([i for i, _ in pairs], device=device), torch.tensor([v for _, v in pairs], device=device))
+        return self._numbers
 
     # ---- inference (the segmenter contract lives in seg_token/segmenter.py) -----------------------
 
