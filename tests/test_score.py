@@ -82,7 +82,7 @@ def test_score_refcoco_duplicate_queries_and_bad_files(tmp_path):
         proc = run_cli("score", "--predictions", preds, "--dataset", "refcoco|unc|val", "--dataset-dir", tmp_path, "--out", tmp_path / "x")
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     proc = run_cli("score", "--predictions", tmp_path / "none.jsonl", "--dataset", "refcoco|unc|val", "--dataset-dir", tmp_path, "--out", tmp_path / "x")
-    assert proc.returncode == 2 and "no such predictions file" in proc.stderr
+    assert proc.returncode == 2 and "none.jsonl: no such file" in proc.stderr
 
 
 def test_scorer_no_mask_rates_by_kind():

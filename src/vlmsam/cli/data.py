@@ -90,8 +90,9 @@ def run_convert_llava_plus(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     if dst.is_dir():
         raise VlmsamError(f"{dst}: is a directory; name the json file to write")
-    if args.image_root and not Path(args.image_root).is_dir():
-        raise VlmsamError(f"{args.image_root}: no such directory (--image-root: the COCO image folder)")
+    root = Path(args.image_root)
+    if root.exists() and not root.is_dir():
+        raise VlmsamError(f"{root}: is a file; --image-root names the COCO image folder")
     entries = read_json(src, "a LLaVA-Plus JSON list of conversations", list)
     converted, skipped = convert_llava_plus(entries, args.image_root)
     if entries and not converted:
@@ -101,4 +102,6 @@ def run_convert_llava_plus(args: argparse.Namespace) -> int:
     atomic_write_bytes(dst, json.dumps(converted, ensure_ascii=False, indent=1).encode("utf-8"))
     left = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
     print(f"wrote {len(converted)} conversations to {dst} (left out: {left})")
+    if not root.is_dir():  # converting before the images are downloaded is fine; training will need them
+        print(f"note: {root} does not exist yet; the images are read from there when training")
     return 0
