@@ -308,7 +308,7 @@ def test_number_tokens_are_taught_as_ordinal_values():
     torch.manual_seed(0)
     vocab = 12
     ids, values = torch.tensor([2, 3, 4, 5, 6, 7]), torch.tensor([10, 11, 12, 13, 14, 15])
-    labels = torch.tensor([[-100, 1, 4, 9]])  # 4 is the number 12
+    labels = torch.tensor([[-100, 1, 4, 9]])  # 4 is the number 12, after token 1 (an opener: "[")
     by_hand = []
     for guess in (4, 7):  # logits that favour 12 (right) or 15 (3 away)
         logits = torch.zeros(1, 4, vocab)
@@ -319,6 +319,10 @@ def test_number_tokens_are_taught_as_ordinal_values():
         expected = (plain.sum() + number_loss) / 3
         got = answer_weighted_ce(logits, labels, 1.0, (ids, values), 2.0)
         torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(answer_weighted_ce(logits, labels, 1.0, (ids, values), 2.0, torch.tensor([1])), expected)
+        # not after an opener ("bbox_2d"'s 2): the plain CE
+        torch.testing.assert_close(answer_weighted_ce(logits, labels, 1.0, (ids, values), 2.0, torch.tensor([8])),
+                                   answer_weighted_ce(logits, labels, 1.0))
         by_hand.append(float(got))
         torch.testing.assert_close(answer_weighted_ce(logits, labels, 1.0, (ids, values), 0.0), answer_weighted_ce(logits, labels, 1.0))
     assert by_hand[0] < by_hand[1]

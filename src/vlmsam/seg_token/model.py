@@ -170,8 +170,9 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
                 n_masks += len(targets)
         bce = bce / (n_masks + 1e-8)
         dice = dice / (n_masks + 1e-8)
+        numbers = self.number_tokens(out.logits.device) if c.number_sigma > 0 else None
         ce = answer_weighted_ce(out.logits, batch.labels, c.answer_start_weight,  # weight 1, sigma 0: the usual causal-LM CE
-                                self.number_tokens(out.logits.device) if c.number_sigma > 0 else None, c.number_sigma)
+                                numbers and numbers[:2], c.number_sigma, numbers and numbers[2])
         loss = c.ce_weight * ce + c.bce_weight * bce + c.dice_weight * dice
         aux = aux / (n_masks + 1e-8)
         if c.prompt_target_weight > 0:
@@ -184,11 +185,16 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
                          aux.detach() if c.prompt_target_weight > 0 else None,
                          grounding.detach() if grounding is not None else None)
 
-    def number_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ids, values)`` of the tokens that are a whole number (sorted by id), for ``number_sigma``."""
+    def number_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids, values, openers)`` for ``number_sigma``: the tokens that are a whole number (sorted by
+        id) with their values, and the tokens after which a number is a list value (ending in ``[`` or ``,``)."""
         if getattr(self, "_numbers", None) is None or self._numbers[0].device != torch.device(device):
-            pairs = sorted((i, int(t)) for t, i in self.processor.tokenizer.get_vocab().items() if t.isdigit() and t.isascii())
-            self._numbers = (torch.tensor([i for i, _ in pairs], device=device), torch.tensor([v for _, v in pairs], device=device))
+            tokenizer = self.processor.tokenizer
+            vocab = tokenizer.get_vocab()
+            pairs = sorted((i, int(t)) for t, i in vocab.items() if t.isdigit() and t.isascii())
+            openers = [i for i in vocab.values() if tokenizer.decode([i]).rstrip().endswith(("[", ","))]
+            self._numbers = (torch.tensor([i for i, _ in pairs], device=device), torch.tensor([v for _, v in pairs], device=device),
+                             torch.tensor(sorted(openers), device=device))
         return self._numbers
 
     # ---- inference (the segmenter contract lives in seg_token/segmenter.py) -----------------------
