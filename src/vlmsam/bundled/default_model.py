@@ -129,9 +129,15 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     segmenter = BoxPromptSegmenter(VlmRuntime(model.vlm, model.processor), SamBackend(model.sam))
     segmenter.save_pretrained(out)
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
+    import yaml
+
+    started = yaml.safe_load((run / "config.yaml").read_text())["model"]["vlm"]
     (out / "provenance.json").write_text(json.dumps({
-        "design": "box_prompt", "made_by": "make box-prompt-model (configs/box_prompt_tiny.yaml)",
-        "started_from": "vlmsam-tiny's VLM (merged) and SAM", "checkpoint": checkpoint.name,
+        "design": "box_prompt",
+        "made_by": "make box-prompt-model: configs/box_prompt_tiny.yaml (vlmsam-tiny's VLM merged, one token per number "
+                   "10..256) stopped at step 1,500, exported, then configs/box_prompt_tiny_stage2.yaml",
+        "run": str(run), "checkpoint": checkpoint.name, "this_run_started_from": started,
+        "sam": "vlmsam-tiny's pre-trained SAM, unchanged",
         "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
     return out
 
