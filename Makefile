@@ -35,6 +35,8 @@ test-fast: $(STAMP)
 # Segments the bundled example scene with the bundled vlmsam-tiny model (no download).
 demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --out outputs/demo
+	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter box_prompt \
+		--out outputs/demo-box-prompt
 
 # Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
@@ -74,6 +76,7 @@ box-prompt-model: $(STAMP)
 	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
 	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-grounding --dataset reason_seg:test --dataset-dir build/synth-fresh \
 		--out build/vlmsam-tiny-grounding/eval
+	rm -rf src/vlmsam/weights/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding src/vlmsam/weights/
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).
 bench: $(STAMP)

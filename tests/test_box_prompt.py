@@ -87,3 +87,26 @@ def test_checkpoint_names_its_design(seg, tmp_path, image):
     a = seg.segment(seg.encode(image), "it", logits_processor=forced(seg, answer))
     b = loaded.segment(loaded.encode(image), "it", logits_processor=forced(loaded, answer))
     assert np.array_equal(a.masks, b.masks) and a.text == b.text
+
+
+def test_point_prompts_and_single_masks(seg, image):
+    """prompt="point", multimask off (the bundled default's settings: its SAM trained one output): an object
+    with a point prompts SAM with the point alone, one without a point with its box; boxes stay in the result."""
+    encoded = seg.encode(image)
+    fw, fh = encoded.extras["model_input_size"]
+    answer = json.dumps([{"bbox_2d": [2, 2, fw // 2, fh // 2], "point_2d": [fw // 4, fh // 4]}, {"bbox_2d": [fw // 2, fh // 2, fw - 2, fh - 2]}])
+    seg.prompt, seg.multimask = "point", False
+    try:
+        result = seg.segment(encoded, "the red box", logits_processor=forced(seg, answer))
+    finally:
+        seg.prompt, seg.multimask = "box+point", True
+    from vlmsam.grounding import parse_grounding
+
+    parsed = parse_grounding(answer, (80, 60), (fw, fh), "qwen2_5_vl")
+    alone = seg.sam.predict(points=parsed.points[0][None], multimask_output=False, embedding=encoded.sam)
+    assert np.array_equal(alone.masks[0, 0].numpy(), result.masks[0])
+    boxed = seg.sam.predict(boxes=parsed.boxes[1:], multimask_output=False, embedding=encoded.sam)
+    assert np.array_equal(boxed.masks[0, 0].numpy(), result.masks[1])
+    np.testing.assert_allclose(result.boxes, parsed.boxes)
+    with pytest.raises(Exception, match="choose 'box\\+point' or 'point'"):
+        type(seg)(seg.vlm, seg.sam, prompt="box")

@@ -41,8 +41,11 @@ class BoxPromptSegmenter(SegmenterBase):
     keeps_history = True  # `vlmsam chat` keeps earlier turns about an image in the VLM's context
 
     def __init__(self, vlm, sam, *, style: str = "qwen2_5_vl", union: bool = False, multimask: bool = True,
-                 max_new_tokens: int = 128, label: str = ""):
+                 max_new_tokens: int = 128, label: str = "", prompt: str = "box+point"):
         super().__init__()
+        if prompt not in ("box+point", "point"):
+            raise CheckpointError(f"unknown SAM prompt '{prompt}'; choose 'box+point' or 'point'")
+        self.prompt = prompt  # "point": objects with a point prompt SAM with the point alone (their box is kept)
         if style not in CONVENTION_OF_STYLE:
             raise CheckpointError(f"unknown grounding style '{style}'; choose from {', '.join(CONVENTION_OF_STYLE)}")
         self.vlm, self.sam = vlm, sam
@@ -97,6 +100,8 @@ class BoxPromptSegmenter(SegmenterBase):
             if group is with_points:
                 n = min(len(g.points[k]) for k in group)  # same count per prompt in one batch
                 points = np.stack([g.points[k][:n] for k in group])
+                if self.prompt == "point":
+                    boxes = None
             pred = self.sam.predict(boxes=boxes, points=points, multimask_output=self.multimask, embedding=encoded.sam)
             if self.multimask:
                 pred = pred.best()
@@ -120,7 +125,7 @@ class BoxPromptSegmenter(SegmenterBase):
         self.vlm.save_pretrained(out / "vlm")  # a remote VLM refuses: it has no weights here
         self.sam.model.save_pretrained(out / "sam")
         config = {"model_type": "vlmsam_box_prompt", "vlm": "vlm", "sam": "sam", "style": self.style, "union": self.union,
-                  "multimask": self.multimask, "max_new_tokens": self.max_new_tokens}
+                  "multimask": self.multimask, "max_new_tokens": self.max_new_tokens, "prompt": self.prompt}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         return out
 
@@ -142,8 +147,8 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     if path is None and not (vlm or sam or vlm_endpoint):
         path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
         if not (path / CONFIG_NAME).is_file():
-            raise CheckpointError("box_prompt has no bundled offline default yet (its grounding run did not reach its "
-                                  "bar, see docs/vlmsam-tiny.md): name --vlm and --sam, or --vlm-endpoint")
+            raise CheckpointError(f"{path}: the bundled box_prompt default (vlmsam-tiny-grounding) is missing from this "
+                                  "installation; `make box-prompt-model` rebuilds it, or name --vlm and --sam, or --vlm-endpoint")
         label = DEFAULT_DIR_NAME
     if path is not None:
         path = Path(path)
@@ -164,7 +169,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     backend = load_sam_backend(sam, device=device, dtype=dtype)
     return BoxPromptSegmenter(runtime, backend, style=style or settings.get("style", "qwen2_5_vl"),
                               union=settings.get("union", False) if union is None else union,
-                              multimask=settings.get("multimask", True),
+                              multimask=settings.get("multimask", True), prompt=settings.get("prompt", "box+point"),
                               max_new_tokens=max_new_tokens if max_new_tokens != 128 else settings.get("max_new_tokens", 128),
                               label=label or f"{vlm} + {sam}")
 

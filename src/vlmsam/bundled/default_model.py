@@ -126,7 +126,10 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     model = SegTokenModel.from_pretrained(checkpoint).merge_lora()
     if out.exists():
         shutil.rmtree(out)
-    segmenter = BoxPromptSegmenter(VlmRuntime(model.vlm, model.processor), SamBackend(model.sam))
+    # multimask off: vlmsam-tiny's SAM was pre-trained on its single output only (its three multimask
+    # tokens and IoU head are untrained), and a box with a point is the unambiguous prompt for which SAM's
+    # authors advise one mask. With multimask on, the same run scored 0.146 instead of 0.62.
+    segmenter = BoxPromptSegmenter(VlmRuntime(model.vlm, model.processor), SamBackend(model.sam), multimask=False)
     segmenter.save_pretrained(out)
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     import yaml
