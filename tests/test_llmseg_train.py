@@ -93,4 +93,5 @@ def test_the_selection_loss_falls_on_a_fixed_batch(setup):
         model(batch).loss.backward()
         optimizer.step()
     last = model(batch)
-    assert float(last.loss) < 0.5 * float(first.loss), (float(first.loss), float(last.loss))
+    first_loss, last_loss = float(first.loss.detach()), float(last.loss.detach())
+    assert last_loss < 0.5 * first_loss, (first_loss, last_loss)
