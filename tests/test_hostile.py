@@ -12,14 +12,11 @@ from tests.conftest import run_cli
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from vlmsam.sam.tiny import build_tiny_sam
-    from vlmsam.seg_token import SegTokenConfig, SegTokenModel
-    from vlmsam.vlm.tiny import save_tiny_vlm
+    from tests.helpers.tiny_segmenters import save_tiny_seg_checkpoint
 
     root = tmp_path_factory.mktemp("hostile")
-    build_tiny_sam().save_pretrained(root / "sam")
-    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
-    SegTokenModel.build(SegTokenConfig(vlm=str(vlm), sam=str(root / "sam"), lora_r=4)).save_pretrained(root / "ckpt")
+    save_tiny_seg_checkpoint(root)
+    vlm = root / "vlm"
     truncated = root / "truncated"
     shutil.copytree(root / "ckpt", truncated)
     data = (truncated / "trainable.safetensors").read_bytes()

@@ -9,7 +9,6 @@ torch for the whole table); ``tests/test_hostile.py`` runs a sample of the same 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -93,14 +92,10 @@ def test_range_types_keep_good_values():
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     from tests.helpers.dataset_trees import write_reason_seg
-    from vlmsam.sam.tiny import build_tiny_sam
-    from vlmsam.seg_token import SegTokenConfig, SegTokenModel
-    from vlmsam.vlm.tiny import save_tiny_vlm
+    from tests.helpers.tiny_segmenters import save_tiny_seg_checkpoint
 
     r = tmp_path_factory.mktemp("table")
-    build_tiny_sam().save_pretrained(r / "sam")
-    vlm = save_tiny_vlm(r / "vlm", "qwen2_5_vl")
-    SegTokenModel.build(SegTokenConfig(vlm=str(vlm), sam=str(r / "sam"), lora_r=4)).save_pretrained(r / "ckpt")
+    save_tiny_seg_checkpoint(r)
     write_reason_seg(r / "data")
     from PIL import Image
 

@@ -410,7 +410,7 @@ def test_grounding_answers_look_at_each_coordinates_edge_of_the_object(bases, im
     _, gh, gw = (batch.image_grid_thw[0] // 2).tolist()
     queries = model.grounding_queries(batch)
     ids, labels = batch.input_ids[0], batch.labels[0]
-    digits = torch.isin(ids, model._digit_token_ids("cpu")) & (labels != -100)
+    digits = torch.isin(ids, model.number_tokens("cpu")[0]) & (labels != -100)
     answer = torch.nonzero(labels != -100)[:, 0]
     decode = model.processor.tokenizer.decode
     # digits past the caption prefix, by the text decoded before them

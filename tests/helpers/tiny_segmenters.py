@@ -117,9 +117,15 @@ def save_tiny_sam2(path: Path) -> Path:
     return path
 
 
+def permissive_amg():
+    """A small grid with the filters off: a random SAM's scores are low, and the suites want proposals."""
+    from vlmsam.sam.amg import AmgConfig
+
+    return AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
 def proposal_select(root: Path):
     from vlmsam.proposal_select.segmenter import ProposalSelectSegmenter
-    from vlmsam.sam.amg import AmgConfig
     from vlmsam.sam.backend import SamBackend
     from vlmsam.sam.tiny import build_tiny_sam
     from vlmsam.vlm.runtime import VlmRuntime
@@ -128,9 +134,7 @@ def proposal_select(root: Path):
     torch.manual_seed(0)
     build_tiny_sam().save_pretrained(root / "sam")
     vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
-    # permissive filters: a random SAM's scores are low, and the suite wants proposals to choose from
-    amg = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-    return ProposalSelectSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), amg=amg, max_proposals=8,
+    return ProposalSelectSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), amg=permissive_amg(), max_proposals=8,
                                    max_new_tokens=8)
 
 
@@ -154,20 +158,29 @@ def llmseg(root: Path):
 
     from vlmsam.proposal_select.llmseg import LlmSegConfig, LlmSegModel
     from vlmsam.proposal_select.segmenter import _llmseg_segmenter
-    from vlmsam.sam.amg import AmgConfig
     from vlmsam.sam.tiny import build_tiny_sam
     from vlmsam.vlm.tiny import save_tiny_vlm
 
     torch.manual_seed(0)
     build_tiny_sam().save_pretrained(root / "sam")
     vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
-    # permissive proposal filters, as for the marks selector
-    amg = AmgConfig(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
     config = LlmSegConfig(vlm=str(vlm), sam=str(root / "sam"), dinov2=str(save_tiny_dinov2(root / "dino")), dino_size=64,
-                          max_proposals=8, head_dim=32, head_heads=2, lora_r=4, lora_alpha=8, amg=asdict(amg))
+                          max_proposals=8, head_dim=32, head_heads=2, lora_r=4, lora_alpha=8, amg=asdict(permissive_amg()))
     model = LlmSegModel.build(config)
     _perturb(model)
     return _llmseg_segmenter(model.eval(), max_new_tokens=8)
 
 
 BUILDERS.update(llmseg=llmseg)
+
+
+def save_tiny_seg_checkpoint(root: Path) -> Path:
+    """Tiny base models in ``root/sam`` and ``root/vlm`` and a [SEG] checkpoint built on them in ``root/ckpt``."""
+    from vlmsam.sam.tiny import build_tiny_sam
+    from vlmsam.seg_token import SegTokenConfig, SegTokenModel
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    build_tiny_sam().save_pretrained(root / "sam")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    SegTokenModel.build(SegTokenConfig(vlm=str(vlm), sam=str(root / "sam"), lora_r=4)).save_pretrained(root / "ckpt")
+    return root / "ckpt"

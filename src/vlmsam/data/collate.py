@@ -58,6 +58,12 @@ class Batch:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def row_pixel_values(self) -> torch.Tensor:
+        """The VLM patches repeated per row (each row's image's patches, in row order), for models that
+        take pixels per row rather than encoding each image once."""
+        patches = torch.split(self.pixel_values, self.image_grid_thw.prod(-1).tolist())
+        return torch.cat([patches[b] for b in self.row_image.tolist()])
+
     def to(self, device) -> Batch:
         move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
         for name in ("input_ids", "labels", "attention_mask", "row_image", "pixel_values", "image_grid_thw", "sam_pixels"):

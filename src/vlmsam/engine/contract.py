@@ -62,6 +62,20 @@ def mark_masks(pieces: Sequence[str]) -> str:
     return " ".join(out.split())
 
 
+def mark_mask_tokens(tokens: Sequence[int], mask_token_id: int, decode) -> str:
+    """Generated token ids with ``mask_token_id`` (``[SEG]``) where each mask goes -> :func:`mark_masks`'
+    answer; ``decode`` turns the ids between them into text."""
+    pieces, current = [], []
+    for t in tokens:
+        if t == mask_token_id:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(t)
+    pieces.append(current)
+    return mark_masks([decode(piece) if piece else "" for piece in pieces])
+
+
 @dataclass(frozen=True)
 class EncodedImage:
     """One image, encoded by one segmenter. Immutable; pass it to that segmenter's ``segment``.

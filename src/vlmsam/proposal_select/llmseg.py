@@ -16,7 +16,6 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,7 +129,6 @@ class LlmSegModel(nn.Module):
         self.head = SelectionHead(dino.dim, hidden, config.head_dim, config.head_depth, config.head_heads)
         self._reader = None
         self._keys: dict[str, list[str]] | None = None
-        self._features: dict[str, torch.Tensor] = {}  # DINOv2 is frozen: one forward per training image
 
     # ---- construction ---------------------------------------------------------------------------
 
@@ -213,13 +211,7 @@ class LlmSegModel(nn.Module):
     def features_for(self, sample: Sample) -> torch.Tensor:
         from vlmsam.io.images import load_image
 
-        key = str(sample.image) if isinstance(sample.image, (str, Path)) else None
-        if key is not None and key in self._features:
-            return self._features[key]
-        features = self.dino(load_image(sample.image))
-        if key is not None:
-            self._features[key] = features
-        return features
+        return self.dino(load_image(sample.image))
 
     # ---- training -------------------------------------------------------------------------------
 
@@ -228,11 +220,9 @@ class LlmSegModel(nn.Module):
             batch = self.collator(batch)
         device = next(self.vlm.parameters()).device
         batch = batch.to(device)
-        rows = batch.row_image.tolist()
-        patches = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())
         out = self.vlm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        mm_token_type_ids=self.processor.mm_token_type_ids(batch.input_ids),
-                       pixel_values=torch.cat([patches[b] for b in rows]), image_grid_thw=batch.image_grid_thw[batch.row_image],
+                       pixel_values=batch.row_pixel_values(), image_grid_thw=batch.image_grid_thw[batch.row_image],
                        output_hidden_states=True)
         logits, labels = out.logits[:, :-1].float(), batch.labels[:, 1:]
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
@@ -312,13 +302,13 @@ class LlmSegModel(nn.Module):
         parts = self._parts()
         for name in {k.split(".", 1)[0] for k in state}:
             module = parts[name]
+            # saved without peft's "base_layer." (trainable_state_dict), so map back to this module's names
+            actual = {k.replace("base_layer.", ""): k for k in module.state_dict()}
             own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")}
-            if hasattr(module, "base_layer") or any("base_layer" in k for k in module.state_dict()):
-                own = {k if k in module.state_dict() else k.replace("weight", "base_layer.weight"): v for k, v in own.items()}
-            missing = set(own) - set(module.state_dict())
-            if missing:
-                raise CheckpointError(f"{path}: {WEIGHTS} does not fit this model ({name}: {sorted(missing)[:3]})")
-            module.load_state_dict(own, strict=False)
+            unknown = sorted(set(own) - set(actual))
+            if unknown:
+                raise CheckpointError(f"{path}: {WEIGHTS} does not fit this model ({name}: {unknown[:3]})")
+            module.load_state_dict({actual[k]: v for k, v in own.items()}, strict=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LlmSegModel:

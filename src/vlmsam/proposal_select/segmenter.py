@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from vlmsam.data import prompts
-from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_masks
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
 from vlmsam.engine.registry import CONFIG_NAME, read_config, register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
@@ -136,15 +136,7 @@ class ProposalSelectSegmenter(SegmenterBase):
                 chosen, iou = model.choose(encoded.extras["features"], proposals, state)
                 chosen_masks.append(proposals[chosen].any(0).cpu().numpy())
                 scores.append(float(iou[chosen].max()))
-            pieces, current = [], []
-            for t in answer.tokens.tolist():
-                if t == model.config.seg_token_id:
-                    pieces.append(current)
-                    current = []
-                else:
-                    current.append(t)
-            pieces.append(current)
-            text = mark_masks([self.vlm.decode(p) if p else "" for p in pieces])
+            text = mark_mask_tokens(answer.tokens.tolist(), model.config.seg_token_id, self.vlm.decode)
             results.append(SegmentationResult(
                 masks=np.stack(chosen_masks) if chosen_masks else np.zeros((0, *encoded.size), bool),
                 scores=np.array(scores, np.float32), text=text))

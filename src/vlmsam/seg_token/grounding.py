@@ -77,17 +77,17 @@ class GroundingMixin:
         """Grounding answers (``meta["box_objects"]``): the token that predicts each digit of a box's
         ``x1, y1, x2, y2`` looks at the object's leftmost / top / rightmost / bottom cells, and of its
         point at all the object's cells, so the number can be read from where the head looks. The
-        answer's numbers are runs of digit tokens, six per object (the last ones: a caption may come first);
-        an answer with fewer gets none."""
-        digits = torch.isin(ids, self._digit_token_ids(ids.device)) & (labels != -100)
+        answer's numbers are runs of number tokens right after ``[`` or ``,`` (list values, not the 2 of
+        ``bbox_2d``), six per object (the last ones); an answer with fewer gets none."""
+        numbers, _, openers = self.number_tokens(ids.device)
+        digits = torch.isin(ids, numbers) & (labels != -100)
         runs, p = [], 0
         positions = torch.nonzero(digits)[:, 0].tolist()
-        decode = self.processor.tokenizer.decode
         while p < len(positions):
             q = p
             while q + 1 < len(positions) and positions[q + 1] == positions[q] + 1:
                 q += 1
-            if decode(ids[positions[p] - 1:positions[p]]).rstrip().endswith(("[", ",")):  # a number, not "bbox_2d"'s 2
+            if bool(torch.isin(ids[positions[p] - 1], openers)):
                 runs.append(positions[p:q + 1])
             p = q + 1
         if len(runs) < 6 * len(objects):
@@ -104,12 +104,6 @@ class GroundingMixin:
             for run, wanted in zip(runs[6 * o:6 * o + 6], edges):
                 out += [(t - 1, wanted.flatten()) for t in run]
         return out
-
-    def _digit_token_ids(self, device) -> torch.Tensor:
-        if getattr(self, "_digits", None) is None or self._digits.device != torch.device(device):
-            vocab = self.processor.tokenizer.get_vocab()
-            self._digits = torch.tensor(sorted(i for t, i in vocab.items() if t.isdigit()), device=device)
-        return self._digits
 
     def grounding_loss(self, batch: Batch, attention: torch.Tensor) -> torch.Tensor:
         """Mean CE between each query's wanted distribution and where the first head of the

@@ -127,10 +127,8 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
         features = self._base_vlm().model.get_image_features(batch.pixel_values, batch.image_grid_thw, return_dict=True)
         if len(batch.row_image) != len(batch) and getattr(features, "deepstack_features", None) is not None:
             # Qwen3-VL also feeds per-token deepstack features; repeat the pixels per row instead.
-            rows = batch.row_image.tolist()
-            patches = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())
-            pixel_values = torch.cat([patches[b] for b in rows])
-            return self._base_vlm().model.get_image_features(pixel_values, batch.image_grid_thw[batch.row_image], return_dict=True)
+            return self._base_vlm().model.get_image_features(batch.row_pixel_values(), batch.image_grid_thw[batch.row_image],
+                                                             return_dict=True)
         features.pooler_output = tuple(features.pooler_output[b] for b in batch.row_image.tolist())
         return features
 

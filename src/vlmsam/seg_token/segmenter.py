@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vlmsam.data import prompts
-from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_masks
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
 from vlmsam.engine.registry import register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
@@ -94,16 +94,7 @@ class SegTokenSegmenter(SegmenterBase):
 
     def answer_text(self, tokens: torch.Tensor) -> str:
         """The answer with ``[mask k]`` where the k-th ``[SEG]`` was ("Sure, [mask 1].")."""
-        seg = self.model.config.seg_token_id
-        pieces, current = [], []
-        for t in tokens.tolist():
-            if t == seg:
-                pieces.append(current)
-                current = []
-            else:
-                current.append(t)
-        pieces.append(current)
-        return mark_masks([self.vlm.decode(piece) if piece else "" for piece in pieces])
+        return mark_mask_tokens(tokens.tolist(), self.model.config.seg_token_id, self.vlm.decode)
 
     def save_pretrained(self, path: str | Path) -> Path:
         return self.model.save_pretrained(path)
