@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `torch` requirement would otherwise pull several GB of CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model
+.PHONY: setup test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model
 
 setup: $(STAMP)
 
@@ -32,11 +32,13 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Segments the bundled example scene with the bundled vlmsam-tiny model (no download).
+# Segments the bundled example scene with each design's bundled default (no download).
 demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --out outputs/demo
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter box_prompt \
 		--out outputs/demo-box-prompt
+	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter proposal_select \
+		--out outputs/demo-proposal-select
 
 # Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
@@ -77,6 +79,29 @@ box-prompt-model: $(STAMP)
 	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-grounding --dataset reason_seg:test --dataset-dir build/synth-fresh \
 		--out build/vlmsam-tiny-grounding/eval
 	rm -rf src/vlmsam/weights/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding src/vlmsam/weights/
+
+# The proposal_select design's offline default, selector llmseg (about 60 minutes on 2 cores): vlmsam-tiny's SAM
+# with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2
+# pre-trained densely here, automatic proposals over 2,000 training scenes (two processes under torchrun), the
+# selection head trained over them on vlmsam-tiny's frozen VLM (configs/llmseg_tiny.yaml), exported to
+# build/vlmsam-tiny-llmseg and evaluated on the fresh test scenes. docs/vlmsam-tiny.md has the runs.
+LLMSEG_ENV := OMP_NUM_THREADS=1
+llmseg-model: $(STAMP)
+	rm -rf build/llmseg build/runs/llmseg-tiny
+	$(PY) -m vlmsam data synth --out build/llmseg/synth --n 2500 --seed 11
+	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('src/vlmsam/weights/vlmsam-tiny').save_merged('build/llmseg/vlm')"
+	$(PY) -m vlmsam pretrain-sam src/vlmsam/weights/vlmsam-tiny/sam --data build/synth --out build/llmseg/sam-multimask \
+		--steps 800 --lr 1e-3 --multimask --background-share 0.5 --point-share 0.7 --freeze-image-encoder
+	$(PY) -c "from vlmsam.bundled.pretrain_dinov2 import *; pretrain_dinov2('build/synth', 'build/llmseg/dinov2-tiny', DinoPretrainConfig(steps=1200, batch_size=24))"
+	$(LLMSEG_ENV) $(VENV)/bin/torchrun --nproc_per_node=2 -m vlmsam proposals --dataset-dir build/llmseg/synth \
+		--datasets reason_seg:train --out build/llmseg/proposals --sam build/llmseg/sam-multimask --points-per-side 16 \
+		--pred-iou-thresh 0.7 --stability-score-thresh 0.85
+	$(PY) -m vlmsam train configs/llmseg_tiny.yaml --overwrite
+	$(PY) -c "from vlmsam.bundled.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny', 'build/vlmsam-tiny-llmseg')"
+	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
+	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-llmseg --dataset reason_seg:test --dataset-dir build/synth-fresh \
+		--out build/vlmsam-tiny-llmseg/eval
+	rm -rf src/vlmsam/weights/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg src/vlmsam/weights/
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).
 bench: $(STAMP)

@@ -68,3 +68,47 @@ def test_segment_with_the_box_prompt_default(tmp_path):
     proc = run_cli("segment", scene, "the orange hexagon", "--segmenter", "box_prompt", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "answer: " in proc.stdout and "bbox_2d" in proc.stdout and (tmp_path / "scene_overlay.jpg").is_file()
+
+
+LLMSEG_DIR = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-llmseg"
+
+
+def test_bundled_proposal_select_default_is_small_and_complete():
+    files = [p for p in LLMSEG_DIR.rglob("*") if p.is_file()]
+    assert 0 < sum(p.stat().st_size for p in files if p.suffix == ".safetensors") <= 25 * 2**20
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    for name in ("vlmsam_config.json", "train_config.yaml", "provenance.json", "eval/metrics.json", "llmseg.safetensors",
+                 "vlm/config.json", "sam/config.json", "dinov2/config.json"):
+        assert (LLMSEG_DIR / name).is_file(), name
+    config = json.loads((LLMSEG_DIR / "vlmsam_config.json").read_text())
+    assert config["model_type"] == "vlmsam_proposal_select" and config["selector"] == "llmseg"
+    assert (config["vlm"], config["sam"], config["dinov2"], config["proposals"]) == ("vlm", "sam", "dinov2", "")
+
+
+def test_bundled_proposal_select_sam_proposes_the_shapes(tmp_path):
+    """The bundled SAM's automatic masks, with the bundle's settings, cover the drawn shapes: recall at
+    IoU >= 0.8 over every visible shape of 20 fresh scenes (the figure is printed for the record)."""
+    from vlmsam.bundled.proposal_recall import shape_recall
+    from vlmsam.sam.amg import AmgConfig
+
+    write_synth(tmp_path, 20, seed=646464, splits={"test": 1.0}, progress=False)
+    amg = AmgConfig(**json.loads((LLMSEG_DIR / "vlmsam_config.json").read_text())["amg"])
+    recall = shape_recall(LLMSEG_DIR / "sam", tmp_path, n=20, amg=amg, progress=False)
+    print(recall)
+    assert recall["shapes"] >= 40 and recall["recall@0.8"] >= RECALL_BAR, recall
+
+
+def test_bundled_proposal_select_default_quality_on_fresh_scenes(tmp_path):
+    write_synth(tmp_path, 60, seed=535353, splits={"test": 1.0}, progress=False)
+    proc = run_cli("evaluate", "--segmenter", "proposal_select", "--dataset", "reason_seg:test", "--dataset-dir", tmp_path,
+                   "--out", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 60 and metrics["giou"] >= LLMSEG_GIOU_BAR, metrics
+
+
+def test_segment_with_the_proposal_select_default(tmp_path):
+    scene = Path(__file__).parent.parent / "examples" / "scene.jpg"
+    proc = run_cli("segment", scene, "the orange hexagon", "--segmenter", "proposal_select", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "answer: " in proc.stdout and "[mask 1]" in proc.stdout and (tmp_path / "scene_mask_0.png").is_file()

@@ -74,3 +74,20 @@ def test_losses_and_selection_rules():
     assert select(torch.tensor([0.9, 0.6, 0.1])).tolist() == [0, 1]
     assert select(torch.tensor([0.2, 0.4, 0.1])).tolist() == [1]  # none above 0.5: the best one
     assert select(torch.tensor([0.9, 0.6, 0.1]), single=True).tolist() == [0]
+
+
+def test_geometry_gives_each_mask_its_box_and_size():
+    from vlmsam.proposal_select.llmseg_head import geometry
+
+    masks = torch.zeros(2, 10, 20, dtype=torch.bool)
+    masks[0, 2:5, 4:10] = True
+    masks[1] = True
+    got = geometry(masks)
+    assert torch.allclose(got[0], torch.tensor([4 / 20, 2 / 10, 10 / 20, 5 / 10, (18 / 200) ** 0.5]))
+    assert torch.allclose(got[1], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]))
+    head = SelectionHead(feature_dim=8, seg_dim=8, dim=16, depth=1, heads=2, geometry=True)
+    features = torch.zeros(8, 4, 4)  # no feature tells the two masks apart; only their geometry does
+    pooled = head.pool(features, masks)
+    assert not torch.allclose(pooled[0], pooled[1])
+    plain = SelectionHead(feature_dim=8, seg_dim=8, dim=16, depth=1, heads=2).pool(features, masks)
+    assert torch.allclose(plain[0], plain[1])

@@ -170,3 +170,54 @@ def add_number_tokens(model_dir: str | Path, up_to: int) -> int:
     model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.save_pretrained(vlm_dir)
     return added
+
+
+LLMSEG_DIR_NAME = "vlmsam-tiny-llmseg"
+
+
+def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: str = "last") -> Path:
+    """The proposal_select design's offline default from an llmseg run (configs/llmseg_tiny.yaml): the
+    checkpoint's head (and whatever of the VLM it trained), with the VLM, the proposing SAM and DINOv2 the
+    run named copied beside it and named relative to the bundle, the training config and provenance."""
+    import json
+    import shutil
+
+    import yaml
+
+    from vlmsam.proposal_select.llmseg import LlmSegModel
+    from vlmsam.train.checkpoint import list_checkpoints
+
+    run = Path(run)
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        raise FileNotFoundError(f"{run}: no checkpoints")
+    checkpoint = checkpoints[-1] if which == "last" else run / "checkpoints" / which
+    out = Path(out_dir) if out_dir else DEFAULT_MODEL_DIR.parent / LLMSEG_DIR_NAME
+    model = LlmSegModel.from_pretrained(checkpoint)
+    if out.exists():
+        shutil.rmtree(out)
+    parts = {"vlm": model.config.vlm, "sam": model.config.sam, "dinov2": model.config.dinov2}
+    if model.config.use_lora or model.config.train_language_model:
+        raise ValueError("export_llmseg bundles a frozen VLM as it was named; merge a trained one first")
+    for name, source in parts.items():
+        shutil.copytree(source, out / name, ignore=shutil.ignore_patterns("pretrain_head.safetensors"))
+        setattr(model.config, name, name)
+    model.config.proposals = ""  # training input only
+    model.save_pretrained(out)
+    shutil.copy(run / "config.yaml", out / "train_config.yaml")
+    started = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    sam_log = json.loads((Path(parts["sam"]) / "pretrain.json").read_text()) if (Path(parts["sam"]) / "pretrain.json").is_file() else {}
+    dino_log = json.loads((Path(parts["dinov2"]) / "pretrain.json").read_text()) if (Path(parts["dinov2"]) / "pretrain.json").is_file() else {}
+    (out / "provenance.json").write_text(json.dumps({
+        "design": "proposal_select", "selector": "llmseg",
+        "made_by": "make llmseg-model: configs/llmseg_tiny.yaml over `vlmsam proposals` of build/llmseg/synth",
+        "run": str(run), "checkpoint": checkpoint.name, "started_from": {k: started.get(k) for k in ("vlm", "sam", "dinov2")},
+        "vlm": "vlmsam-tiny's VLM, merged, frozen (unchanged)",
+        "sam": "vlmsam-tiny's SAM after `vlmsam pretrain-sam --multimask` (multimask outputs and IoU head trained)",
+        "sam_pretrain": {k: sam_log.get(k) for k in ("steps", "lr", "val_iou", "val_multimask_best_iou", "background_share",
+                                                     "point_share", "freeze_image_encoder")},
+        "dinov2": "a tiny transformers Dinov2Model pre-trained here with a supervised dense objective "
+                  "(vlmsam/bundled/pretrain_dinov2.py), frozen; not Meta's DINOv2 and not self-supervised",
+        "dinov2_pretrain": {k: dino_log.get(k) for k in ("steps", "hidden", "layers", "patch", "size", "val_colour_acc", "val_kind_acc")},
+    }, indent=2))
+    return out

@@ -22,6 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("sam", help="SAM directory to start from (e.g. the untrained vlmsam-tiny base)")
     _pretrain_arguments(t, "the pre-trained SamModel", steps=3000, batch="images per step, 3 shapes each (default 16)",
                         seed="prompt sampling and initialisation seed")
+    t.add_argument("--multimask", action="store_true", default=argparse.SUPPRESS,
+                   help="also train the three multimask outputs (the best one per prompt) and the IoU head, what "
+                   "`vlmsam sam --everything` and proposals rely on")
+    t.add_argument("--point-share", type=number(0, 1, what="a share"), default=argparse.SUPPRESS,
+                   help="share of prompts that are one point; the rest a box, or a box and a point (default 0.5)")
+    t.add_argument("--background-share", type=number(0, 1, what="a share"), default=argparse.SUPPRESS,
+                   help="with --multimask: images that also get a background point, rated IoU 0 (default 0)")
+    t.add_argument("--freeze-image-encoder", action="store_true", default=argparse.SUPPRESS,
+                   help="train only the prompt encoder and mask decoder")
     t.set_defaults(run=run_pretrain)
 
     v = sub.add_parser(
@@ -56,7 +65,8 @@ def _pretrain_arguments(p: argparse.ArgumentParser, output: str, *, steps: int, 
 
 def _given(args: argparse.Namespace) -> dict:
     """The pre-training options given on the command line (the rest keep the config's defaults)."""
-    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "kind_weight", "position_weight") if hasattr(args, k)}
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "kind_weight", "position_weight", "multimask",
+                                                 "point_share", "background_share", "freeze_image_encoder") if hasattr(args, k)}
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -67,7 +77,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.sam}: not a SAM directory")
     config = PretrainConfig(**_given(args))
     log = pretrain_sam(args.sam, args.data, args.out, config)
-    print(f"pre-trained SAM: held-out IoU {log['val_iou']:.3f} (point/box prompts, {config.steps} steps) -> {args.out}")
+    multimask = f", multimask best-rated {log['val_multimask_best_iou']:.3f}" if config.multimask else ""
+    print(f"pre-trained SAM: held-out IoU {log['val_iou']:.3f}{multimask} (point/box prompts, {config.steps} steps) -> {args.out}")
     return 0
 
 

@@ -45,6 +45,7 @@ class LlmSegConfig:
     head_dim: int = 256
     head_depth: int = 2
     head_heads: int = 8
+    head_geometry: bool = False  # add each proposal's box and size to its pooled features (not in LLM-Seg)
     select_threshold: float = 0.5  # inference: the union of proposals with predicted IoU above this
     select_single: bool = False  # inference: only the best proposal
     seg_token_id: int = -1
@@ -126,7 +127,8 @@ class LlmSegModel(nn.Module):
         super().__init__()
         self.config, self.processor, self.vlm, self.dino = config, processor, vlm, dino
         hidden = self._base_vlm().config.get_text_config().hidden_size
-        self.head = SelectionHead(dino.dim, hidden, config.head_dim, config.head_depth, config.head_heads)
+        self.head = SelectionHead(dino.dim, hidden, config.head_dim, config.head_depth, config.head_heads,
+                                  config.head_geometry)
         self._reader = None
         self._keys: dict[str, list[str]] | None = None
 
@@ -317,6 +319,9 @@ class LlmSegModel(nn.Module):
 
         path = Path(path)
         config = LlmSegConfig.from_dict(read_config(path))
+        for name in ("vlm", "sam", "dinov2"):  # a bundle names its parts relative to itself
+            if getattr(config, name) and (path / getattr(config, name)).is_dir():
+                setattr(config, name, str(path / getattr(config, name)))
         vlm = load_vlm_model(config.vlm)
         processor = VlmProcessor.from_pretrained(path)
         if processor.seg_token_id != config.seg_token_id:

@@ -7,7 +7,10 @@ Losses: alignment (KL between softmax(GT IoU / 0.05) and softmax(cosine / 0.05))
 regression (MSE weighted by exp(GT - 1), x 50); the language CE comes from the VLM. Inference: the
 union of the proposals whose predicted IoU is above 0.5, or the single best.
 
-Not wired into ``vlmsam train`` yet: the module, its losses and a learning test exist.
+``geometry`` (off by default, as in LLM-Seg) adds each proposal's box and size, embedded linearly,
+to its pooled features. Averaging features inside a mask keeps what a proposal shows and roughly
+where, but not how large it is, which "the largest triangle" needs; SAM already knows the mask, so
+the head is told instead of having to infer it.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ class TwoWayBlock(nn.Module):
 
 
 class SelectionHead(nn.Module):
-    def __init__(self, feature_dim: int, seg_dim: int, dim: int = 256, depth: int = 2, heads: int = 8):
+    def __init__(self, feature_dim: int, seg_dim: int, dim: int = 256, depth: int = 2, heads: int = 8,
+                 geometry: bool = False):
         super().__init__()
         self.feature_proj = nn.Conv2d(feature_dim, dim, kernel_size=1)
+        self.geometry_proj = nn.Linear(5, dim) if geometry else None
         self.seg_proj = nn.Sequential(nn.Linear(seg_dim, seg_dim), nn.ReLU(inplace=True), nn.Linear(seg_dim, dim))
         self.blocks = nn.ModuleList(TwoWayBlock(dim, heads, 2 * dim) for _ in range(depth))
         self.iou_head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
@@ -53,7 +58,10 @@ class SelectionHead(nn.Module):
         """``features (C, h, w)`` and ``masks (K, H, W)`` -> ``(K, dim)``: projected features averaged in each mask."""
         projected = self.feature_proj(features[None])[0]  # (dim, h, w)
         weights = F.adaptive_avg_pool2d(masks.float()[:, None], projected.shape[-2:])[:, 0]  # share of each cell
-        return torch.einsum("khw,dhw->kd", weights, projected) / weights.flatten(1).sum(1, keepdim=True).clamp_min(1e-6)
+        pooled = torch.einsum("khw,dhw->kd", weights, projected) / weights.flatten(1).sum(1, keepdim=True).clamp_min(1e-6)
+        if self.geometry_proj is not None:
+            pooled = pooled + self.geometry_proj(geometry(masks).to(pooled.dtype))
+        return pooled
 
     def forward(self, features: torch.Tensor, masks: torch.Tensor, seg_embedding: torch.Tensor):
         """Predicted IoU ``(K,)`` of each proposal with what ``seg_embedding`` means, the proposals'
@@ -64,6 +72,21 @@ class SelectionHead(nn.Module):
             queries, proposals = block(queries, proposals)
         iou = torch.sigmoid(self.iou_head(proposals)[0, :, 0])
         return iou, self.embed_head(proposals[0]), queries[0, 0]
+
+
+def geometry(masks: torch.Tensor) -> torch.Tensor:
+    """``(K, 5)``: each mask's box ``x1, y1, x2, y2`` in image fractions and the square root of its area share."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(2), masks.any(1)  # (K, H), (K, W)
+    def extent(hit: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(n, device=hit.device).expand_as(hit)
+        first = torch.where(hit, index, n).min(1).values.clamp_max(n - 1)
+        last = torch.where(hit, index, -1).max(1).values.clamp_min(0) + 1
+        return first.float() / n, last.float() / n
+    y1, y2 = extent(rows, h)
+    x1, x2 = extent(cols, w)
+    area = masks.flatten(1).float().mean(1).sqrt()
+    return torch.stack([x1, y1, x2, y2, area], -1)
 
 
 def selection_losses(iou: torch.Tensor, proposal_emb: torch.Tensor, query_emb: torch.Tensor, gt_iou: torch.Tensor) -> dict:

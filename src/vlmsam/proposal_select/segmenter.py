@@ -167,12 +167,22 @@ class ProposalSelectSegmenter(SegmenterBase):
         return out
 
 
+DEFAULT_DIR_NAME = "vlmsam-tiny-llmseg"
+
+
 def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tokens: int = 32, vlm_endpoint=None, **_):
     from vlmsam.sam import SamBackend
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
     settings = {}
+    if path is None and not (vlm or sam or vlm_endpoint):
+        from vlmsam.engine.registry import DEFAULT_MODEL_DIR
+
+        path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{path}: the bundled proposal_select default ({DEFAULT_DIR_NAME}) is missing from this "
+                                  "installation; `make llmseg-model` rebuilds it, or name --vlm and --sam, or --vlm-endpoint")
     if path is not None:
         settings = read_config(path)
         if settings.get("selector") == "llmseg":
@@ -180,8 +190,8 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
         sam = sam or str(Path(path) / settings.get("sam", "sam"))
     if not vlm or not sam:
-        raise CheckpointError("proposal_select needs a VLM (--vlm or --vlm-endpoint) and a SAM (--sam); no offline default "
-                              "is bundled for it yet")
+        raise CheckpointError("proposal_select needs both a VLM (--vlm or --vlm-endpoint) and a SAM (--sam), or neither "
+                              f"(the bundled {DEFAULT_DIR_NAME})")
     runtime = RemoteVlm(vlm_endpoint, vlm) if vlm_endpoint else VlmRuntime.load(vlm, dtype=dtype, device=device)
     return ProposalSelectSegmenter(runtime, SamBackend.from_pretrained(sam, device=device, dtype=dtype),
                                    amg=AmgConfig(**settings.get("amg", {})), max_proposals=settings.get("max_proposals", 50),
