@@ -175,10 +175,12 @@ def add_number_tokens(model_dir: str | Path, up_to: int) -> int:
 LLMSEG_DIR_NAME = "vlmsam-tiny-llmseg"
 
 
-def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: str = "last") -> Path:
+def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: str = "last",
+                  select_single: bool | None = None) -> Path:
     """The proposal_select design's offline default from an llmseg run (configs/llmseg_tiny.yaml): the
     checkpoint's head (and whatever of the VLM it trained), with the VLM, the proposing SAM and DINOv2 the
-    run named copied beside it and named relative to the bundle, the training config and provenance."""
+    run named copied beside it and named relative to the bundle, the training config and provenance.
+    ``select_single`` sets the inference rule (the best proposal, or the union above the threshold)."""
     import json
     import shutil
 
@@ -203,6 +205,8 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
         shutil.copytree(source, out / name, ignore=shutil.ignore_patterns("pretrain_head.safetensors"))
         setattr(model.config, name, name)
     model.config.proposals = ""  # training input only
+    if select_single is not None:
+        model.config.select_single = select_single
     model.save_pretrained(out)
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     started = yaml.safe_load((run / "config.yaml").read_text())["model"]
@@ -219,5 +223,6 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
         "dinov2": "a tiny transformers Dinov2Model pre-trained here with a supervised dense objective "
                   "(vlmsam/bundled/pretrain_dinov2.py), frozen; not Meta's DINOv2 and not self-supervised",
         "dinov2_pretrain": {k: dino_log.get(k) for k in ("steps", "hidden", "layers", "patch", "size", "val_colour_acc", "val_kind_acc")},
+        "inference": {"select_single": model.config.select_single},
     }, indent=2))
     return out
