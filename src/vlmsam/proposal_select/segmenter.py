@@ -175,18 +175,18 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
-    settings = {}
+    settings, label = {}, ""
     if path is None and not (vlm or sam or vlm_endpoint):
         from vlmsam.engine.registry import DEFAULT_MODEL_DIR
 
-        path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
+        path, label = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME, DEFAULT_DIR_NAME
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path}: the bundled proposal_select default ({DEFAULT_DIR_NAME}) is missing from this "
                                   "installation; `make llmseg-model` rebuilds it, or name --vlm and --sam, or --vlm-endpoint")
     if path is not None:
         settings = read_config(path)
         if settings.get("selector") == "llmseg":
-            return _build_llmseg(path, sam=sam, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+            return _build_llmseg(path, sam=sam, device=device, dtype=dtype, max_new_tokens=max_new_tokens, label=label)
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
         sam = sam or str(Path(path) / settings.get("sam", "sam"))
     if not vlm or not sam:
@@ -198,7 +198,7 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
                                    max_new_tokens=settings.get("max_new_tokens", max_new_tokens), label=str(path or f"{vlm} + {sam}"))
 
 
-def _build_llmseg(path, *, sam=None, device=None, dtype=None, max_new_tokens: int = 32) -> ProposalSelectSegmenter:
+def _build_llmseg(path, *, sam=None, device=None, dtype=None, max_new_tokens: int = 32, label: str = "") -> ProposalSelectSegmenter:
     from vlmsam.proposal_select.llmseg import LlmSegModel
 
     model = LlmSegModel.from_pretrained(path)
@@ -206,7 +206,7 @@ def _build_llmseg(path, *, sam=None, device=None, dtype=None, max_new_tokens: in
         model.to(dtype)
     if device is not None:
         model.to(device)
-    return _llmseg_segmenter(model, sam=sam, label=str(path), max_new_tokens=max_new_tokens)
+    return _llmseg_segmenter(model, sam=sam, label=label or str(path), max_new_tokens=max_new_tokens)
 
 
 def _llmseg_segmenter(model, *, sam=None, label: str = "", max_new_tokens: int = 32) -> ProposalSelectSegmenter:
