@@ -139,11 +139,11 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     low, predicted = backend.decode(e, sparse_embeddings=sparse, multimask_output=True)
                     logits = backend.upscale_logits(low, e)[0]  # (3, H, W)
                     targets = target.expand(len(logits), -1, -1)
-                    per_output = torch.stack([2.0 * sigmoid_bce_loss(logits[k : k + 1], targets[k : k + 1])
-                                              + dice_loss(logits[k : k + 1], targets[k : k + 1]) for k in range(len(logits))])
-                    k = int(per_output.argmin())  # only the best output learns this prompt (SAM's ambiguity-aware loss)
-                    bce = bce + sigmoid_bce_loss(logits[k : k + 1], targets[k : k + 1])
-                    dice = dice + dice_loss(logits[k : k + 1], targets[k : k + 1])
+                    parts = [(sigmoid_bce_loss(logits[k : k + 1], targets[k : k + 1]), dice_loss(logits[k : k + 1], targets[k : k + 1]))
+                             for k in range(len(logits))]
+                    # only the best output learns this prompt (SAM's ambiguity-aware loss)
+                    k = min(range(len(parts)), key=lambda j: float(2.0 * parts[j][0] + parts[j][1]))
+                    bce, dice = bce + parts[k][0], dice + parts[k][1]
                     real = _iou(logits, target[0].bool())
                     iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
                     best.append(float(real[predicted[0].argmax()]))
