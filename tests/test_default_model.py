@@ -71,6 +71,8 @@ def test_segment_with_the_box_prompt_default(tmp_path):
 
 
 LLMSEG_DIR = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-llmseg"
+# Measured: recall 0.89 on these 20 scenes (0.867 over the 500 test scenes); gIoU 0.80 on these 60 (0.819 on the
+# 500). The gIoU bar is the issue's own; a sample of 60 varies by about +-0.05.
 RECALL_BAR = 0.75
 LLMSEG_GIOU_BAR = 0.60
 
