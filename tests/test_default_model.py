@@ -54,12 +54,17 @@ def test_bundled_box_prompt_default_is_small_and_complete():
 
 # The box_prompt default scores its bar (0.60) on the 500 fresh test scenes (eval/metrics.json); on 60 other
 # fresh scenes a sample this small varies by about +-0.05, so the test's bar is 0.50.
-def test_bundled_box_prompt_default_quality_on_fresh_scenes(tmp_path):
+def fresh_scene_metrics(tmp_path, segmenter: str) -> dict:
+    """``vlmsam evaluate`` of a design's bundled default on 60 fresh scenes (a seed no default trained on)."""
     write_synth(tmp_path, 60, seed=535353, splits={"test": 1.0}, progress=False)
-    proc = run_cli("evaluate", "--segmenter", "box_prompt", "--dataset", "reason_seg:test", "--dataset-dir", tmp_path,
+    proc = run_cli("evaluate", "--segmenter", segmenter, "--dataset", "reason_seg:test", "--dataset-dir", tmp_path,
                    "--out", tmp_path / "eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    return json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_bundled_box_prompt_default_quality_on_fresh_scenes(tmp_path):
+    metrics = fresh_scene_metrics(tmp_path, "box_prompt")
     assert metrics["n"] == 60 and metrics["giou"] >= 0.50, metrics
 
 
@@ -103,11 +108,7 @@ def test_bundled_proposal_select_sam_proposes_the_shapes(tmp_path):
 
 
 def test_bundled_proposal_select_default_quality_on_fresh_scenes(tmp_path):
-    write_synth(tmp_path, 60, seed=535353, splits={"test": 1.0}, progress=False)
-    proc = run_cli("evaluate", "--segmenter", "proposal_select", "--dataset", "reason_seg:test", "--dataset-dir", tmp_path,
-                   "--out", tmp_path / "eval")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = fresh_scene_metrics(tmp_path, "proposal_select")
     assert metrics["n"] == 60 and metrics["giou"] >= LLMSEG_GIOU_BAR, metrics
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vlmsam.proposal_select.llmseg_head import SelectionHead, mask_iou, select, selection_losses
+from vlmsam.metrics.iou import mask_iou
+from vlmsam.proposal_select.llmseg_head import SelectionHead, select, selection_losses
 
 COLORS = np.array([(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 200, 30), (200, 30, 200), (30, 200, 200)], np.float32)
 

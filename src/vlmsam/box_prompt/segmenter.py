@@ -137,7 +137,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
           vlm_endpoint: str | None = None, style: str | None = None, union: bool | None = None) -> BoxPromptSegmenter:
     """A box_prompt checkpoint (``path``), the bundled default (nothing named), base models by hub id or
     path (``vlm`` + ``sam``), or a remote VLM (``vlm_endpoint`` + ``vlm`` as its model name) with ``sam``."""
-    from vlmsam.engine.registry import DEFAULT_MODEL_DIR
+    from vlmsam.engine.registry import bundled_default
     from vlmsam.sam import load_sam_backend
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
@@ -145,11 +145,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     settings = {}
     label = ""
     if path is None and not (vlm or sam or vlm_endpoint):
-        path = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME
-        if not (path / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path}: the bundled box_prompt default (vlmsam-tiny-grounding) is missing from this "
-                                  "installation; `make box-prompt-model` rebuilds it, or name --vlm and --sam, or --vlm-endpoint")
-        label = DEFAULT_DIR_NAME
+        path, label = bundled_default(DEFAULT_DIR_NAME, "make box-prompt-model"), DEFAULT_DIR_NAME
     if path is not None:
         path = Path(path)
         settings = read_config(path)

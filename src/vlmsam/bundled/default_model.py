@@ -63,6 +63,24 @@ def build_base(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def _run_checkpoint(run: Path, which: str) -> Path:
+    """A run's last checkpoint (``which="last"``) or the named one (``step_001500``)."""
+    from vlmsam.train.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(run)
+    if not checkpoints:
+        raise FileNotFoundError(f"{run}: no checkpoints")
+    return checkpoints[-1] if which == "last" else run / "checkpoints" / which
+
+
+def _pretrain_record(part: str | Path) -> dict | None:
+    """The ``pretrain.json`` a pre-training command wrote beside a model (None where there is none)."""
+    import json
+
+    record = Path(part) / "pretrain.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
 def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, which: str = "best", data_seed: int = 0,
            n_scenes: int = 25000) -> Path:
     """A trained checkpoint -> a standalone model directory (full weights, no references), with the
@@ -85,16 +103,15 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, w
     if out.exists():
         shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
-    sam_record = Path(model.config.sam) / "pretrain.json"  # before save_merged renames the bases
-    vision_record = Path(model.config.vlm) / "pretrain.json"
+    sam_record, vision_record = _pretrain_record(model.config.sam), _pretrain_record(model.config.vlm)  # before save_merged renames the bases
     model.save_merged(out)
     shutil.copy(checkpoint / "config.yaml", out / "train_config.yaml")
     (out / "provenance.json").write_text(json.dumps({
         "trained_from": "scratch (configs/vlmsam_tiny.yaml, make tiny-model)",
         "checkpoint_step": int(checkpoint.name.split("_")[-1]),
         "checkpoint_choice": choice,
-        "sam_pretraining": json.loads(sam_record.read_text()) if sam_record.is_file() else None,
-        "vision_pretraining": json.loads(vision_record.read_text()) if vision_record.is_file() else None,
+        "sam_pretraining": sam_record,
+        "vision_pretraining": vision_record,
         "data": f"vlmsam data synth --n {n_scenes} --seed {data_seed} (train split)",
         "evaluation": "vlmsam data synth --n 5000 --seed 7 (test split, a seed not used in training) -> eval/metrics.json",
     }, indent=2))
@@ -114,14 +131,10 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     from vlmsam.box_prompt.segmenter import BoxPromptSegmenter
     from vlmsam.sam.backend import SamBackend
     from vlmsam.seg_token import SegTokenModel
-    from vlmsam.train.checkpoint import list_checkpoints
     from vlmsam.vlm.runtime import VlmRuntime
 
     run = Path(run)
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run}: no checkpoints")
-    checkpoint = checkpoints[-1] if which == "last" else run / "checkpoints" / which
+    checkpoint = _run_checkpoint(run, which)
     out = Path(out_dir) if out_dir else DEFAULT_MODEL_DIR.parent / BOX_PROMPT_DIR_NAME
     model = SegTokenModel.from_pretrained(checkpoint).merge_lora()
     if out.exists():
@@ -187,20 +200,16 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
     import yaml
 
     from vlmsam.proposal_select.llmseg import LlmSegModel
-    from vlmsam.train.checkpoint import list_checkpoints
 
     run = Path(run)
-    checkpoints = list_checkpoints(run)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run}: no checkpoints")
-    checkpoint = checkpoints[-1] if which == "last" else run / "checkpoints" / which
+    checkpoint = _run_checkpoint(run, which)
     out = Path(out_dir) if out_dir else DEFAULT_MODEL_DIR.parent / LLMSEG_DIR_NAME
     model = LlmSegModel.from_pretrained(checkpoint)
+    if model.config.use_lora or model.config.train_language_model:
+        raise ValueError("export_llmseg bundles a frozen VLM as it was named; merge a trained one first")
     if out.exists():
         shutil.rmtree(out)
     parts = {"vlm": model.config.vlm, "sam": model.config.sam, "dinov2": model.config.dinov2}
-    if model.config.use_lora or model.config.train_language_model:
-        raise ValueError("export_llmseg bundles a frozen VLM as it was named; merge a trained one first")
     for name, source in parts.items():
         shutil.copytree(source, out / name, ignore=shutil.ignore_patterns("pretrain_head.safetensors"))
         setattr(model.config, name, name)
@@ -210,8 +219,7 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
     model.save_pretrained(out)
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     started = yaml.safe_load((run / "config.yaml").read_text())["model"]
-    sam_log = json.loads((Path(parts["sam"]) / "pretrain.json").read_text()) if (Path(parts["sam"]) / "pretrain.json").is_file() else {}
-    dino_log = json.loads((Path(parts["dinov2"]) / "pretrain.json").read_text()) if (Path(parts["dinov2"]) / "pretrain.json").is_file() else {}
+    sam_log, dino_log = _pretrain_record(parts["sam"]) or {}, _pretrain_record(parts["dinov2"]) or {}
     (out / "provenance.json").write_text(json.dumps({
         "design": "proposal_select", "selector": "llmseg",
         "made_by": "make llmseg-model: configs/llmseg_tiny.yaml over `vlmsam proposals` of build/llmseg/synth",

@@ -16,7 +16,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 
@@ -60,7 +59,7 @@ def pretrain_dinov2(data_dir: str | Path, out_dir: str | Path, config: DinoPretr
     from tqdm import tqdm
     from transformers import AutoImageProcessor, Dinov2Model
 
-    from vlmsam.bundled.pretrain_vision import cell_targets, shape_shares
+    from vlmsam.bundled.pretrain_vision import cell_targets, probe_losses, rate, shape_shares
     from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import COLORS, SHAPES, scene_files
     from vlmsam.train.schedules import warmup_cosine
@@ -93,23 +92,9 @@ def pretrain_dinov2(data_dir: str | Path, out_dir: str | Path, config: DinoPretr
         batch = [example(p) for p in files]
         pixels = processor(images=[b[0] for b in batch], return_tensors="pt").pixel_values
         tokens = model(pixel_values=pixels).last_hidden_state[:, 1 : 1 + side * side]  # drop CLS
-        logits = head(tokens)  # (B, cells, outputs)
-        colour, kind = torch.stack([b[1] for b in batch]), torch.stack([b[2] for b in batch])
-        ce_colour = -(colour * logits[..., :n_colour].log_softmax(-1)).sum(-1).mean()
-        ce_kind = -(kind * logits[..., n_colour : n_colour + n_kind].log_softmax(-1)).sum(-1).mean()
-        mse_position = ((logits[..., -2:] - centre) ** 2).mean()
-        shape_cells = colour[..., 0] < 0.5
-        counts = {"colour_right": int((logits[..., :n_colour].argmax(-1) == colour.argmax(-1))[shape_cells].sum()),
-                  "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0}
-        for lg, (_, _, _, shares, kinds) in zip(logits, batch):
-            votes = shares @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)
-            seen = shares.sum(-1) > 0
-            counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(kinds))[seen].sum())
-            counts["shapes"] += int(seen.sum())
-        return ce_colour, ce_kind, mse_position, counts
-
-    def rate(counts: list[dict], right: str, total: str) -> float:
-        return sum(c[right] for c in counts) / max(sum(c[total] for c in counts), 1)
+        logits = list(head(tokens))  # per image (cells, outputs)
+        return probe_losses(logits, [b[1] for b in batch], [b[2] for b in batch], centre.repeat(len(batch), 1),
+                            [b[3] for b in batch], [b[4] for b in batch])
 
     log, history, recent = {}, [], []
     bar = tqdm(range(config.steps), desc="DINOv2 pre-training", unit="step", disable=not progress)

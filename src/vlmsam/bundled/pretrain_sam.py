@@ -66,12 +66,6 @@ def _background_point(masks: list[np.ndarray], shape: tuple[int, int], rng: rand
     return np.array([[xs[k], ys[k]]], np.float32)
 
 
-def _iou(logits, target):
-    """IoU of each thresholded mask ``(M, H, W)`` with ``target (H, W)`` (no gradient)."""
-    pred = logits.detach() > 0
-    inter = (pred & target).flatten(1).sum(1).float()
-    return inter / (pred | target).flatten(1).sum(1).clamp_min(1).float()
-
 
 def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: PretrainConfig | None = None,
                  *, progress: bool = True) -> dict:
@@ -82,6 +76,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
 
     from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import scene_files, visible_masks
+    from vlmsam.metrics.iou import mask_iou
     from vlmsam.sam import SamBackend
     from vlmsam.sam.backend import ImageEmbedding
     from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
@@ -132,7 +127,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                 target = torch.from_numpy(mask[None].astype(np.uint8))
                 bce = bce + sigmoid_bce_loss(logits, target)
                 dice = dice + dice_loss(logits, target)
-                real = _iou(logits, target[0].bool())
+                real = mask_iou(logits.detach() > 0, target[0])
                 ious.append(float(real[0]))
                 if config.multimask:
                     iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
@@ -144,7 +139,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     # only the best output learns this prompt (SAM's ambiguity-aware loss)
                     k = min(range(len(parts)), key=lambda j: float(2.0 * parts[j][0] + parts[j][1]))
                     bce, dice = bce + parts[k][0], dice + parts[k][1]
-                    real = _iou(logits, target[0].bool())
+                    real = mask_iou(logits.detach() > 0, target[0])
                     iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
                     best.append(float(real[predicted[0].argmax()]))
         n = max(len(ious), 1)

@@ -83,6 +83,38 @@ def cell_targets(scene: list[dict], shares: np.ndarray) -> tuple[np.ndarray, np.
     return colour, kind
 
 
+def probe_losses(logits: list, colour: list, kind: list, centre, shares: list, kinds: list[list[int]]):
+    """The dense probe's losses and accuracy counts over a batch. ``logits``: per image ``(cells, colours
+    + 1 + kinds + 1 + 2)`` (colour shares, kind shares, the cell's x and y); ``colour``/``kind``: per image
+    the :func:`cell_targets`; ``centre``: ``(all cells, 2)``; ``shares``: per image :func:`shape_shares`;
+    ``kinds``: per image each shape's kind index. Accuracy where the language model (or a selection head)
+    needs it: per shape, its cells' kind votes weighted by how much of each cell it covers; per cell, the
+    colour of cells mostly covered by shapes."""
+    import torch
+
+    from vlmsam.data.synth import COLORS, SHAPES
+
+    n_colour, n_kind = len(COLORS) + 1, len(SHAPES) + 1
+    flat, colour, kind = torch.cat(logits), torch.cat(colour), torch.cat(kind)
+    ce_colour = -(colour * flat[:, :n_colour].log_softmax(-1)).sum(-1).mean()
+    ce_kind = -(kind * flat[:, n_colour : n_colour + n_kind].log_softmax(-1)).sum(-1).mean()
+    mse_position = ((flat[:, -2:] - centre) ** 2).mean()
+    shape_cells = colour[:, 0] < 0.5
+    counts = {"colour_right": int((flat[shape_cells, :n_colour].argmax(-1) == colour[shape_cells].argmax(-1)).sum()),
+              "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0}
+    for lg, share, kind_of in zip(logits, shares, kinds):
+        votes = share @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)  # (shapes, kinds)
+        seen = share.sum(-1) > 0
+        counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(kind_of, dtype=torch.long))[seen].sum())
+        counts["shapes"] += int(seen.sum())
+    return ce_colour, ce_kind, mse_position, counts
+
+
+def rate(counts: list[dict], right: str, total: str) -> float:
+    """A pooled accuracy over logged batches: the sum of ``right`` over the sum of ``total``."""
+    return sum(c[right] for c in counts) / max(sum(c[total] for c in counts), 1)
+
+
 def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     config: VisionPretrainConfig | None = None, *, progress: bool = True) -> dict:
     """Train the vision tower (and merger) of the Qwen-VL in ``vlm_dir`` to name the colour and
@@ -135,30 +167,14 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
         pixels, grid = torch.cat([b.pixel_values for b in batch]), torch.cat([b.grid for b in batch])
         tokens = vlm.model.get_image_features(pixels, grid, return_dict=True).pooler_output
         logits = [head(t) for t in tokens]
-        flat = torch.cat(logits)
-        colour, kind = torch.cat([b.colour for b in batch]), torch.cat([b.kind for b in batch])
-        ce_colour = -(colour * flat[:, :n_colour].log_softmax(-1)).sum(-1).mean()
-        ce_kind = -(kind * flat[:, n_colour : n_colour + n_kind].log_softmax(-1)).sum(-1).mean()
         # Qwen-VL towers have only rotary positions, so no token knows where it is; the [SEG]
         # state can only tell SAM where its target is if the target's tokens do.
         centre, scale = torch.cat([b.centre for b in batch]), torch.cat([b.scale for b in batch])
-        position = flat[:, -2:]
-        mse_position = ((position - centre) ** 2).mean()
-        # Accuracy where the language model needs it: per shape, its cells' kind votes weighted by
-        # how much of each cell it covers; and per cell, the colour of cells mostly covered by shapes.
-        shape_cells = colour[:, 0] < 0.5
-        counts = {"colour_right": int((flat[shape_cells, :n_colour].argmax(-1) == colour[shape_cells].argmax(-1)).sum()),
-                  "colour_cells": int(shape_cells.sum()), "kind_right": 0, "shapes": 0, "cells": len(flat),
-                  "position_error": float(((position.detach() - centre).abs() * scale).sum(-1).sum())}
-        for lg, b in zip(logits, batch):
-            votes = b.shares @ lg[:, n_colour + 1 : n_colour + n_kind].softmax(-1)  # (shapes, kinds)
-            seen = b.shares.sum(-1) > 0
-            counts["kind_right"] += int((votes.argmax(-1) == torch.tensor(b.kinds, dtype=torch.long))[seen].sum())
-            counts["shapes"] += int(seen.sum())
+        ce_colour, ce_kind, mse_position, counts = probe_losses(logits, [b.colour for b in batch], [b.kind for b in batch],
+                                                                centre, [b.shares for b in batch], [b.kinds for b in batch])
+        position = torch.cat(logits)[:, -2:].detach()
+        counts.update(cells=len(position), position_error=float(((position - centre).abs() * scale).sum(-1).sum()))
         return ce_colour, ce_kind, mse_position, counts, torch.cat(list(tokens))
-
-    def rate(counts: list[dict], right: str, total: str) -> float:
-        return sum(c[right] for c in counts) / max(sum(c[total] for c in counts), 1)
 
     log, history, recent = {}, [], []
     bar = tqdm(range(config.steps), desc="vision pre-training", unit="step", disable=not progress)

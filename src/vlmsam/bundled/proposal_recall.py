@@ -19,10 +19,12 @@ from PIL import Image
 def shape_recall(sam_dir: str | Path, data_dir: str | Path, *, split: str = "test", n: int = 100, amg=None,
                  min_pixels: int = 12, progress: bool = True) -> dict:
     """Recall of the visible shapes (at least ``min_pixels`` pixels) of the first ``n`` scenes of ``split``."""
+    import torch
     from tqdm import tqdm
 
     from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import scene_files, visible_masks
+    from vlmsam.metrics.iou import mask_iou
     from vlmsam.sam import SamBackend
     from vlmsam.sam.amg import AmgConfig, AutomaticMaskGenerator
 
@@ -34,14 +36,8 @@ def shape_recall(sam_dir: str | Path, data_dir: str | Path, *, split: str = "tes
         shapes = [m for m in visible_masks(read_annotation(path)["scene"], image.height, image.width) if m.sum() >= min_pixels]
         proposals = generator.generate(image)
         counts.append(len(proposals))
-        masks = np.stack([p.mask() for p in proposals]) if proposals else np.zeros((0, image.height, image.width), bool)
-        for shape in shapes:
-            if not len(masks):
-                best.append(0.0)
-                continue
-            inter = (masks & shape).reshape(len(masks), -1).sum(1)
-            union = (masks | shape).reshape(len(masks), -1).sum(1)
-            best.append(float((inter / np.maximum(union, 1)).max()))
+        masks = torch.from_numpy(np.stack([p.mask() for p in proposals])) if proposals else None
+        best += [float(mask_iou(masks, torch.from_numpy(shape)).max()) if masks is not None else 0.0 for shape in shapes]
     best = np.array(best)
     return {"images": len(counts), "shapes": len(best), "recall@0.8": float((best >= 0.8).mean()),
             "recall@0.5": float((best >= 0.5).mean()), "mean_best_iou": float(best.mean()),

@@ -16,6 +16,17 @@ CONFIG_NAME = "vlmsam_config.json"
 DEFAULT_MODEL_NAME = "vlmsam-tiny"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / DEFAULT_MODEL_NAME
 
+
+
+def bundled_default(name: str, rebuild: str) -> Path:
+    """The directory of a bundled offline default (``weights/<name>``), or a one-line error that says
+    ``rebuild`` (the make target) restores it."""
+    path = DEFAULT_MODEL_DIR.parent / name
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{path}: the bundled {name} is missing from this installation; `{rebuild}` rebuilds it")
+    return path
+
+
 # name -> the module that registers it (imported only when that design is asked for)
 _MODULES = {"seg_token": "vlmsam.seg_token.segmenter", "box_prompt": "vlmsam.box_prompt.segmenter",
             "gsam": "vlmsam.gsam.segmenter", "grounded": "vlmsam.gsam.segmenter",

@@ -46,6 +46,14 @@ def intersection_union(pred, target, ignore_index: int = IGNORE_INDEX) -> tuple[
     return intersection, union
 
 
+def mask_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` IoU of each of ``masks (K, H, W)`` with one ``target (H, W)``, both boolean (no ignore
+    label; 0 where both are empty): proposals against a shape, SAM's outputs against their target."""
+    m, t = masks.flatten(1).bool(), target.flatten().bool()[None]
+    inter = (m & t).sum(1).float()
+    return inter / (m | t).sum(1).float().clamp_min(1)
+
+
 def pair_iou(intersection: int, union: int) -> float:
     """LISA's per-pair IoU: I / (U + 1e-5), and 1.0 when U = 0."""
     return 1.0 if union == 0 else intersection / (union + PAIR_EPS)

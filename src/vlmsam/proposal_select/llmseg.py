@@ -24,7 +24,8 @@ from vlmsam.data.collate import Batch, Collator
 from vlmsam.data.sample import Sample
 from vlmsam.engine.registry import CONFIG_NAME
 from vlmsam.errors import CheckpointError, VlmsamError
-from vlmsam.proposal_select.llmseg_head import SelectionHead, mask_iou, select, selection_losses
+from vlmsam.metrics.iou import mask_iou
+from vlmsam.proposal_select.llmseg_head import SelectionHead, select, selection_losses
 from vlmsam.vlm.processor import VlmProcessor
 
 WEIGHTS = "llmseg.safetensors"

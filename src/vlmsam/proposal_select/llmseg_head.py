@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmsam.sam.amg import masks_to_boxes
+
 TEMPERATURE = 0.05
 IOU_LOSS_WEIGHT = 50.0
 
@@ -75,18 +77,12 @@ class SelectionHead(nn.Module):
 
 
 def geometry(masks: torch.Tensor) -> torch.Tensor:
-    """``(K, 5)``: each mask's box ``x1, y1, x2, y2`` in image fractions and the square root of its area share."""
+    """``(K, 5)``: each mask's box ``x1, y1, x2, y2`` in image fractions (``x2``, ``y2`` exclusive) and the
+    square root of its area share."""
     h, w = masks.shape[-2:]
-    rows, cols = masks.any(2), masks.any(1)  # (K, H), (K, W)
-    def extent(hit: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.arange(n, device=hit.device).expand_as(hit)
-        first = torch.where(hit, index, n).min(1).values.clamp_max(n - 1)
-        last = torch.where(hit, index, -1).max(1).values.clamp_min(0) + 1
-        return first.float() / n, last.float() / n
-    y1, y2 = extent(rows, h)
-    x1, x2 = extent(cols, w)
-    area = masks.flatten(1).float().mean(1).sqrt()
-    return torch.stack([x1, y1, x2, y2, area], -1)
+    box = masks_to_boxes(masks).float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=masks.device)
+    box = box / torch.tensor([w, h, w, h], dtype=torch.float32, device=masks.device)
+    return torch.cat([box, masks.flatten(1).float().mean(1, keepdim=True).sqrt()], -1)
 
 
 def selection_losses(iou: torch.Tensor, proposal_emb: torch.Tensor, query_emb: torch.Tensor, gt_iou: torch.Tensor) -> dict:
@@ -96,14 +92,6 @@ def selection_losses(iou: torch.Tensor, proposal_emb: torch.Tensor, query_emb: t
     alignment = F.kl_div(F.log_softmax(cosine / TEMPERATURE, dim=0), target, reduction="sum")
     regression = IOU_LOSS_WEIGHT * (torch.exp(gt_iou - 1) * (iou - gt_iou) ** 2).mean()
     return {"loss": alignment + regression, "alignment_loss": alignment.detach(), "iou_loss": regression.detach()}
-
-
-def mask_iou(masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``(K,)`` IoU of each proposal with the target mask (the regression target)."""
-    m, t = masks.flatten(1).bool(), target.flatten().bool()[None]
-    inter = (m & t).sum(1).float()
-    union = (m | t).sum(1).float()
-    return inter / union.clamp_min(1)
 
 
 def select(iou: torch.Tensor, threshold: float = 0.5, single: bool = False) -> torch.Tensor:

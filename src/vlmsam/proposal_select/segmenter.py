@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from vlmsam.data import prompts
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
-from vlmsam.engine.registry import CONFIG_NAME, read_config, register, register_trainable
+from vlmsam.engine.registry import CONFIG_NAME, bundled_default, read_config, register, register_trainable
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.amg import AmgConfig, AutomaticMaskGenerator
@@ -177,12 +177,7 @@ def build(path=None, *, vlm=None, sam=None, device=None, dtype=None, max_new_tok
 
     settings, label = {}, ""
     if path is None and not (vlm or sam or vlm_endpoint):
-        from vlmsam.engine.registry import DEFAULT_MODEL_DIR
-
-        path, label = DEFAULT_MODEL_DIR.parent / DEFAULT_DIR_NAME, DEFAULT_DIR_NAME
-        if not (path / CONFIG_NAME).is_file():
-            raise CheckpointError(f"{path}: the bundled proposal_select default ({DEFAULT_DIR_NAME}) is missing from this "
-                                  "installation; `make llmseg-model` rebuilds it, or name --vlm and --sam, or --vlm-endpoint")
+        path, label = bundled_default(DEFAULT_DIR_NAME, "make llmseg-model"), DEFAULT_DIR_NAME
     if path is not None:
         settings = read_config(path)
         if settings.get("selector") == "llmseg":

@@ -103,7 +103,7 @@ class SegTokenSegmenter(SegmenterBase):
 def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None,
           max_new_tokens: int = 128) -> SegTokenSegmenter:
     """A checkpoint directory (``path``), the bundled vlmsam-tiny (no arguments), or base models (``vlm``/``sam``)."""
-    from vlmsam.engine.registry import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME
+    from vlmsam.engine.registry import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, bundled_default
     from vlmsam.seg_token.config import SegTokenConfig
     from vlmsam.seg_token.model import SegTokenModel
 
@@ -114,10 +114,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
         model, label = SegTokenModel.build(config).eval(), f"{config.vlm} + {config.sam}"
     else:
         if path in (None, "", DEFAULT_MODEL_NAME):
-            path = DEFAULT_MODEL_DIR
-            if not (path / "vlmsam_config.json").is_file():
-                raise CheckpointError(f"{path}: the bundled vlmsam-tiny is missing from this installation; "
-                                      "`make tiny-model` rebuilds it")
+            path = bundled_default(DEFAULT_MODEL_NAME, "make tiny-model")
         path = Path(path)
         if not path.exists():
             raise CheckpointError(f"{path}: no such model directory (give a trained checkpoint, or base models with --vlm/--sam)")
