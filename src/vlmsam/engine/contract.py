@@ -32,12 +32,13 @@ MASK_MARK = "[mask {}]"
 
 
 def check_request(request: str) -> str:
-    """The request, stripped; an empty, whitespace-only or oversized request is a :class:`PromptError`."""
-    if not isinstance(request, str) or not request.strip():
+    """The request, stripped; an empty, whitespace-only, oversized or undecodable request (a lone
+    surrogate, a control character) is a :class:`PromptError`."""
+    from vlmsam.io.text import clean_text
+
+    if isinstance(request, str) and not request.strip():
         raise PromptError("the request is empty: say what to segment, e.g. \"the red circle\"")
-    if len(request) > MAX_REQUEST_CHARS:
-        raise PromptError(f"the request has {len(request):,} characters; at most {MAX_REQUEST_CHARS:,} are accepted")
-    return request.strip()
+    return clean_text(request, "the request", MAX_REQUEST_CHARS).strip()
 
 
 def is_sentence(request: str) -> bool:

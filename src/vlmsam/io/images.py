@@ -21,6 +21,11 @@ from vlmsam.errors import ImageLoadError
 #: Images larger than this (width x height) are refused before their pixels are decoded: a 30000²
 #: PNG of a few kilobytes would otherwise take gigabytes. Override with VLMSAM_MAX_IMAGE_PIXELS.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: An image file larger than this is refused before it is read (override: VLMSAM_MAX_IMAGE_BYTES).
+DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
+#: Width / height (or its inverse) above this is refused: Qwen-VL's resize refuses it, and SAM's
+#: longest-side resize would leave a side of zero pixels.
+MAX_ASPECT_RATIO = 200
 DEFAULT_URL_TIMEOUT_S = 20.0
 DEFAULT_URL_MAX_BYTES = 50 * 1024 * 1024
 
@@ -31,6 +36,12 @@ def _max_pixels() -> int:
     from vlmsam.errors import env_int
 
     return env_int("VLMSAM_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS, lo=1)
+
+
+def _max_image_bytes() -> int:
+    from vlmsam.errors import env_int
+
+    return env_int("VLMSAM_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, lo=1)
 
 
 def is_url(source: object) -> bool:
@@ -71,13 +82,14 @@ def load_image(
         name = str(source)
         data = _download(name, timeout=timeout, max_bytes=max_bytes)
     else:
-        path = Path(source)
-        name = str(path)
-        if not path.exists():
-            raise ImageLoadError(f"{name}: no such file")
-        if path.is_dir():
-            raise ImageLoadError(f"{name}: is a directory, not an image file")
-        data = path.read_bytes()
+        from vlmsam.errors import VlmsamError
+        from vlmsam.io.files import read_user_bytes
+
+        name = str(Path(source))
+        try:  # regular files only, capped, never blocking (a FIFO, /dev/zero, a socket are refused)
+            data = read_user_bytes(name, "an image file", max_bytes=_max_image_bytes())
+        except VlmsamError as exc:
+            raise ImageLoadError(str(exc).replace("; expected an image file", "")) from None
     if not data:
         raise ImageLoadError(f"{name}: the file is empty (0 bytes)")
     return _decode(data, name, limit)
@@ -129,6 +141,11 @@ def _check_size(image: Image.Image, name: str, limit: int) -> None:
     w, h = image.size
     if w <= 0 or h <= 0:
         raise ImageLoadError(f"{name}: the image has no pixels ({w}x{h})")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageLoadError(
+            f"{name}: {w}x{h} has an aspect ratio over {MAX_ASPECT_RATIO}:1, which the models cannot resize "
+            "to a usable input; crop or pad it"
+        )
     if w * h > limit:
         raise ImageLoadError(
             f"{name}: {w}x{h} is {w * h:,} pixels, over the {limit:,}-pixel limit "
