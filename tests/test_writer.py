@@ -44,6 +44,7 @@ def test_files_written(tmp_path):
     written = write_result(result, image, tmp_path / "out", "photo")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == [
+        ".vlmsam-written.json",  # the manifest of what vlmsam wrote here
         "photo.json", "photo_mask_0.png", "photo_mask_1.png",
         "photo_masked_img_0.jpg", "photo_masked_img_1.jpg", "photo_overlay.jpg",
     ]

@@ -1,8 +1,9 @@
 """``vlmsam``: one entry point, one sub-command per job.
 
 User errors (a missing file, a corrupt image, a wrong checkpoint, bad prompts) print one line
-that names the problem and exit with code 2; argparse's usage errors do the same. Anything else
-is a bug and keeps its traceback.
+that names the problem and exit with code 2; argparse's usage errors do the same, and so does an
+``OSError`` the user fixes (no space left, a read-only or forbidden directory, a disk quota or
+file-size limit). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except VlmsamError as e:
         print(f"vlmsam {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # a full disk, a read-only or forbidden place, a file-size limit: the user's to fix
+        from vlmsam.io.result_set import USER_ERRNOS, os_error_text
+
+        if e.errno not in USER_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vlmsam {args.command}: error: {where}{os_error_text(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"vlmsam {args.command}: interrupted", file=sys.stderr)

@@ -112,7 +112,6 @@ def run_everything(args: argparse.Namespace) -> int:
 
     from vlmsam.devices import resolve_device
     from vlmsam.io import load_image, write_result
-    from vlmsam.io.writer import atomic_write_bytes
     from vlmsam.result import SegmentationResult
 
     if args.box or args.point:
@@ -135,9 +134,9 @@ def run_everything(args: argparse.Namespace) -> int:
     masks = np.stack([p.mask() for p in proposals]) if proposals else np.zeros((0, image.height, image.width), bool)
     result = SegmentationResult(masks=masks, scores=[p.predicted_iou for p in proposals], timings={"generate": elapsed})
     stem = Path(args.image.split("?")[0]).stem or "image"
-    written = write_result(result, image, args.out, stem)
-    path = Path(args.out) / f"{stem}_proposals.json"
-    atomic_write_bytes(path, json.dumps([p.to_dict() for p in proposals]).encode())
+    name = f"{stem}_proposals.json"  # written with the rest, as one set
+    written = write_result(result, image, args.out, stem, files={name: json.dumps([p.to_dict() for p in proposals]).encode()})
+    path = written[name]
     print(f"{len(proposals)} mask(s) in {elapsed:.2f}s; {path}")
     print(f"overlay: {written['overlay']}")
     return 0

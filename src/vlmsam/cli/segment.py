@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +16,6 @@ MODEL_HELP = (
     "with `vlmsam train`; it records its design), or base models by hub id or path with --vlm Qwen/Qwen2.5-VL-7B-Instruct "
     "--sam facebook/sam-vit-huge (or --sam weights/sam_vit_h_4b8939.pth)."
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -43,13 +40,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "object the answer names; or answer each line of --requests FILE.jsonl "
                        '({"image": PATH, "request": TEXT}). Writes {stem}_mask_{i}.png, {stem}_masked_img_{i}.jpg, '
                        "{stem}_overlay.jpg and {stem}.json per answer, and predictions.jsonl (what `vlmsam score` "
-                       "reads) to --out. An unreadable image is reported and skipped; the exit code is 1 when any "
-                       "was. " + MODEL_HELP,
+                       "reads, a line added as each answer is written; --resume continues a stopped run) to --out. "
+                       "An image that cannot be read or written is reported and skipped; the exit code is 1 when any "
+                       "was. vlmsam never replaces or deletes a file in --out that it did not write "
+                       "(.vlmsam-written.json lists those it did). " + MODEL_HELP,
                        epilog='example: vlmsam segment examples/scene.jpg "the shape left of the blue square"\n'
                        '         vlmsam segment "photos/*.jpg" "the dog" --out outputs/dogs')
     p.add_argument("inputs", nargs="*", metavar="IMAGE [IMAGE ...] REQUEST",
                    help="image paths, folders, globs or http(s) URLs, then the request (no request with --requests)")
     p.add_argument("--requests", help='a JSONL file of {"image": PATH, "request": TEXT} lines')
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the answers already in --out/predictions.jsonl (a run that was stopped) and compute "
+                   "only the rest; without it predictions.jsonl starts anew (default: off)")
     _model_args(p)
     p.set_defaults(run=run_segment)
 
@@ -61,76 +63,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(run=run_chat)
 
 
+DETECTOR_DESIGNS = ("gsam", "grounded")
+
+
+def _design(args) -> str:
+    """The design that will load, and a one-line error for options it does not take (before anything
+    heavy): --segmenter, else what the --model checkpoint records, else the bundled seg_token."""
+    from vlmsam.errors import VlmsamError
+
+    design = args.segmenter
+    if design is None and args.model and not (args.vlm or args.sam) and (Path(args.model) / "vlmsam_config.json").is_file():
+        from vlmsam.engine.registry import model_type
+
+        design = model_type(Path(args.model))
+    design = design or "seg_token"
+    if args.detector and design not in DETECTOR_DESIGNS:
+        raise VlmsamError(f"--detector is used only by --segmenter gsam/grounded (Grounding DINO finds the boxes); "
+                          f"the {design} design takes none: leave --detector out")
+    return design
+
+
 def _load(args):
     from vlmsam.segmenter import load_segmenter
 
-    return load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam, device=args.device,
-                          dtype=args.dtype, max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint,
-                          detector=args.detector)
-
-
-def _expand(source: str) -> list[str]:
-    """A path, folder (its images, sorted), glob or URL -> image sources."""
-    from vlmsam.io.images import is_url
-
-    if is_url(source):
-        return [source]
-    path = Path(source)
-    if path.is_dir():
-        return sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if any(ch in source for ch in "*?["):
-        return sorted(glob.glob(source))
-    return [source]
-
-
-def _jobs(args) -> list[tuple[str, str]]:
-    """``(image source, request)`` pairs, in order, grouped later by image."""
-    from vlmsam.engine.contract import check_request
-    from vlmsam.errors import VlmsamError
-
-    if args.requests:
-        if args.inputs:
-            raise VlmsamError("give either IMAGE ... REQUEST or --requests FILE.jsonl, not both")
-        path = Path(args.requests)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise VlmsamError(f"{path}: unreadable requests file ({type(exc).__name__})") from None
-        jobs = []
-        for k, text in enumerate(lines, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-                image, request = line["image"], line["request"]
-                if not isinstance(image, str) or not isinstance(request, str):
-                    raise TypeError("image and request must be strings")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise VlmsamError(f'{path}:{k}: expected {{"image": PATH, "request": TEXT}} ({type(exc).__name__}: {exc})') from None
-            jobs.append((image, check_request(request)))
-        if not jobs:
-            raise VlmsamError(f"{path}: no requests in it")
-        return jobs
-    if len(args.inputs) < 2:
-        raise VlmsamError("give at least one IMAGE and a REQUEST (or --requests FILE.jsonl)")
-    *sources, request = args.inputs
-    request = check_request(request)
-    images = [image for s in sources for image in _expand(s)]
-    if not images:
-        raise VlmsamError(f"no images found in {', '.join(sources)}")
-    return [(image, request) for image in images]
-
-
-def _stems(jobs: list[tuple[str, str]]) -> list[str]:
-    """One output stem per answer: the image's stem, made unique (two requests about one image, or
-    two images with one name in different folders, never overwrite each other)."""
-    seen: dict[str, int] = {}
-    out = []
-    for image, _ in jobs:
-        stem = Path(image.split("?")[0]).stem or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
+    design = _design(args)  # with --detector a checkpoint's own design is named, as load_segmenter then needs it
+    return load_segmenter(args.model, args.segmenter or (design if args.detector else None), vlm=args.vlm, sam=args.sam,
+                          device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                          vlm_endpoint=args.vlm_endpoint, detector=args.detector)
 
 
 def _report(result, written, elapsed: float) -> None:
@@ -140,50 +99,89 @@ def _report(result, written, elapsed: float) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from vlmsam.cli.batch import check_no_input_in, jobs_from_args, unique_stems
     from vlmsam.devices import resolve_device
-    from vlmsam.errors import VlmsamError
-    from vlmsam.io import load_image, write_result
-    from vlmsam.io.writer import atomic_write_bytes, mask_to_rle
-
     from vlmsam.io.writer import check_out_dir
 
-    jobs = _jobs(args)
+    jobs = jobs_from_args(args.inputs, args.requests)
     check_out_dir(args.out)
+    check_no_input_in(args.out, jobs)
+    _design(args)
     resolve_device(args.device)  # a bad device is reported before the model loads
-    stems = _stems(jobs)
-    by_image: dict[str, list[int]] = {}
-    for k, (image, _) in enumerate(jobs):
-        by_image.setdefault(image, []).append(k)
-    single = len(jobs) == 1
-    if single:  # a bad image fails before the model loads
-        load_image(jobs[0][0])
+    stems = unique_stems(jobs)
+    if len(jobs) == 1 and not (args.requests or args.resume):
+        return _segment_one(args, jobs[0], stems[0])
+    return _segment_batch(args, jobs, stems)
+
+
+def _segment_one(args, job: tuple[str, str], stem: str) -> int:
+    """One image, one request: any error is the command's (one line, exit 2); no predictions.jsonl."""
+    from vlmsam.io import load_image, write_result
+
+    image = load_image(job[0])  # a bad image fails before the model loads
     seg = _load(args)
+    t0 = time.perf_counter()
+    result = seg.segment_many(seg.encode(image), [job[1]])[0]
+    elapsed = time.perf_counter() - t0
+    written = write_result(result, image, Path(args.out), stem, extra={"request": job[1], "model": seg.name})
+    _report(result, written, elapsed)
+    return 0
+
+
+def _segment_batch(args, jobs: list[tuple[str, str]], stems: list[str]) -> int:
+    """Every image in turn; an image that fails (load, encode, segment, write) is reported and skipped.
+    Each answer goes to predictions.jsonl as it is written; --resume skips those already there."""
+    from tqdm import tqdm
+
+    from vlmsam.cli.batch import Journal, JournalError
+    from vlmsam.errors import VlmsamError
+    from vlmsam.io import load_image
+
     out = Path(args.out)
-    predictions, failed = {}, 0
-    for image_source, ks in tqdm(by_image.items(), desc="segment", unit="image", disable=single):
-        try:
-            image = load_image(image_source)
-        except VlmsamError as exc:
-            print(f"skipped: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        t0 = time.perf_counter()
-        encoded = seg.encode(image)
-        results = seg.segment_many(encoded, [jobs[k][1] for k in ks])
-        elapsed = (time.perf_counter() - t0) / len(ks)
-        for k, result in zip(ks, results):
-            written = write_result(result, image, out, stems[k], extra={"request": jobs[k][1], "model": seg.name})
-            predictions[k] = {"image": Path(image_source.split("?")[0]).stem, "query": jobs[k][1], "answer": result.text,
-                              "masks": [mask_to_rle(m) for m in result.masks]}
-            if single:
-                _report(result, written, elapsed)
-    if not single or args.requests:
-        atomic_write_bytes(out / "predictions.jsonl", "".join(json.dumps(predictions[k]) + "\n" for k in sorted(predictions)).encode())
-        print(f"{len(predictions)} answer(s) for {len(by_image) - failed} image(s) written to {out} "
-              f"(predictions.jsonl){f'; {failed} image(s) skipped' if failed else ''}")
+    journal = Journal(out, resume=args.resume)  # reads only: a user's own predictions.jsonl is refused here
+    by_image: dict[str, list[int]] = {}
+    for k, (image, request) in enumerate(jobs):
+        if (stems[k], request) not in journal.done:
+            by_image.setdefault(image, []).append(k)
+    if len(jobs) == 1 and by_image:
+        load_image(jobs[0][0])  # a bad image fails before the model loads
+    seg = _load(args) if by_image else None
+    journal.open()
+    failed = 0
+    try:
+        for source, ks in tqdm(by_image.items(), desc="segment", unit="image", disable=len(jobs) == 1):
+            try:
+                _segment_image(seg, source, [(stems[k], jobs[k][1]) for k in ks], out, journal, report=len(jobs) == 1)
+            except JournalError:
+                raise
+            except VlmsamError as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+                failed += 1
+        journal.finish([(stems[k], request) for k, (_, request) in enumerate(jobs)])
+    finally:
+        journal.close()
+    kept = f"; {len(journal.done)} kept from an earlier run" if args.resume else ""
+    print(f"{len(journal.new)} answer(s) for {len(by_image) - failed} image(s) written to {out} "
+          f"(predictions.jsonl){kept}{f'; {failed} image(s) skipped' if failed else ''}")
     return 1 if failed else 0
+
+
+def _segment_image(seg, source: str, items: list[tuple[str, str]], out: Path, journal, report: bool) -> None:
+    """Answer ``items`` (``(stem, request)``) about the image ``source``, encoded once; write and journal each."""
+    from vlmsam.cli.batch import image_stem
+    from vlmsam.io import load_image, write_result
+    from vlmsam.io.writer import mask_to_rle
+
+    image = load_image(source)
+    t0 = time.perf_counter()
+    results = seg.segment_many(seg.encode(image), [request for _, request in items])
+    elapsed = (time.perf_counter() - t0) / len(items)
+    for (stem, request), result in zip(items, results):
+        written = write_result(result, image, out, stem, extra={"request": request, "model": seg.name})
+        journal.append({"image": image_stem(source), "stem": stem, "query": request, "answer": result.text,
+                        "masks": [mask_to_rle(m) for m in result.masks]})
+        if report:
+            _report(result, written, elapsed)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -192,6 +190,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from vlmsam.errors import VlmsamError
     from vlmsam.io import load_image, write_result
 
+    _design(args)
     resolve_device(args.device)
     seg = _load(args)
     print(f"model: {seg.name}")

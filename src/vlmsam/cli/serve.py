@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--api-key", default=os.environ.get("VLMSAM_API_KEY"),
-                   help="require this key on every /v1 route (X-API-Key or Authorization: Bearer); env VLMSAM_API_KEY")
+                   help="require this key on every route but /healthz and the API docs, the web page included (X-API-Key or "
+                   "Authorization: Bearer; in a browser open /?api_key=KEY once); env VLMSAM_API_KEY")
     p.add_argument("--concurrency", type=integer(1, 256), default=1, help="model calls at once (default 1)")
     p.add_argument("--max-queue", type=integer(0, 100_000), default=16, help="waiting requests beyond those running; more get 503 (default 16)")
     p.add_argument("--cache-size", type=integer(1, 100_000), default=32, help="encoded images kept for image_id requests (default 32)")
@@ -63,10 +64,14 @@ def run(args: argparse.Namespace) -> int:
                            max_upload_bytes=int(args.max_upload_mb * 2**20), api_key=args.api_key)
     app = create_app(loaded, options, page=not args.no_page)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    note = "an API key is required on /v1 routes" if args.api_key else \
+    note = "an API key is required (browser: open /?api_key=KEY once)" if args.api_key else \
         ("no API key: listening on 127.0.0.1 only" if not args.host else "no API key set: anyone who reaches this address can use it")
     print(f"vlmsam serve: {', '.join(f'{k} ({v.label})' for k, v in loaded.items())} on http://{host}:{args.port} ({note})", flush=True)
-    server = _server_class()(uvicorn.Config(app, host=host, port=args.port, log_level="warning", timeout_graceful_shutdown=30))
+    from vlmsam.serve.http import JsonErrorH11Protocol
+
+    config = uvicorn.Config(app, host=host, port=args.port, log_level="warning", timeout_graceful_shutdown=30,
+                            http=JsonErrorH11Protocol)
+    server = _server_class()(config)
     server.run()
     return 0
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlmsam.data.sample import BadSample, Sample
+from vlmsam.data.sample import MISSING_IMAGE, UNREADABLE_IMAGE, BadSample, Sample
 
 
 class SegDataset:
@@ -57,13 +57,13 @@ class SegDataset:
         """
         path = self.image_path(i)
         if not path.is_file():
-            raise BadSample(path, "image file not found")
+            raise BadSample(path, "image file not found", MISSING_IMAGE)
         try:
             with Image.open(path) as im:
                 w, h = im.size
                 orientation = exif_orientation(im)
         except Exception as exc:
-            raise BadSample(path, f"not a readable image ({type(exc).__name__})") from None
+            raise BadSample(path, f"not a readable image ({type(exc).__name__})", UNREADABLE_IMAGE) from None
         return (w, h) if orientation in TRANSPOSING_ORIENTATIONS else (h, w)
 
 

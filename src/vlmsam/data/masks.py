@@ -36,7 +36,10 @@ def polygon_points(points) -> np.ndarray:
     for p in points:
         if not isinstance(p, (list, tuple)) or len(p) != 2:
             raise ValueError(f"point {p!r} is not an [x, y] pair")
-        x, y = (float(v) for v in p)
+        try:
+            x, y = (float(v) for v in p)
+        except OverflowError:  # an integer too large for a float
+            raise ValueError(f"point {p!r} is not a finite image coordinate") from None
         if not (math.isfinite(x) and math.isfinite(y)) or max(abs(x), abs(y)) > MAX_COORDINATE:
             raise ValueError(f"point {p!r} is not a finite image coordinate")
         pairs.append((x, y))

@@ -10,17 +10,20 @@ is drawn as 255; the deprecated "flag" shapes are skipped. ``explanatory/train.j
 
 from __future__ import annotations
 
-import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
+from vlmsam.data.files import read_dataset_json
 from vlmsam.data.masks import draw_polygon, polygon_points
 from vlmsam.data.sample import IGNORE, BadSample, Sample
+from vlmsam.engine.contract import check_request
+from vlmsam.errors import DatasetError, PromptError
+from vlmsam.io.files import json_type
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -32,19 +35,57 @@ def find_root(dataset_dir: Path) -> Path:
 
 
 def read_annotation(path: Path) -> dict:
-    """A ReasonSeg json: UTF-8, or cp1252 where it is not (the published loader's fallback)."""
-    try:
-        raw = path.read_bytes()
+    """A ReasonSeg json object: UTF-8, or cp1252 where it is not (the published loader's fallback),
+    read with the bounded JSON reader (a deeply nested or NaN-holding file is a BadSample naming it)."""
+    return read_dataset_json(path, "a ReasonSeg annotation (a JSON object with text, is_sentence, shapes)", dict,
+                             cp1252=True)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """The fields of a ReasonSeg json, each checked for its type."""
+
+    texts: list[str]
+    is_sentence: bool
+    shapes: list
+    kind: str | None
+
+
+def parse_annotation(anno: dict, path: Path) -> Annotation:
+    """Check every field a loader reads; a wrong type is a BadSample naming the file and the field.
+
+    ``text``: a string or a non-empty list of strings, each a usable request (``check_request``: not
+    empty, at most 2,000 characters, valid text); ``is_sentence``: true/false (absent: false);
+    ``shapes``: a list (of objects; each is checked where it is drawn); ``kind``: a string or absent.
+    """
+    texts = anno.get("text")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise BadSample(path, f"field 'text' must be a non-empty list of strings, not {_shown(anno.get('text'))}")
+    for k, text in enumerate(texts):
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:  # a few released files are cp1252 (curly quotes, accents)
-            text = raw.decode("cp1252")
-        anno = json.loads(text)
-    except (OSError, ValueError) as exc:
-        raise BadSample(path, f"unreadable annotation ({type(exc).__name__}: {exc})") from None
-    if not isinstance(anno, dict):
-        raise BadSample(path, "annotation is not a JSON object")
-    return anno
+            check_request(text)
+        except PromptError as exc:
+            raise BadSample(path, f"field 'text' item {k}: {str(exc).replace('the request', 'the text')}") from None
+    is_sentence = anno.get("is_sentence", False)
+    if not isinstance(is_sentence, bool):
+        raise BadSample(path, f"field 'is_sentence' must be true or false, not {_shown(is_sentence)}")
+    if "shapes" not in anno:
+        raise BadSample(path, "field 'shapes' is missing (a list of {label, points}; [] for no target)")
+    shapes = anno["shapes"]
+    if not isinstance(shapes, list):
+        raise BadSample(path, f"field 'shapes' must be a list of {{label, points}}, not {_shown(shapes)}")
+    kind = anno.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise BadSample(path, f"field 'kind' must be a string, not {_shown(kind)}")
+    return Annotation(texts, is_sentence, shapes, kind)
+
+
+def _shown(value) -> str:
+    """A JSON value's type for an error message ("null", "a number", ...)."""
+    name = json_type(value)
+    return name if name == "null" else f"a JSON {name}"
 
 
 def mask_from_shapes(shapes, height: int, width: int, path: Path) -> np.ndarray:
@@ -55,13 +96,13 @@ def mask_from_shapes(shapes, height: int, width: int, path: Path) -> np.ndarray:
     equal areas the one earlier in the file is drawn last and wins the overlap); a label containing
     "ignore" is drawn as 255, any other as 1.
     """
-    if shapes is None:
-        shapes = []
     if not isinstance(shapes, list):
-        raise BadSample(path, "'shapes' must be a list")
+        raise BadSample(path, f"field 'shapes' must be a list of {{label, points}}, not {_shown(shapes)}")
     kept, areas = [], []
     for k, shape in enumerate(shapes):
         try:
+            if not isinstance(shape, dict):
+                raise TypeError(f"it is {_shown(shape)}, not an object")
             label = shape["label"]
             if not isinstance(label, str):
                 raise TypeError("label is not a string")
@@ -97,13 +138,12 @@ class ReasonSegDataset(SegDataset):
         self.explanations: dict[str, str] = {}
         exp_file = self.root / "explanatory" / f"{split}.json"
         if explanatory > 0 and exp_file.is_file():
-            try:
-                entries = json.loads(exp_file.read_text(encoding="utf-8"))
-                for entry in entries:
-                    self.explanations[Path(entry["image"]).name] = str(entry["outputs"])
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-                raise DatasetError(f"{exp_file}: not a list of {{image, query, outputs}} entries "
-                                   f"({type(exc).__name__}: {exc}); fix or remove it") from None
+            what = "a list of {image, query, outputs} entries; fix or remove it"
+            entries = read_dataset_json(exp_file, what, list, error=DatasetError)
+            for k, entry in enumerate(entries):
+                if not (isinstance(entry, dict) and isinstance(entry.get("image"), str) and isinstance(entry.get("outputs"), str)):
+                    raise DatasetError(f"{exp_file}: entry {k} has no string 'image' and 'outputs'; expected {what}")
+                self.explanations[Path(entry["image"]).name] = entry["outputs"]
 
     def annotation_path(self, i: int) -> Path:
         return self.items[i]
@@ -116,20 +156,15 @@ class ReasonSegDataset(SegDataset):
                 return candidate
         return json_path.with_suffix(".jpg")
 
-    def _read(self, i: int) -> tuple[list[str], bool, np.ndarray]:
+    def _read(self, i: int) -> tuple[Annotation, np.ndarray]:
         path = self.items[i]
-        anno = read_annotation(path)
-        texts = anno.get("text")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise BadSample(path, "'text' must be a non-empty list of strings")
+        anno = parse_annotation(read_annotation(path), path)
         h, w = self.image_size(i)
-        mask = mask_from_shapes(anno.get("shapes", []), h, w, path)
-        return texts, bool(anno.get("is_sentence", False)), mask
+        return anno, mask_from_shapes(anno.shapes, h, w, path)
 
     def load(self, i: int, rng: random.Random) -> Sample:
-        texts, is_sentence, mask = self._read(i)
+        anno, mask = self._read(i)
+        texts, is_sentence = anno.texts, anno.is_sentence
         texts = sample_without_replacement(texts, self.max_queries, rng)
         image_name = self.image_path(i).name
         explanation = self.explanations.get(image_name)
@@ -155,9 +190,8 @@ class ReasonSegDataset(SegDataset):
     def load_eval(self, i: int) -> Sample:
         """The image's first instruction with the fixed evaluation prompt: one request per image,
         as in LISA's evaluation, so ``n`` and the scores compare with published numbers."""
-        texts, is_sentence, mask = self._read(i)
-        texts = texts[:1]
-        kind = read_annotation(self.items[i]).get("kind")  # synthetic scenes label their request kind
+        anno, mask = self._read(i)
+        texts, is_sentence, kind = anno.texts[:1], anno.is_sentence, anno.kind  # synthetic scenes label their kind
         conversations = [[(prompts.eval_question(t, is_sentence), prompts.EVAL_ANSWER)] for t in texts]
         return Sample(self.image_path(i), conversations, np.repeat(mask[None], len(texts), axis=0), self.source,
                       self.items[i].stem, {"queries": texts, "is_sentence": [is_sentence] * len(texts),

@@ -7,24 +7,34 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsam.errors import VlmsamError
+from vlmsam.errors import DatasetError
 
 IGNORE = 255  # target pixels that count neither as object nor as background
+# What can be wrong with a sample, as `data check`, `evaluate`, `score` and `train` count it.
+MISSING_IMAGE, UNREADABLE_IMAGE, BROKEN_ANNOTATION = "missing images", "unreadable images", "broken annotations"
+PROBLEMS = (MISSING_IMAGE, UNREADABLE_IMAGE, BROKEN_ANNOTATION)
+MAX_REASON = 300
 
 Turn = tuple[str, str | None]  # (user text, assistant answer); a None answer is left for the model
 Conversation = list[Turn]
 
 
-class BadSample(VlmsamError):
+class BadSample(DatasetError):
     """A sample that cannot be used: its image is missing or unreadable, or its annotation is broken.
 
-    ``path`` names the file at fault so that a user can find and fix it.
+    ``path`` names the file at fault so that a user can find and fix it; ``kind`` is one of
+    :data:`PROBLEMS` (what the problem is counted as).
     """
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str, kind: str = BROKEN_ANNOTATION):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        reason = " ".join(str(reason).split())  # one readable line, however long the offending value
+        self.reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
+        self.kind = kind
+        super().__init__(f"{self.path}: {self.reason}")
+
+    def __reduce__(self):  # DataLoader workers send it back to the main process pickled
+        return (type(self), (self.path, self.reason, self.kind))
 
 
 @dataclass

@@ -7,8 +7,10 @@ For an image ``stem`` and a result with N masks, :func:`write_result` writes to 
 - ``{stem}_overlay.jpg``: every mask at once, each in its own colour;
 - ``{stem}.json``: the answer text, boxes, scores, labels, timings and the masks as COCO RLE.
 
-Every file is written to a temporary name beside its target and renamed into place, so a reader
-never sees half a file and an interrupted run leaves no corrupt output.
+The files of one result are written as a set (:mod:`vlmsam.io.result_set`): each to a temporary
+name beside its target, then all renamed into place, the json last, so a reader never sees half a
+file, a full disk leaves no mask without its json, and no file that vlmsam did not write is ever
+replaced or deleted (the directory's manifest, ``.vlmsam-written.json``, lists what it wrote).
 """
 
 from __future__ import annotations
@@ -185,36 +187,59 @@ def write_result(
     stem: str,
     *,
     extra: dict | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> dict[str, list[Path] | Path]:
-    """Write ``result`` for ``image`` (the RGB image the masks refer to) under ``out_dir``.
+    """Write ``result`` for ``image`` (the RGB image the masks refer to) under ``out_dir``, as one set
+    (:func:`vlmsam.io.result_set.write_set`: all or nothing, the json last, no file replaced that
+    vlmsam did not write). ``files``: more ``{name: bytes}`` of this result, written in the same set.
 
     Returns the written paths: ``{"masks": [...], "masked_images": [...], "overlay": P, "json": P}``.
     """
-    out_dir = prepare_out_dir(out_dir)
+    from vlmsam.io.result_set import write_set
+
+    out = Path(out_dir)
     rgb = np.asarray(image.convert("RGB"))
     if rgb.shape[:2] != result.image_size and result.num_masks:
         raise ValueError(f"masks are {result.image_size} but the image is {rgb.shape[:2]} (H, W)")
-    written: dict[str, list[Path] | Path] = {"masks": [], "masked_images": []}
+    outputs: list[tuple[str, object]] = []
     for i, mask in enumerate(result.masks):
-        path = out_dir / f"{stem}_mask_{i}.png"
-        atomic_write_bytes(path, _encode_image(Image.fromarray(mask.astype(np.uint8) * 255), "PNG"))
-        written["masks"].append(path)
-        masked = np.clip(tint(rgb, mask, RED) + 0.5, 0, 255).astype(np.uint8)
-        path = out_dir / f"{stem}_masked_img_{i}.jpg"
-        atomic_write_bytes(path, _encode_image(Image.fromarray(masked), "JPEG"))
-        written["masked_images"].append(path)
+        outputs.append((f"{stem}_mask_{i}.png", lambda m=mask: _encode_image(Image.fromarray(m.astype(np.uint8) * 255), "PNG")))
+        outputs.append((f"{stem}_masked_img_{i}.jpg", lambda m=mask: _encode_image(
+            Image.fromarray(np.clip(tint(rgb, m, RED) + 0.5, 0, 255).astype(np.uint8)), "JPEG")))
+    outputs.append((f"{stem}_overlay.jpg", lambda: _encode_image(Image.fromarray(overlay_all(rgb, result.masks)), "JPEG")))
+    for name, picture in result.extra_images.items():
+        outputs.append((f"{stem}_{name}.png", lambda p=picture: _encode_image(p, "PNG")))
+    outputs.extend((files or {}).items())
+    outputs.append((f"{stem}.json", lambda: json.dumps(_record(result, rgb, stem, extra), indent=2).encode("utf-8")))
+    write_set(out, outputs, stale=_stale(stem, result.num_masks))
 
-    # An earlier result for this stem may have had more masks: its extra files would now contradict the json.
-    for pattern, suffix in ((f"{stem}_mask_", ".png"), (f"{stem}_masked_img_", ".jpg")):
-        for stale in out_dir.glob(f"{pattern}*{suffix}"):
-            index = stale.name[len(pattern):-len(suffix)]
-            if index.isdigit() and int(index) >= result.num_masks:
-                stale.unlink(missing_ok=True)
-    path = out_dir / f"{stem}_overlay.jpg"
-    atomic_write_bytes(path, _encode_image(Image.fromarray(overlay_all(rgb, result.masks)), "JPEG"))
-    written["overlay"] = path
+    written: dict[str, list[Path] | Path] = {
+        "masks": [out / f"{stem}_mask_{i}.png" for i in range(result.num_masks)],
+        "masked_images": [out / f"{stem}_masked_img_{i}.jpg" for i in range(result.num_masks)],
+        "overlay": out / f"{stem}_overlay.jpg",
+    }
+    written.update({name: out / f"{stem}_{name}.png" for name in result.extra_images})
+    written.update({name: out / name for name in files or {}})
+    written["json"] = out / f"{stem}.json"
+    return written
 
-    record = {
+
+def _stale(stem: str, count: int):
+    """Picks an earlier result's extra mask files for ``stem`` (an index >= ``count``): they would now
+    contradict the json."""
+    def stale(name: str) -> bool:
+        for prefix, suffix in ((f"{stem}_mask_", ".png"), (f"{stem}_masked_img_", ".jpg")):
+            if name.startswith(prefix) and name.endswith(suffix):
+                index = name[len(prefix):-len(suffix)]
+                if index.isdigit() and int(index) >= count:
+                    return True
+        return False
+
+    return stale
+
+
+def _record(result: SegmentationResult, rgb: np.ndarray, stem: str, extra: dict | None) -> dict:
+    return {
         "image": stem,
         "image_size": list(result.image_size) if result.num_masks else [rgb.shape[0], rgb.shape[1]],
         "answer": result.text,
@@ -227,11 +252,3 @@ def write_result(
         "info": result.info,
         **(extra or {}),
     }
-    for name, picture in result.extra_images.items():
-        path = out_dir / f"{stem}_{name}.png"
-        atomic_write_bytes(path, _encode_image(picture, "PNG"))
-        written[name] = path
-    path = out_dir / f"{stem}.json"
-    atomic_write_bytes(path, json.dumps(record, indent=2).encode("utf-8"))
-    written["json"] = path
-    return written

@@ -2,15 +2,15 @@
 
 Models are loaded once, before the app starts; a request names a loaded segmenter and never causes a
 rebuild. Images arrive only as bytes (multipart or base64 JSON), never as a path or URL the server
-would open. ``POST /v1/images`` encodes an image once and keeps the handle in a bounded LRU;
-requests about the same image that wait in the queue together are answered by one ``segment_many``.
-A bounded queue answers 503 with ``Retry-After`` when full; every error is a JSON body with a
-request id that is also in the server's log, never a traceback.
+would open. ``POST /v1/images`` encodes an image once and keeps the handle in a bounded LRU. A bounded
+queue answers 503 with ``Retry-After`` when full. Every error, on every route (unknown ones too), is
+the JSON error model with a request id that is also in the server's log, never a traceback. With an
+API key, every route but ``/healthz`` and the API's documentation needs it, the web page included
+(``/?api_key=KEY`` once in a browser sets a cookie).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import io
@@ -18,59 +18,20 @@ import logging
 import secrets
 import time
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import Request  # module level: the route annotations below are resolved here
 from starlette.requests import ClientDisconnect
 
+from vlmsam.serve import schema
+from vlmsam.serve.engine import ApiError, Engine, ServeOptions, check_prompt, check_text, decode_image
+
+__all__ = ["ApiError", "Engine", "ServeOptions", "create_app", "decode_image", "encode_result"]
+
 log = logging.getLogger("vlmsam.serve")
-
-
-@dataclass
-class ServeOptions:
-    concurrency: int = 1  # model calls at once (one CPU-bound model: 1)
-    max_queue: int = 16  # requests waiting beyond those running; more -> 503
-    cache_size: int = 32  # encoded images kept for image_id requests
-    max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000
-    max_prompt_chars: int = 2000
-    api_key: str | None = None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-def decode_image(data: bytes, options: ServeOptions):
-    """Bytes -> an upright RGB PIL image, with the server's size limits (413) and a clear 422 otherwise."""
-    from PIL import Image
-
-    from vlmsam.errors import ImageLoadError, first_line
-    from vlmsam.io.images import load_image
-
-    if not data:
-        raise ApiError(422, "the image is empty (0 bytes)")
-    if len(data) > options.max_upload_bytes:
-        raise ApiError(413, f"the image is {len(data):,} bytes; at most {options.max_upload_bytes:,} are accepted")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:  # the header alone: refuse huge images before decoding them
-            w, h = probe.size
-    except Image.DecompressionBombError:
-        raise ApiError(413, f"the image has too many pixels (at most {options.max_pixels:,} are accepted)") from None
-    except Exception:
-        raise ApiError(422, "the upload is not an image (or a format Pillow cannot read)") from None
-    if w * h > options.max_pixels:
-        raise ApiError(413, f"the image is {w}x{h} = {w * h:,} pixels; at most {options.max_pixels:,} are accepted")
-    try:
-        return load_image(bytes(data))  # bytes only: the server never opens a path or URL
-    except ImageLoadError as exc:
-        raise ApiError(422, f"the image cannot be decoded ({str(exc).split(': ', 1)[-1]})") from None
-    except Exception:
-        raise ApiError(422, "the image cannot be decoded (truncated or corrupt)") from None
+PUBLIC = ("/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+KEY_COOKIE = "vlmsam_api_key"
+PAYLOAD_FIELDS = {"/v1/segment": {"image", "image_id", "prompt", "segmenter", "overlay"}, "/v1/images": {"image", "segmenter"}}
 
 
 def encode_result(result, image_size, overlay_of=None) -> dict:
@@ -82,149 +43,126 @@ def encode_result(result, image_size, overlay_of=None) -> dict:
            "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
            "info": {k: v for k, v in result.info.items() if isinstance(v, (str, int, float, list, dict))}}
     if overlay_of is not None:
+        from PIL import Image
+
         from vlmsam.io.writer import overlay_all
 
         buffer = io.BytesIO()
-        from PIL import Image
-
         Image.fromarray(overlay_all(np.asarray(overlay_of), result.masks)).save(buffer, format="PNG")
         out["overlay_png_base64"] = base64.b64encode(buffer.getvalue()).decode()
     return out
 
 
-@dataclass
-class Job:
-    segmenter: str
-    encoded: object
-    request: str
-    future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
+def given_key(request: Request) -> bytes:
+    """The key a request carries (header, bearer token or the page's cookie) as bytes: header values are
+    latin-1, so a non-ASCII key compares as bytes instead of failing in ``compare_digest``."""
+    text = (request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            or request.cookies.get(KEY_COOKIE, ""))
+    return text.encode("latin-1", "replace")
 
 
-class Engine:
-    """The loaded segmenters, the image cache and the batching queue (one per server)."""
-
-    def __init__(self, segmenters: dict, options: ServeOptions):
-        self.segmenters = segmenters
-        self.options = options
-        self.images: OrderedDict[str, tuple[str, object, object]] = OrderedDict()  # image_id -> (segmenter, handle, image)
-        self.queue: asyncio.Queue | None = None
-        self.workers: list[asyncio.Task] = []
-        self.batched = 0  # requests answered in a batch with others (for the tests and /v1/models)
-
-    async def start(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.options.max_queue)
-        self.workers = [asyncio.create_task(self._worker()) for _ in range(self.options.concurrency)]
-
-    async def stop(self) -> None:
-        for w in self.workers:
-            w.cancel()
-
-    def segmenter(self, name: str | None):
-        if name is not None and not isinstance(name, str):
-            raise ApiError(422, f"'segmenter' must be a name (one of {', '.join(self.segmenters)}), not {type(name).__name__}")
-        name = name or next(iter(self.segmenters))
-        if name not in self.segmenters:
-            raise ApiError(404, f"unknown segmenter '{name}'; loaded: {', '.join(self.segmenters)}")
-        return name, self.segmenters[name]
-
-    async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-    async def encode(self, name: str, image) -> object:
-        _, seg = self.segmenter(name)
-        return await self.run(seg.encode, image)
-
-    def remember(self, name: str, encoded, image) -> str:
-        image_id = f"{name}-{encoded.key[:16]}-{secrets.token_hex(4)}"
-        self.images[image_id] = (name, encoded, image)
-        while len(self.images) > self.options.cache_size:
-            self.images.popitem(last=False)
-        return image_id
-
-    def recall(self, image_id: str):
-        if image_id not in self.images:
-            raise ApiError(404, f"unknown image_id '{image_id}' (expired or never uploaded; POST /v1/images again)")
-        self.images.move_to_end(image_id)
-        return self.images[image_id]
-
-    async def segment(self, name: str, encoded, request: str):
-        future = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(Job(name, encoded, request, future))
-        except asyncio.QueueFull:
-            raise ApiError(503, "the server is busy: the request queue is full; retry shortly", {"Retry-After": "1"}) from None
-        return await future
-
-    async def _worker(self) -> None:
-        while True:
-            job = await self.queue.get()
-            batch = [job]
-            # Requests about the same encoded image that are already waiting join this one.
-            waiting = []
-            while not self.queue.empty():
-                other = self.queue.get_nowait()
-                (batch if other.segmenter == job.segmenter and other.encoded is job.encoded else waiting).append(other)
-            for other in waiting:
-                self.queue.put_nowait(other)
-            seg = self.segmenters[job.segmenter]
-            try:
-                results = await self.run(seg.segment_many, job.encoded, [j.request for j in batch])
-                if len(batch) > 1:
-                    self.batched += len(batch)
-                for j, r in zip(batch, results):
-                    if not j.future.done():
-                        j.future.set_result(r)
-            except Exception as exc:  # handed to each waiting request; the handler turns it into JSON
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
+def key_matches(given: bytes, key: str) -> bool:
+    return bool(given) and secrets.compare_digest(given, key.encode("utf-8"))
 
 
-def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: bool = True):
-    """The FastAPI app over loaded segmenters (``{name: engine segmenter}``)."""
-    from fastapi import FastAPI
+def _error_response(request_id: str, status: int, message: str, headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
-    from vlmsam.errors import PromptError, VlmsamError, first_line
+    log.warning("request %s: %d %s", request_id, status, message)
+    return JSONResponse({"error": message, "request_id": request_id}, status_code=status,
+                        headers={"X-Request-Id": request_id, **(headers or {})})
 
-    options = options or ServeOptions()
-    engine = Engine(segmenters, options)
 
-    async def lifespan(app):
-        await engine.start()
-        yield
-        await engine.stop()
+def _api_methods(app) -> dict[str, set[str]]:
+    methods: dict[str, set[str]] = {}
+    for route in app.routes:
+        if getattr(route, "methods", None) and not route.path.startswith(("/docs", "/redoc")):
+            methods.setdefault(route.path, set()).update(route.methods)
+    return methods
 
-    app = FastAPI(title="vlmsam", version=__import__("vlmsam").__version__, lifespan=lifespan,
-                  description="Reasoning segmentation: an image and a request in, masks (COCO RLE) and the answer out.")
-    app.state.engine = engine
+
+def install_guard(app, options: ServeOptions) -> None:
+    """One gate in front of every route, the API's and the page's: request id, key, methods, errors."""
+    from fastapi.responses import RedirectResponse
+
+    methods = {}
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         request_id = uuid.uuid4().hex[:12]
         request.state.request_id = request_id
-        if options.api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not given or not secrets.compare_digest(given, options.api_key):
-                return JSONResponse({"error": "missing or wrong API key (X-API-Key or Authorization: Bearer)",
-                                     "request_id": request_id}, status_code=401)
+        path = request.url.path
+        if not methods:
+            methods.update(_api_methods(app))
+        if options.api_key and not path.startswith(PUBLIC):
+            login = request.query_params.get("api_key") if path == "/" else None
+            if login is not None and key_matches(login.encode("utf-8", "replace"), options.api_key):
+                response = RedirectResponse("/", status_code=303)
+                response.set_cookie(KEY_COOKIE, options.api_key, httponly=True, samesite="strict")
+                return response
+            if not key_matches(given_key(request), options.api_key):
+                return _error_response(request_id, 401, "missing or wrong API key (X-API-Key or Authorization: Bearer; "
+                                       "in a browser open /?api_key=KEY once)")
+        if path.startswith("/gradio_api/") and request.method == "POST":
+            refused = await _foreign_file(request, getattr(app.state, "upload_folder", None))
+            if refused:
+                return _error_response(request_id, 422, refused)
+        if path in methods and request.method not in methods[path] | {"HEAD" if "GET" in methods[path] else ""}:
+            allow = ", ".join(sorted(methods[path]))
+            return _error_response(request_id, 405, f"{request.method} is not allowed on {path}; use {allow}", {"Allow": allow})
         try:
             response = await call_next(request)
         except ClientDisconnect:  # the client went away mid-upload: nothing to answer, nothing broken
             log.info("request %s: the client disconnected before sending its body", request_id)
-            return JSONResponse({"error": "the client disconnected", "request_id": request_id}, status_code=400)
+            return _error_response(request_id, 400, "the client disconnected")
         except Exception:  # a bug: logged with its id, never shown to the client
             log.exception("request %s failed", request_id)
-            return JSONResponse({"error": "internal error; the server log has the details", "request_id": request_id},
-                                status_code=500)
+            return _error_response(request_id, 500, "internal error; the server log has the details")
+        if response.status_code in (404, 405) and path not in methods:  # the page's router or no route at all
+            return _error_response(request_id, response.status_code, f"no such route: {request.method} {path}")
         response.headers["X-Request-Id"] = request_id
         return response
 
+
+async def _foreign_file(request: Request, folder) -> str | None:
+    """Why a call to the page's API is refused: it names a file that was not uploaded to this server (a
+    server path or a URL) or its body is not bounded JSON; None when it may go on."""
+    import os
+
+    from vlmsam.io.files import loads
+
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return None
+    body = await request.body()
+    try:
+        data = loads(body, max_chars=4 * 2**20)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"malformed JSON body ({exc})"
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            if value.get("url") is not None:
+                return "images are accepted only as uploads, not as URLs"
+            where = value.get("path")
+            if where is not None:
+                real = os.path.realpath(str(where)) if isinstance(where, str) else ""
+                if folder is None or not real.startswith(str(folder) + os.sep):
+                    return "only uploaded images are accepted (a path on the server is refused)"
+            stack.extend(value.values())
+    return None
+
+
+def install_handlers(app) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    from vlmsam.errors import VlmsamError, first_line
+
     def error(request: Request, status: int, message: str, headers: dict | None = None):
-        request_id = getattr(request.state, "request_id", "-")
-        log.warning("request %s: %d %s", request_id, status, message)
-        return JSONResponse({"error": message, "request_id": request_id}, status_code=status, headers=headers or {})
+        return _error_response(getattr(request.state, "request_id", "-"), status, message, headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -234,7 +172,10 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
     async def user_error(request: Request, exc: VlmsamError):
         return error(request, 422, first_line(exc))
 
-    from fastapi.exceptions import RequestValidationError
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return error(request, exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -242,58 +183,99 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return error(request, 422, f"invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
 
-    def check_prompt(prompt) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError(422, "the prompt is empty: say what to segment, e.g. \"the red circle\"")
-        if len(prompt) > options.max_prompt_chars:
-            raise ApiError(422 if len(prompt) < 10 * options.max_prompt_chars else 413,
-                           f"the prompt has {len(prompt):,} characters; at most {options.max_prompt_chars:,} are accepted")
-        return prompt
 
-    async def read_payload(request: Request) -> dict:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            body = await request.body()
-            if len(body) > options.max_upload_bytes * 4 // 3 + 65536:
-                raise ApiError(413, "the request body is too large")
-            import json
+async def _read_json(request: Request, options: ServeOptions) -> dict:
+    from vlmsam.io.files import loads
 
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                raise ApiError(422, "malformed JSON body") from None
-            if not isinstance(payload, dict):
-                raise ApiError(422, "the JSON body must be an object")
-            if "image" in payload:
-                if not isinstance(payload["image"], str):
-                    raise ApiError(422, "'image' must be a base64 string")
-                try:
-                    payload["image_bytes"] = base64.b64decode(payload.pop("image"), validate=True)
-                except (binascii.Error, ValueError):
-                    raise ApiError(422, "'image' is not valid base64") from None
-            return payload
-        if kind == "multipart/form-data":
-            try:
-                form = await request.form(max_part_size=options.max_upload_bytes + 1)
-            except Exception as exc:
-                message = str(exc)
-                if "exceed" in message.lower() or "too large" in message.lower():
-                    raise ApiError(413, f"the upload is larger than {options.max_upload_bytes:,} bytes") from None
-                raise ApiError(422, "malformed multipart body") from None
-            payload = {k: v for k, v in form.items() if k != "image"}
-            upload = form.get("image")
-            if upload is not None:
-                if isinstance(upload, str):
-                    raise ApiError(422, "'image' must be a file part")
-                payload["image_bytes"] = await upload.read()
-            return payload
+    body = await request.body()
+    if len(body) > options.max_upload_bytes * 4 // 3 + 65536:
+        raise ApiError(413, "the request body is too large")
+    try:
+        payload = loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(422, f"malformed JSON body ({exc})" if body.strip() else "malformed JSON body (empty)") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "the JSON body must be an object")
+    if "image" in payload:
+        if not isinstance(payload["image"], str):
+            raise ApiError(422, "'image' must be a base64 string")
+        try:
+            payload["image_bytes"] = base64.b64decode(payload.pop("image"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "'image' is not valid base64") from None
+    return payload
+
+
+async def _read_form(request: Request, options: ServeOptions) -> dict:
+    try:
+        form = await request.form(max_part_size=options.max_upload_bytes + 1)
+    except ClientDisconnect:
+        raise
+    except Exception as exc:
+        message = str(exc)
+        if "exceed" in message.lower() or "too large" in message.lower():
+            raise ApiError(413, f"the upload is larger than {options.max_upload_bytes:,} bytes") from None
+        raise ApiError(422, "malformed multipart body") from None
+    payload = {k: v for k, v in form.items() if k != "image"}
+    upload = form.get("image")
+    if upload is not None:
+        if isinstance(upload, str):
+            raise ApiError(422, "'image' must be a file part")
+        payload["image_bytes"] = await upload.read()
+    return payload
+
+
+async def read_payload(request: Request, options: ServeOptions) -> dict:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        payload = await _read_json(request, options)
+    elif kind == "multipart/form-data":
+        payload = await _read_form(request, options)
+    else:
         raise ApiError(415, "send multipart/form-data (image file + prompt) or application/json")
+    allowed = PAYLOAD_FIELDS[request.url.path]
+    unknown = sorted(k for k in payload if k not in allowed and k != "image_bytes")
+    if unknown:
+        name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else repr(unknown[0])
+        raise ApiError(422, f"unknown field '{name[:60]}'; accepted: {', '.join(sorted(allowed))}")
+    return payload
 
-    @app.get("/healthz")
+
+def _flag(value) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "0", "false", "no", ""):
+        return value.strip().lower() in ("1", "true", "yes")
+    raise ApiError(422, "'overlay' must be true or false")
+
+
+def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: bool = True):
+    """The FastAPI app over loaded segmenters (``{name: engine segmenter}``)."""
+    from fastapi import FastAPI
+
+    from vlmsam.errors import PromptError
+
+    options = options or ServeOptions()
+    engine = Engine(segmenters, options)
+    names = list(segmenters)
+
+    async def lifespan(app):
+        await engine.start()
+        yield
+        await engine.stop()
+
+    app = FastAPI(title="vlmsam", version=__import__("vlmsam").__version__, lifespan=lifespan,
+                  description="Reasoning segmentation: an image and a request in, masks (COCO RLE) and the answer out.")
+    app.state.engine = engine
+    install_guard(app, options)
+    install_handlers(app)
+    common = schema.error_responses(400, 401, 404, 405, 413, 415, 422, 503)
+
+    @app.get("/healthz", response_model=schema.Health, responses=schema.error_responses(404, 405))
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=schema.ModelsAnswer, responses=schema.error_responses(401, 404, 405))
     async def models():
         out = []
         for name, seg in engine.segmenters.items():
@@ -301,9 +283,10 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
             out.append({"name": name, "model": getattr(seg, "label", name), "device": str(device) if device is not None else "cpu"})
         return {"segmenters": out, "cached_images": len(engine.images), "batched_requests": engine.batched}
 
-    @app.post("/v1/images")
+    @app.post("/v1/images", response_model=schema.ImageAnswer, responses=common,
+              openapi_extra=schema.request_body(names, options.max_prompt_chars, options.max_upload_bytes, segment=False))
     async def images(request: Request):
-        payload = await read_payload(request)
+        payload = await read_payload(request, options)
         if "image_bytes" not in payload:
             raise ApiError(422, "send the image (a file part 'image', or base64 'image' in JSON)")
         name, _ = engine.segmenter(payload.get("segmenter"))
@@ -314,16 +297,17 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
         return {"image_id": image_id, "segmenter": name, "image_size": [image.height, image.width],
                 "encode_seconds": round(time.perf_counter() - t0, 6), "request_id": request.state.request_id}
 
-    @app.post("/v1/segment")
+    @app.post("/v1/segment", response_model=schema.SegmentAnswer, response_model_exclude_none=True, responses=common,
+              openapi_extra=schema.request_body(names, options.max_prompt_chars, options.max_upload_bytes, segment=True))
     async def segment(request: Request):
-        payload = await read_payload(request)
-        prompt = check_prompt(payload.get("prompt"))
-        overlay = str(request.query_params.get("overlay", payload.get("overlay", "0"))).lower() in ("1", "true", "yes")
+        payload = await read_payload(request, options)
+        prompt = check_prompt(payload.get("prompt"), options)
+        overlay = _flag(request.query_params.get("overlay", payload.get("overlay")))
         t0 = time.perf_counter()
-        if payload.get("image_id"):
-            name, encoded, image = engine.recall(str(payload["image_id"]))
+        if payload.get("image_id") is not None and payload.get("image_id") != "":
+            name, encoded, image = engine.recall(payload["image_id"])
             if payload.get("segmenter") not in (None, "", name):
-                raise ApiError(422, f"image_id {payload['image_id']} was encoded by '{name}', not '{payload['segmenter']}'")
+                raise ApiError(422, f"this image_id was encoded by '{name}', not '{check_text(payload['segmenter'], 'segmenter', 200)}'")
             encode_s = 0.0
         elif "image_bytes" in payload:
             name, _ = engine.segmenter(payload.get("segmenter"))
@@ -337,13 +321,25 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
         except PromptError as exc:
             raise ApiError(422, str(exc)) from None
         body = encode_result(result, encoded.size, image if overlay else None)
-        body["timings"] = {"encode_image": round(encode_s, 6), **body["timings"],
-                           "total": round(time.perf_counter() - t0, 6)}
+        body["timings"] = {"encode_image": round(encode_s, 6), **body["timings"], "total": round(time.perf_counter() - t0, 6)}
         body.update(segmenter=name, request_id=request.state.request_id)
         return body
 
+    if options.api_key:
+        _with_security(app)
     if page:
         from vlmsam.serve.page import mount_page
 
         mount_page(app, engine)
     return app
+
+
+def _with_security(app) -> None:
+    build = app.openapi
+
+    def openapi():
+        if not app.openapi_schema:
+            app.openapi_schema = schema.add_security(build())
+        return app.openapi_schema
+
+    app.openapi = openapi
