@@ -238,13 +238,17 @@ async def read_payload(request: Request, options: ServeOptions) -> dict:
     if unknown:
         name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else repr(unknown[0])
         raise ApiError(422, f"unknown field '{name[:60]}'; accepted: {', '.join(sorted(allowed))}")
+    for key in ("segmenter", "image_id", "prompt", "overlay"):  # present means given: no nulls, no blanks
+        if key in payload and (payload[key] is None or (key in ("segmenter", "image_id") and payload[key] == "")):
+            raise ApiError(422, f"'{key}' is {'null' if payload[key] is None else 'empty'}; leave it out or give a value")
     return payload
 
 
-def _flag(value) -> bool:
+def _flag(value, words=("true", "false")) -> bool:
+    """A boolean field: JSON true/false, or the words a form or query may carry."""
     if value is None or isinstance(value, bool):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "0", "false", "no", ""):
+    if isinstance(value, str) and value.strip().lower() in words:
         return value.strip().lower() in ("1", "true", "yes")
     raise ApiError(422, "'overlay' must be true or false")
 
@@ -302,11 +306,15 @@ def create_app(segmenters: dict, options: ServeOptions | None = None, *, page: b
     async def segment(request: Request):
         payload = await read_payload(request, options)
         prompt = check_prompt(payload.get("prompt"), options)
-        overlay = _flag(request.query_params.get("overlay", payload.get("overlay")))
+        overlay = _flag(payload.get("overlay"))
+        if "overlay" in request.query_params:
+            overlay = _flag(request.query_params["overlay"], ("1", "true", "yes", "0", "false", "no", ""))
         t0 = time.perf_counter()
-        if payload.get("image_id") is not None and payload.get("image_id") != "":
+        if "image_id" in payload and "image_bytes" in payload:
+            raise ApiError(422, "send either an image or an image_id, not both")
+        if "image_id" in payload:
             name, encoded, image = engine.recall(payload["image_id"])
-            if payload.get("segmenter") not in (None, "", name):
+            if payload.get("segmenter", name) != name:
                 raise ApiError(422, f"this image_id was encoded by '{name}', not '{check_text(payload['segmenter'], 'segmenter', 200)}'")
             encode_s = 0.0
         elif "image_bytes" in payload:

@@ -79,7 +79,7 @@ def decode_image(data: bytes, options: ServeOptions):
     try:
         return load_image(bytes(data))  # bytes only: the server never opens a path or URL
     except ImageLoadError as exc:
-        raise ApiError(422, f"the image cannot be used ({str(exc).split(': ', 1)[-1]})") from None
+        raise ApiError(422, f"the image cannot be decoded or used ({str(exc).split(': ', 1)[-1]})") from None
     except Exception:
         raise ApiError(422, "the image cannot be decoded (truncated or corrupt)") from None
 

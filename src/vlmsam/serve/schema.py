@@ -25,7 +25,10 @@ ERRORS = {
     422: "The request is well-formed but cannot be used: not an image, an empty or undecodable prompt, a wrong field.",
     503: "The request queue is full; retry after the Retry-After seconds.",
 }
-PROMPT_PATTERN = r"\S"  # at least one non-space character
+# Text with at least one non-space character and no control characters but tab, newline and return
+# (what clean_text accepts).
+_TEXT = r"[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]"
+PROMPT_PATTERN = rf"^{_TEXT}*[^\s\u0000-\u001F\u007F-\u009F]{_TEXT}*$"
 
 
 class ErrorBody(BaseModel):
@@ -89,7 +92,7 @@ def _example_png() -> str:
 def _fields(names: list[str], max_prompt: int, max_bytes: int, *, binary: bool, segment: bool) -> dict:
     image = ({"type": "string", "format": "binary", "description": f"the image file (at most {max_bytes:,} bytes)"}
              if binary else {"type": "string", "format": "byte", "description": "the image file, base64",
-                             "maxLength": max_bytes * 4 // 3 + 4})
+                             "minLength": 4, "maxLength": max_bytes * 4 // 3 + 4})
     props: dict[str, Any] = {
         "image": image,
         "segmenter": {"type": "string", "enum": names, "description": "a loaded segmenter (default: the first)"},
@@ -98,9 +101,10 @@ def _fields(names: list[str], max_prompt: int, max_bytes: int, *, binary: bool, 
         props.update(
             prompt={"type": "string", "minLength": 1, "maxLength": max_prompt, "pattern": PROMPT_PATTERN,
                     "description": "what to segment, in words"},
-            image_id={"type": "string", "minLength": 1, "maxLength": 200,
+            image_id={"type": "string", "minLength": 1, "maxLength": 200, "pattern": rf"^{_TEXT}+$",
                       "description": "instead of image: a handle from POST /v1/images"},
-            overlay={"type": "boolean", "description": "also return every mask drawn on the image as a PNG"},
+            overlay={"type": "boolean", "description": "also return every mask drawn on the image as a PNG "
+                     "(multipart: 'true' or 'false'; the query parameter ?overlay=1 works for both bodies)"},
         )
     return props
 
@@ -108,11 +112,12 @@ def _fields(names: list[str], max_prompt: int, max_bytes: int, *, binary: bool, 
 def request_body(names: list[str], max_prompt: int, max_bytes: int, *, segment: bool) -> dict:
     """``openapi_extra`` for POST /v1/segment (``segment``) or POST /v1/images."""
     def schema(binary: bool) -> dict:
-        out = {"type": "object", "additionalProperties": False,
+        # Multipart parsers drop parts they cannot name, so only JSON bodies promise no other fields.
+        out = {"type": "object", "additionalProperties": binary,
                "properties": _fields(names, max_prompt, max_bytes, binary=binary, segment=segment)}
         if segment:
             out["required"] = ["prompt"]
-            out["anyOf"] = [{"required": ["image"]}, {"required": ["image_id"]}]
+            out["oneOf"] = [{"required": ["image"]}, {"required": ["image_id"]}]  # one, not both
         else:
             out["required"] = ["image"]
         return out
