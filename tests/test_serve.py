@@ -29,9 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*extra, env=None):
+def start(*extra, env=None, page=False):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "serve", "--port", str(port), "--no-page", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "serve", "--port", str(port), *([] if page else ["--no-page"]), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
     url = f"http://127.0.0.1:{port}"

@@ -7,39 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from tests.test_serve import EXAMPLE, REQUEST, free_port
+from tests.test_serve import EXAMPLE, REQUEST, start
 
 KEY = "k3y-for-tests"
 
 
 def _start(*extra):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "serve", "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore", "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start")
+    return start(*extra, page="--no-page" not in extra, env={"GRADIO_ANALYTICS_ENABLED": "False"})
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +175,7 @@ def test_a_failure_inside_a_batch_is_isolated():
 
 
 def test_sigterm_answers_the_requests_in_flight():
-    proc, url = _start("--no-page", "--max-queue", "16")
+    proc, url = start("--max-queue", "16")
     results = []
 
     def ask():
