@@ -144,11 +144,13 @@ async def _foreign_file(request: Request, folder) -> str | None:
         if isinstance(value, list):
             stack.extend(value)
         elif isinstance(value, dict):
-            if value.get("url") is not None:
-                return "images are accepted only as uploads, not as URLs"
             where = value.get("path")
-            if where is not None:
-                real = os.path.realpath(str(where)) if isinstance(where, str) else ""
+            if where is not None or value.get("url") is not None:
+                # A file payload: its path must be an upload to this server (the browser also sends that
+                # upload's own URL, which is never fetched); a URL alone is refused.
+                if where is None:
+                    return "images are accepted only as uploads, not as URLs"
+                real = os.path.realpath(where) if isinstance(where, str) else ""
                 if folder is None or not real.startswith(str(folder) + os.sep):
                     return "only uploaded images are accepted (a path on the server is refused)"
             stack.extend(value.values())
