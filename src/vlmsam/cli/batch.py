@@ -27,8 +27,13 @@ def expand(source: str) -> list[str]:
     if is_url(source):
         return [source]
     path = Path(source)
-    if path.is_dir():
-        return sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if os.path.isdir(path):  # False, not an error, for a name too long to exist
+        try:
+            return sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            from vlmsam.io.result_set import os_error_text
+
+            raise VlmsamError(f"{source}: the folder cannot be listed ({os_error_text(exc)})") from None
     if os.path.lexists(source):
         return [source]
     if any(ch in source for ch in "*?["):
@@ -40,15 +45,19 @@ def read_requests(path: str | os.PathLike) -> list[Job]:
     """The ``(image, request)`` jobs of a ``--requests`` file, in order; anything else is one
     :class:`VlmsamError` line naming ``file:line``."""
     from vlmsam.engine.contract import check_request
-    from vlmsam.io.files import loads, read_text
+    from vlmsam.io.files import loads, read_user_bytes
     from vlmsam.io.text import clean_text
 
-    text = read_text(path, REQUESTS_WHAT)
+    data = read_user_bytes(path, REQUESTS_WHAT)
     jobs = []
-    for k, line in enumerate(text.split("\n"), 1):  # only "\n" ends a line: U+2028 may sit inside a JSON string
-        if not line.strip():
+    for k, raw in enumerate(data.split(b"\n"), 1):  # only "\n" ends a line: U+2028 may sit inside a JSON string
+        if not raw.strip():
             continue
         try:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"not UTF-8 text: a bad byte at column {exc.start + 1}") from None
             value = loads(line)
             if not isinstance(value, dict) or "image" not in value or "request" not in value:
                 raise ValueError("not an object with image and request")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -27,9 +28,9 @@ def check_merge(checkpoint: str, out_dir: str) -> tuple[Path, Path]:
     from vlmsam.io.files import read_json
 
     ckpt, out = Path(checkpoint), Path(out_dir)
-    if not ckpt.is_dir():
+    if not os.path.isdir(ckpt):
         raise CheckpointError(f"{ckpt}: no such checkpoint directory")
-    if not (ckpt / "vlmsam_config.json").is_file():
+    if not os.path.isfile(ckpt / "vlmsam_config.json"):
         raise CheckpointError(f"{ckpt}: not a vlmsam [SEG] checkpoint (no vlmsam_config.json)")
     config = read_json(ckpt / "vlmsam_config.json", "a vlmsam checkpoint config", dict)
     design = str(config.get("model_type", "seg_token")).removeprefix("vlmsam_")
@@ -37,16 +38,16 @@ def check_merge(checkpoint: str, out_dir: str) -> tuple[Path, Path]:
         raise CheckpointError(f"{ckpt}: a {design} checkpoint; merge-lora merges [SEG] (seg_token) checkpoints")
     if not config.get("use_lora", True):
         raise CheckpointError(f"{ckpt}: has no LoRA adapter to merge; it is already standalone")
-    if not (ckpt / "adapter").is_dir():
+    if not os.path.isdir(ckpt / "adapter"):
         raise CheckpointError(f"{ckpt}: its config says LoRA but it has no adapter/ directory; the checkpoint is incomplete")
-    if out.exists() and not out.is_dir():
+    if os.path.exists(out) and not os.path.isdir(out):
         raise CheckpointError(f"{out}: is a file; name the directory to write")
     real_ckpt, real_out = ckpt.resolve(), out.resolve()
     if real_out == real_ckpt or real_out.is_relative_to(real_ckpt):
         raise CheckpointError(f"{out}: is the checkpoint or inside it; name a directory outside {ckpt}")
     if real_ckpt.is_relative_to(real_out):
         raise CheckpointError(f"{out}: holds the checkpoint {ckpt}; name a new or empty directory elsewhere")
-    if out.is_dir() and any(out.iterdir()):
+    if os.path.isdir(out) and any(out.iterdir()):
         raise CheckpointError(f"{out}: exists and is not empty; name a new or empty directory "
                               "(merge-lora never writes over or beside other files)")
     return ckpt, out
@@ -54,7 +55,6 @@ def check_merge(checkpoint: str, out_dir: str) -> tuple[Path, Path]:
 
 def run_merge(args: argparse.Namespace) -> int:
     import contextlib
-    import os
     import shutil
     import tempfile
 
@@ -86,8 +86,6 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _umask() -> int:
-    import os
-
     current = os.umask(0)
     os.umask(current)
     return current

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def _design(args) -> str:
     from vlmsam.errors import VlmsamError
 
     design = args.segmenter
-    if design is None and args.model and not (args.vlm or args.sam) and (Path(args.model) / "vlmsam_config.json").is_file():
+    if design is None and args.model and not (args.vlm or args.sam) and os.path.isfile(Path(args.model) / "vlmsam_config.json"):
         from vlmsam.engine.registry import model_type
 
         design = model_type(Path(args.model))
@@ -155,7 +156,7 @@ def _segment_batch(args, jobs: list[tuple[str, str]], stems: list[str]) -> int:
             except JournalError:
                 raise
             except VlmsamError as exc:
-                print(f"skipped: {exc}", file=sys.stderr)
+                tqdm.write(f"skipped: {exc}", file=sys.stderr)  # on a line of its own, not after the bar
                 failed += 1
         journal.finish([(stems[k], request) for k, (_, request) in enumerate(jobs)])
     finally:

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -94,24 +93,9 @@ def locked(out_dir: Path) -> Iterator[None]:
 
 
 def _write_temp(out_dir: Path, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=TEMP_PREFIX, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the user's usual mode
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
+    from vlmsam.io.writer import write_temp
 
-
-def _umask() -> int:
-    current = os.umask(0)  # reading the umask means setting it; put it straight back
-    os.umask(current)
-    return current
+    return write_temp(out_dir, data, TEMP_PREFIX)
 
 
 def _write_manifest(out_dir: Path, names: set[str]) -> None:
@@ -144,7 +128,7 @@ def write_set(out_dir: str | os.PathLike, files: Sequence[tuple[str, Data]], *, 
     out = prepare_out_dir(out_dir)
     names = [name for name, _ in files]
     temps: list[str] = []
-    renamed, current = 0, out / (names[-1] if names else MANIFEST)
+    renamed, current, listed = 0, out / (names[-1] if names else MANIFEST), None
     try:
         with locked(out):
             manifest = read_manifest(out)
@@ -153,6 +137,7 @@ def write_set(out_dir: str | os.PathLike, files: Sequence[tuple[str, Data]], *, 
                 current = out / name
                 temps.append(_write_temp(out, data() if callable(data) else data))
             current = out / MANIFEST
+            listed = os.path.lexists(out / MANIFEST)
             _write_manifest(out, manifest | set(names))
             for tmp, name in zip(temps, names):
                 current = out / name
@@ -169,6 +154,9 @@ def write_set(out_dir: str | os.PathLike, files: Sequence[tuple[str, Data]], *, 
         for tmp in temps[renamed:]:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if listed is not None and not renamed:  # the manifest was (perhaps) updated, but nothing was renamed
+            with contextlib.suppress(OSError):
+                _write_manifest(out, manifest) if listed else os.unlink(out / MANIFEST)
         if not isinstance(exc, OSError):
             raise
         done = f"nothing was written for {unit}" if not renamed else f"the outputs for {unit} are incomplete"

@@ -46,18 +46,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         from vlmsam.errors import VlmsamError
 
         raise VlmsamError(f"{path}: is a directory; cannot write a file there")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = write_temp(path.parent, data, prefix=f".{path.name}.")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_temp(directory: str | os.PathLike, data: bytes, prefix: str) -> str:
+    """``data`` in a new temporary file in ``directory`` (flushed to disk, the user's usual mode); its path.
+    Nothing is left behind when the write fails."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the user's usual mode
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def _umask() -> int:
@@ -73,8 +85,8 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
 
     out = Path(out_dir)
     for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
+        if os.path.exists(p):  # False, not an error, for a name too long to exist
+            if not os.path.isdir(p):
                 raise VlmsamError(f"{p}: is a file; --out names a directory")
             break
     return out
@@ -85,7 +97,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     from vlmsam.errors import VlmsamError
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    if os.path.exists(out) and not os.path.isdir(out):
         raise VlmsamError(f"{out}: is a file; --out names a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
