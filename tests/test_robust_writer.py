@@ -142,3 +142,15 @@ def test_a_file_size_limit_is_one_line_and_nothing_partial(tmp_path):
     lines = message_lines(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[0].startswith("vlmsam data: error: ")
+
+
+def test_an_rle_with_a_negative_run_says_so():
+    """Runs that add up right but hold a negative one used to read "16,384 pixels, not 16,384"."""
+    import pytest
+
+    from vlmsam.io.writer import check_rle
+
+    with pytest.raises(ValueError, match="run 1 is negative"):
+        check_rle({"size": [128, 128], "counts": [16_389, -5]}, (128, 128))
+    with pytest.raises(ValueError, match="16,000 pixels, not 16,384"):
+        check_rle({"size": [128, 128], "counts": [16_000]}, (128, 128))

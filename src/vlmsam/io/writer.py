@@ -162,7 +162,10 @@ def check_rle(rle, shape: tuple[int, int]) -> None:
     if tuple(size) != tuple(shape):
         raise ValueError(f"RLE of size {size[1]}x{size[0]} for an image of {shape[1]}x{shape[0]}")
     runs = rle_counts(rle["counts"])
-    if any(r < 0 for r in runs) or sum(runs) != shape[0] * shape[1]:
+    negative = next((k for k, r in enumerate(runs) if r < 0), None)
+    if negative is not None:
+        raise ValueError(f"RLE run {negative} is negative ({runs[negative]:,}); the counts are corrupt")
+    if sum(runs) != shape[0] * shape[1]:
         raise ValueError(f"RLE runs add up to {sum(runs):,} pixels, not {shape[0] * shape[1]:,}")
 
 
