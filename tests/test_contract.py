@@ -126,3 +126,30 @@ def test_save_and_load_give_identical_results(seg, tmp_path):
         same(x, y)
     with pytest.raises(PromptError, match="another segmenter"):
         loaded.segment(seg.encode(image), "the red square")
+
+
+def test_a_design_that_implements_neither_segment_is_told_so():
+    from vlmsam.engine.contract import SegmenterBase
+
+    class Half(SegmenterBase):
+        name = "half"
+
+        def _encode(self, image, key):
+            return self.handle(image, key)
+
+    half = Half()
+    encoded = half.encode(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(NotImplementedError, match="neither _segment nor _segment_many"):
+        half.segment(encoded, "the square")
+
+
+def test_the_user_object_takes_a_handle_in_the_engines_order():
+    from vlmsam.segmenter import load_segmenter
+
+    seg = load_segmenter()
+    a, _ = images()
+    encoded = seg.encode(a)
+    by_handle = seg.segment(encoded, "the red square")
+    assert seg.current is None  # a handle passed in is not made the current image
+    same(by_handle, seg.segment_many(encoded, ["the red square"])[0])
+    same(by_handle, seg.segment("the red square", image=a))

@@ -60,7 +60,11 @@ class Segmenter:
             self.current = self.engine.encode(loaded)
         return self.current
 
-    def segment(self, request: str, image: ImageSource | None = None, **options) -> SegmentationResult:
+    def segment(self, request, image=None, **options) -> SegmentationResult:
+        """``segment(request)`` about the current image, ``segment(request, image=...)``, or, as the engine
+        takes it, ``segment(encoded, request)`` with a handle from :meth:`encode`."""
+        if isinstance(request, EncodedImage):  # the engine's order: (handle, request)
+            return self.engine.segment(request, image, **options)
         if image is not None:
             self.set_image(image)
         if self.current is None:

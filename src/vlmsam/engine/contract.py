@@ -116,6 +116,8 @@ class SegmenterBase:
         raise NotImplementedError
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
+        if type(self)._segment is SegmenterBase._segment:  # neither is implemented: say so, do not recurse
+            raise NotImplementedError(f"{type(self).__name__} implements neither _segment nor _segment_many")
         return [self._segment(encoded, r, options) for r in requests]
 
     def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
