@@ -169,10 +169,9 @@ def test_a_slow_client_does_not_block_others(server):
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"prompt\": ")
     try:
-        t0 = time.time()
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200
         r = httpx.post(url + "/v1/segment", files={"image": ("s.jpg", EXAMPLE.read_bytes(), "image/jpeg")}, data={"prompt": REQUEST}, timeout=60)
-        assert r.status_code == 200 and time.time() - t0 < 60
+        assert r.status_code == 200  # answered while the slow client still holds its connection
     finally:
         sock.close()
 
