@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vqa-data", help="LLaVA json names in llava_dataset/, e.g. llava_instruct_150k")
     p.add_argument("--seg-pp-data", help="e.g. caption,cot,conversation,instance_seg")
     p.add_argument("--workers", type=workers, default=4, help="threads decoding images and annotations (default 4)")
+    p.add_argument("--on-bad-sample", choices=["skip", "error"], default="skip",
+                   help="list and count every bad sample (default; evaluate, score and train skip the same ones) "
+                   "or stop at the first, naming it")
     p.set_defaults(run=run_check_command)
 
     s = data_sub.add_parser(
@@ -58,7 +61,8 @@ def run_check_command(args: argparse.Namespace) -> int:
 
     lists = {"refer_seg": args.refer_seg_data, "sem_seg": args.sem_seg_data, "vqa": args.vqa_data, "seg_pp": args.seg_pp_data}
     families = split_list(args.datasets) if args.datasets else None
-    ok = run_check(args.dataset_dir, families, {k: v for k, v in lists.items() if v}, workers=args.workers)
+    ok = run_check(args.dataset_dir, families, {k: v for k, v in lists.items() if v}, workers=args.workers,
+                   on_bad_sample=args.on_bad_sample)
     return 0 if ok else 2
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vlmsam.cli.types import non_negative, tokens
+from vlmsam.errors import VlmsamError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--multi-part", choices=["sum", "or"], default="sum",
                    help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
                    "builds it (overlaps count as background; the default, so scores compare with papers) or 'or' (their union)")
+    e.add_argument("--on-bad-sample", choices=["skip", "error"], default="skip",
+                   help="a sample with a missing or unusable image or a broken annotation: skip it and count it in "
+                   "metrics.json's skipped_samples (default) or stop, naming it (`vlmsam data check` lists them all)")
+    e.add_argument("--resume", action="store_true",
+                   help="keep the predictions an interrupted run wrote in OUT/predictions.jsonl and answer only the rest")
     e.set_defaults(run=run_evaluate)
 
     s = sub.add_parser(
@@ -47,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--multi-part", choices=["sum", "or"], default="sum",
                    help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
                    "builds it (overlaps count as background; the default, so scores compare with papers) or 'or' (their union)")
+    s.add_argument("--on-bad-sample", choices=["skip", "error"], default="skip",
+                   help="a sample with a missing or unusable image or a broken annotation: skip it and count it in "
+                   "metrics.json's skipped_samples (default) or stop, naming it (`vlmsam data check` lists them all)")
     s.set_defaults(run=run_score)
 
 
@@ -54,6 +64,40 @@ def _eval_dataset(args):
     from vlmsam.data.registry import build_eval_dataset
 
     return build_eval_dataset(args.dataset, args.dataset_dir, multi_part=args.multi_part)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+RUN_FILE = "evaluate_run.json"  # what an evaluation in OUT was run with: --resume refuses to mix two
+
+
+OUTPUTS = ("predictions.jsonl", "metrics.json", "summary.png", RUN_FILE)
+
+
+def check_resumable(args: argparse.Namespace, write: bool = True) -> None:
+    """Refuse an OUT holding files vlmsam did not write, and with --resume one written by another
+    evaluation; then write OUT/evaluate_run.json. All before a model loads."""
+    from vlmsam.io.files import read_json
+    from vlmsam.io.result_set import check_ours, write_set
+
+    check_ours(Path(args.out), OUTPUTS)
+
+    run = {"dataset": args.dataset, "dataset_dir": str(Path(args.dataset_dir).resolve()), "multi_part": args.multi_part,
+           "model": str(Path(args.model).resolve()) if args.model else None, "segmenter": args.segmenter, "vlm": args.vlm,
+           "sam": args.sam, "detector": args.detector, "vlm_endpoint": args.vlm_endpoint, "dtype": args.dtype,
+           "max_new_tokens": args.max_new_tokens}
+    path = Path(args.out) / RUN_FILE
+    if args.resume and path.is_file():
+        saved = read_json(path, "the settings of an earlier evaluation", dict)
+        differ = sorted(k for k in run if saved.get(k) != run[k])
+        if differ:
+            raise VlmsamError(f"{args.out}: holds an evaluation with other settings ("
+                              + ", ".join(f"{k}: {saved.get(k)!r} -> {run[k]!r}" for k in differ[:3])
+                              + "); resume with the same ones, or use another --out")
+    if write:
+        write_set(args.out, [(RUN_FILE, (json.dumps(run, indent=2) + "\n").encode())], unit=str(path))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -73,10 +117,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     info = init_distributed()
     try:
         ds = _eval_dataset(args)
+        check_resumable(args, write=info.is_main)  # every rank refuses alike; before any model loads
         seg = load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam,
                              device=device or info.device, dtype=args.dtype, vlm_endpoint=args.vlm_endpoint,
                              detector=args.detector)
-        metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens, limit=args.limit)
+        metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens,
+                           limit=args.limit, on_bad_sample=args.on_bad_sample, resume=args.resume, print_fn=_note)
         if info.is_main:
             print(json.dumps(metrics, indent=2))
             print(f"wrote {Path(args.out) / 'metrics.json'}, predictions.jsonl, summary.png")
@@ -90,7 +136,11 @@ def run_score(args: argparse.Namespace) -> int:
     from vlmsam.io.writer import prepare_out_dir
 
     prepare_out_dir(args.out)  # a file named as --out fails first
-    metrics = score_predictions(args.predictions, _eval_dataset(args), Path(args.out))
+    from vlmsam.io.result_set import check_ours
+
+    check_ours(Path(args.out), ("metrics.json", "summary.png"))  # before the dataset is read
+    metrics = score_predictions(args.predictions, _eval_dataset(args), Path(args.out), on_bad_sample=args.on_bad_sample,
+                                print_fn=_note)
     print(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -35,7 +35,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.overwrite:
         overrides.append("train.overwrite=true")
     config = args.config
-    if config and "=" in config and not Path(config).is_file():  # only overrides were given
+    if config and "=" in config and not _is_file(config):  # only overrides were given
         overrides.insert(0, config)
         config = None
     return run_from_cli(config, overrides)
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False

@@ -1,33 +1,33 @@
 """``vlmsam data check``: walk a dataset tree before an expensive run and list what is unusable.
 
 For every dataset and split it counts the samples, the missing images, the unreadable images and
-the broken annotations, naming each file at fault. Images are decoded (at reduced scale where
-the format allows), annotations are turned into masks exactly as training will.
+the broken annotations, naming each file at fault. Every sample goes through the one check
+``evaluate``, ``score`` and ``train`` run (:func:`vlmsam.data.validate.load_checked`): the image is
+loaded as the models load it, the annotation parsed and its requests checked as they will be, so
+"all datasets usable" means none of them will skip or stop.
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from vlmsam.data.base import SegDataset
 from vlmsam.data.reason_seg import ReasonSegDataset, find_root
 from vlmsam.data.refer_seg import SPLIT_BY, ReferSegDataset, splits_of
 from vlmsam.data.registry import FAMILIES, DEFAULT_DATA, split_list
-from vlmsam.data.sample import BadSample
+from vlmsam.data.sample import BROKEN_ANNOTATION, PROBLEMS, BadSample
 from vlmsam.data.seg_pp import KINDS as SEG_PP_KINDS
 from vlmsam.data.seg_pp import SegPlusPlusDataset
 from vlmsam.data.sem_seg import SEM_SEG
+from vlmsam.data.validate import ON_BAD_SAMPLE, load_checked
 from vlmsam.data.vqa import VqaDataset
 from vlmsam.errors import VlmsamError
-
-PROBLEMS = ("missing images", "unreadable images", "broken annotations")
 
 
 @dataclass
@@ -38,51 +38,41 @@ class Report:
     problems: dict = field(default_factory=lambda: defaultdict(dict))  # kind -> {path: reason}
     absent: str = ""  # why the dataset could not be opened at all
     notes: dict = field(default_factory=dict)  # where -> what: worth knowing, not a problem
+    bad: Counter = field(default_factory=Counter)  # kind -> bad samples (several may share one broken file)
 
     @property
     def ok(self) -> bool:
         return not self.absent and not any(self.problems.values())
 
 
-def check_image(path: Path) -> str | None:
-    """None if the image decodes; else a short reason. JPEGs decode at reduced scale (fast)."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (256, 256))
-            im.load()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def check_dataset(ds: SegDataset, report: Report, workers: int = 4, progress: bool = True) -> Report:
+def check_dataset(ds: SegDataset, report: Report, workers: int = 4, progress: bool = True,
+                  policy: str = "skip") -> Report:
+    """Every sample through :func:`~vlmsam.data.validate.load_checked`, in the form ``evaluate`` and
+    ``score`` read it (where the dataset has one) and in the form ``train`` reads it. Under the
+    ``error`` policy the first bad sample (in dataset order) is raised."""
     report.samples = len(ds)
-    seen_images: dict[Path, str | None] = {}
+    seen_images: dict = {}  # path -> its (width, height) or its BadSample: each image decoded once
+    evaluable = type(ds).load_eval is not SegDataset.load_eval
 
     def one(i: int):
-        image = ds.image_path(i)
-        if not image.is_file():
-            return ("missing images", str(image), "not found")
-        if image not in seen_images:
-            seen_images[image] = check_image(image)
-        if seen_images[image] is not None:
-            return ("unreadable images", str(image), seen_images[image])
         try:
-            if type(ds).load_eval is not SegDataset.load_eval:  # covers every target of the image
-                ds.load_eval(i)
-            else:
-                ds.load(i, random.Random(i))
+            if evaluable:
+                load_checked(ds, i, images=seen_images)
+            load_checked(ds, i, random.Random(i), images=seen_images)
         except BadSample as exc:
-            return ("broken annotations", exc.path, exc.reason)
+            return exc
         return None
 
     with ThreadPoolExecutor(workers) as pool:  # PIL and json release the GIL while decoding
         results = pool.map(one, range(len(ds)))
-        for res in tqdm(results, total=len(ds), desc=f"{report.name}:{report.split}", unit="sample",
+        for exc in tqdm(results, total=len(ds), desc=f"{report.name}:{report.split}", unit="sample",
                         disable=not progress or len(ds) < 50, leave=False):
-            if res:
-                kind, path, reason = res
-                report.problems[kind].setdefault(path, reason)
+            if exc is not None:
+                if policy == "error":
+                    raise exc
+                kind = exc.kind if exc.kind in PROBLEMS else BROKEN_ANNOTATION
+                report.problems[kind].setdefault(exc.path, exc.reason)
+                report.bad[kind] += 1
     report.notes.update(ds.notes)
     return report
 
@@ -144,8 +134,10 @@ def datasets_to_check(root: Path, families: list[str], lists: dict[str, str], ex
 
 
 def run_check(root: str | Path, families: list[str] | None = None, lists: dict[str, str] | None = None,
-              workers: int = 4, progress: bool = True, print_fn=print, max_listed: int = 50) -> bool:
-    """Check, print the report, return True when everything checked is usable."""
+              workers: int = 4, progress: bool = True, print_fn=print, max_listed: int = 50,
+              on_bad_sample: str = "skip") -> bool:
+    """Check, print the report, return True when everything checked is usable. ``on_bad_sample``:
+    ``skip`` lists and counts every bad sample; ``error`` stops at the first (a BadSample naming it)."""
     root = Path(root)
     if not root.is_dir():
         raise VlmsamError(f"{root}: no such dataset directory")
@@ -153,7 +145,9 @@ def run_check(root: str | Path, families: list[str] | None = None, lists: dict[s
     pairs = datasets_to_check(root, families or list(FAMILIES), lists or {}, explicit)
     if not pairs:
         raise VlmsamError(f"{root}: no dataset of a known layout found (see the README, section Datasets)")
-    reports = [check_dataset(ds, rep, workers, progress) if ds is not None else rep for rep, ds in pairs]
+    if on_bad_sample not in ON_BAD_SAMPLE:
+        raise VlmsamError(f"--on-bad-sample {on_bad_sample!r}: choose skip or error")
+    reports = [check_dataset(ds, rep, workers, progress, on_bad_sample) if ds is not None else rep for rep, ds in pairs]
     width = max(len(f"{r.name}:{r.split}") for r in reports) + 2
     print_fn(f"{'dataset:split':<{width}}{'samples':>9}{'missing img':>13}{'unreadable img':>16}{'broken ann':>12}  status")
     for r in reports:
@@ -163,6 +157,9 @@ def run_check(root: str | Path, families: list[str] | None = None, lists: dict[s
     for r in reports:
         if r.absent:
             print_fn(f"\n{r.name}: {r.absent}")
+        if r.bad:
+            print_fn(f"\n{r.name}:{r.split}: {sum(r.bad.values())} bad sample(s) ("
+                     + ", ".join(f"{r.bad[k]} {k}" for k in PROBLEMS if r.bad[k]) + ")")
         for kind in PROBLEMS:
             items = list(r.problems[kind].items())
             if items:
@@ -178,5 +175,8 @@ def run_check(root: str | Path, families: list[str] | None = None, lists: dict[s
             if len(r.notes) > max_listed:
                 print_fn(f"  ... and {len(r.notes) - max_listed} more")
     ok = all(r.ok for r in reports)
-    print_fn("\nall datasets usable" if ok else "\nsome data is unusable (see above)")
+    bad = sum(sum(r.bad.values()) for r in reports)
+    print_fn("\nall datasets usable" if ok else "\nsome data is unusable (see above)" + (
+        f": {bad} bad sample(s), which evaluate, score and train skip and count (--on-bad-sample skip) "
+        "or stop at (--on-bad-sample error)" if bad else ""))
     return ok

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vlmsam.data.sample import BadSample, Sample
+from vlmsam.data.sample import UNREADABLE_IMAGE, BadSample, Sample
 from vlmsam.errors import ImageLoadError
 from vlmsam.io.images import load_image
 from vlmsam.sam.backend import sam_pixels
@@ -83,11 +83,12 @@ class Collator:
         self.sam_processor = sam_processor
         self.seg_token_id = processor.seg_token_id
 
-    def prepare(self, sample: Sample) -> Prepared:
+    def prepare(self, sample: Sample, image=None) -> Prepared:
+        """Decode (unless ``image``, the decoded picture, is given), tokenize, and check the targets."""
         try:
-            image = load_image(sample.image)
+            image = load_image(sample.image if image is None else image)
         except ImageLoadError as exc:
-            raise BadSample(sample.where, f"unreadable image ({exc})") from None
+            raise BadSample(sample.where, f"unreadable image ({exc})", UNREADABLE_IMAGE) from None
         if sample.masks.shape[1:] != (image.height, image.width):
             raise BadSample(sample.where, f"masks are {sample.masks.shape[2]}x{sample.masks.shape[1]} "
                                           f"but the image is {image.width}x{image.height}")

@@ -14,6 +14,7 @@ Targets are built exactly as LISA's published evaluation builds them, so that a 
 from __future__ import annotations
 
 import math
+import reprlib
 
 import cv2
 import numpy as np
@@ -35,13 +36,13 @@ def polygon_points(points) -> np.ndarray:
     pairs = []
     for p in points:
         if not isinstance(p, (list, tuple)) or len(p) != 2:
-            raise ValueError(f"point {p!r} is not an [x, y] pair")
+            raise ValueError(f"point {reprlib.repr(p)} is not an [x, y] pair")
         try:
             x, y = (float(v) for v in p)
         except OverflowError:  # an integer too large for a float
-            raise ValueError(f"point {p!r} is not a finite image coordinate") from None
+            raise ValueError(f"point {reprlib.repr(p)} is not a finite image coordinate") from None
         if not (math.isfinite(x) and math.isfinite(y)) or max(abs(x), abs(y)) > MAX_COORDINATE:
-            raise ValueError(f"point {p!r} is not a finite image coordinate")
+            raise ValueError(f"point {reprlib.repr(p)} is not a finite image coordinate")
         pairs.append((x, y))
     return np.array([pairs], dtype=np.float64).astype(np.int32)  # float -> int32 truncates, as np.array(..., int32)
 

@@ -16,6 +16,7 @@ import torch
 
 from vlmsam.data.base import SegDataset
 from vlmsam.data.sample import BadSample
+from vlmsam.data.validate import load_checked
 from vlmsam.errors import DatasetError
 
 MAX_ATTEMPTS = 100  # bad samples skipped in a row before the data is declared unusable
@@ -86,10 +87,10 @@ class Mixture(torch.utils.data.Dataset):
         skipped = []
         for attempt in range(MAX_ATTEMPTS):
             dataset, i, rng = self.draw(k, attempt)
-            try:
-                sample = dataset.load(i, rng)
+            try:  # the checks `data check` runs, then the collator's own (tokens against targets)
+                sample, image = load_checked(dataset, i, rng)
                 sample.meta["skipped"] = skipped
-                return self.prepare(sample) if self.prepare else sample
+                return self.prepare(sample, image) if self.prepare else sample
             except BadSample as exc:
                 if self.on_bad_sample == "error":
                     raise

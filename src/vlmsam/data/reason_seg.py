@@ -37,8 +37,13 @@ def find_root(dataset_dir: Path) -> Path:
 def read_annotation(path: Path) -> dict:
     """A ReasonSeg json object: UTF-8, or cp1252 where it is not (the published loader's fallback),
     read with the bounded JSON reader (a deeply nested or NaN-holding file is a BadSample naming it)."""
-    return read_dataset_json(path, "a ReasonSeg annotation (a JSON object with text, is_sentence, shapes)", dict,
-                             cp1252=True)
+    try:
+        anno = read_dataset_json(path, "a JSON object with text, is_sentence, shapes", cp1252=True)
+    except BadSample as exc:
+        raise BadSample(path, f"unreadable annotation ({exc.reason})") from None
+    if not isinstance(anno, dict):
+        raise BadSample(path, f"annotation is not a JSON object but {_shown(anno)}")
+    return anno
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ class ReasonSegDataset(SegDataset):
         json_path = self.items[i]
         for suffix in IMAGE_SUFFIXES:
             candidate = json_path.with_suffix(suffix)
-            if candidate.is_file():
+            if candidate.exists():  # a FIFO or a folder by that name is the image, refused when it is read
                 return candidate
         return json_path.with_suffix(".jpg")
 

@@ -14,7 +14,6 @@ background), so scores compare with published numbers; ``eval_multi_part="or"`` 
 from __future__ import annotations
 
 import functools
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
+from vlmsam.data.files import read_dataset_json
 from vlmsam.data.masks import COMBINE, coco_segmentation_to_mask
 from vlmsam.data.safe_pickle import load_pickle
 from vlmsam.data.sample import BadSample, Sample
@@ -45,8 +45,8 @@ def _read_refer_files(refs_path: Path, instances_path: Path, stamp: tuple):
     refs = load_pickle(refs_path)
     if not isinstance(refs, list):
         raise BadSample(refs_path, "expected a list of refs")
+    instances = read_dataset_json(instances_path, "a COCO instances file (images, annotations)", dict)
     try:
-        instances = json.loads(instances_path.read_text())
         images = {img["id"]: img for img in instances["images"]}
         anns = {ann["id"]: ann for ann in instances["annotations"]}
     except (ValueError, KeyError, TypeError) as exc:

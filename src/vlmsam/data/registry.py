@@ -62,7 +62,7 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
     if family == "vqa":
         return [VqaDataset(dataset_dir, name if name.endswith(".json") else name + ".json") for name in split_list(spec)]
     if family == "synth":  # the project's own scenes (vlmsam data synth), ReasonSeg layout
-        from vlmsam.data.synth import SynthDataset
+        from vlmsam.data.synth_dataset import SynthDataset
 
         return [SynthDataset(dataset_dir, split, **kwargs) for split in split_list(spec)]
     if family in ("seg_pp", "seg++"):

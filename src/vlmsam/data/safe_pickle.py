@@ -39,7 +39,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_pickle(path: str | Path):
     """Load a pickle of builtin containers only; anything else raises :class:`UnsafePickleError`."""
-    data = Path(path).read_bytes()
+    from vlmsam.io.files import read_user_bytes
+
+    try:  # regular files only, capped: a FIFO or a device named as the refs file does not hang us
+        data = read_user_bytes(path, "a pickle of refs")
+    except VlmsamError as exc:
+        raise UnsafePickleError(str(exc)) from None
     try:
         # Python-2 pickles (the refer files were written by Python 2) hold str as bytes.
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()

@@ -14,7 +14,6 @@ published loader drops the mask but keeps the ``[SEG]``, pairing later tokens wi
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmsam.errors import DatasetError
+from vlmsam.io.files import loads
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
 from vlmsam.data.masks import coco_segmentation_to_mask, fill_polygon
@@ -84,12 +84,15 @@ class SegPlusPlusDataset(SegDataset):
     def image_path(self, i: int) -> Path:
         row = self._row(i)
         name = row.get("img_pth") if self.items[i][0] == "conversation" else (row.get("image_path") or row.get("img_path"))
-        return self.image_dir / (name or "<no image named>")
+        return self.image_dir / (name if isinstance(name, str) and name else "<no image named>")
 
     def _mask(self, row: dict, inst_id: str, h: int, w: int, i: int) -> np.ndarray:
         info = row.get("info") or {}
         if isinstance(info, str):
-            info = json.loads(info)
+            try:
+                info = loads(info)
+            except ValueError as exc:
+                raise BadSample(self.annotation_path(i), f"row {self.items[i][1]}: 'info' is not valid JSON ({exc})") from None
         ann = info.get(inst_id) if isinstance(info, dict) else None
         if ann is None:
             raise BadSample(self.annotation_path(i), f"row {self.items[i][1]}: no mask for instance {inst_id}")

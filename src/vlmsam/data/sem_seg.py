@@ -22,7 +22,6 @@ leaves unlabelled are 255 in every target.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset, sample_without_replacement
+from vlmsam.data.files import read_dataset_json, read_dataset_text
 from vlmsam.data.masks import coco_segmentation_to_mask, read_label_png
 from vlmsam.data.sample import IGNORE, BadSample, Sample
 from vlmsam.data.sem_classes import ADE20K_CLASSES, COCO_STUFF_CLASSES
@@ -103,7 +103,9 @@ class Ade20kDataset(LabelMapDataset):
         base = Path(dataset_dir) / "ade20k"
         classes = ADE20K_CLASSES
         if (base / "classes.json").is_file():
-            classes = json.loads((base / "classes.json").read_text())
+            classes = read_dataset_json(base / "classes.json", "a JSON list of class names", list, error=DatasetError)
+            if not all(isinstance(c, str) for c in classes):
+                raise DatasetError(f"{base / 'classes.json'}: expected a JSON list of class names (strings)")
         super().__init__(base / "images" / "training", base / "annotations" / "training", classes, **kwargs)
 
     def remap(self, label):
@@ -121,7 +123,8 @@ class CocoStuffDataset(LabelMapDataset):
         classes = COCO_STUFF_CLASSES
         custom = root / "cocostuff" / "classes.txt"
         if custom.is_file():  # "id: name" lines, the first "0: unlabeled"
-            classes = [line.split(": ", 1)[-1].strip() for line in custom.read_text().splitlines()[1:] if line.strip()]
+            text = read_dataset_text(custom, "'id: name' lines", error=DatasetError)
+            classes = [line.split(": ", 1)[-1].strip() for line in text.splitlines()[1:] if line.strip()]
             if len(classes) != len(COCO_STUFF_CLASSES):
                 raise DatasetError(f"{custom}: {len(classes)} class names after '0: unlabeled', expected 182 "
                                    "(or remove the file to use the published list)")
@@ -144,10 +147,11 @@ class MapillaryDataset(LabelMapDataset):
     def __init__(self, dataset_dir: str | Path, **kwargs):
         base = Path(dataset_dir) / "mapillary"
         config = base / "config_v2.0.json"
+        if not config.exists():
+            raise DatasetError(f"{config}: missing (the Mapillary class list)")
+        data = read_dataset_json(config, "a Mapillary config (labels: [{readable}])", dict)
         try:
-            classes = [entry["readable"].lower() for entry in json.loads(config.read_text())["labels"]]
-        except FileNotFoundError:
-            raise DatasetError(f"{config}: missing (the Mapillary class list)") from None
+            classes = [entry["readable"].lower() for entry in data["labels"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BadSample(config, f"not a Mapillary config ({type(exc).__name__}: {exc})") from None
         super().__init__(base / "training" / "images", base / "training" / "v2.0" / "labels", classes, **kwargs)
@@ -169,8 +173,8 @@ class CocoPartsDataset(SegDataset):
         self.json_path, self.image_roots, self.max_classes = json_path, image_roots, max_classes
         if not json_path.is_file():
             raise DatasetError(f"{json_path}: missing (the {self.source} annotations)")
+        data = read_dataset_json(json_path, "a COCO annotation file (images, annotations, categories)", dict)
         try:
-            data = json.loads(json_path.read_text())
             self.categories = {c["id"]: self._category_name(c["name"]) for c in data["categories"]}
             self.images = {img["id"]: img for img in data["images"]}
             anns = defaultdict(list)

@@ -10,13 +10,13 @@ our processor places the vision tokens itself.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from vlmsam.errors import DatasetError
 from vlmsam.data import prompts
 from vlmsam.data.base import SegDataset
+from vlmsam.data.files import read_dataset_json
 from vlmsam.data.sample import BadSample, Sample, empty_masks
 
 DEFAULT_FILE = "llava_instruct_150k.json"
@@ -32,13 +32,8 @@ class VqaDataset(SegDataset):
         self.json_path = self.root / "llava_dataset" / file
         if not self.json_path.is_file():
             raise DatasetError(f"{self.json_path}: missing (LLaVA instruction data)")
-        try:
-            entries = json.loads(self.json_path.read_text())
-        except ValueError as exc:
-            raise BadSample(self.json_path, f"not valid JSON ({exc})") from None
-        if not isinstance(entries, list):
-            raise BadSample(self.json_path, "expected a JSON list of conversations")
-        self.items = [e for e in entries if isinstance(e, dict) and e.get("image")]
+        entries = read_dataset_json(self.json_path, "a JSON list of conversations", list)
+        self.items = [e for e in entries if isinstance(e, dict) and isinstance(e.get("image"), str) and e["image"]]
         self.text_only = len(entries) - len(self.items)
 
     def annotation_path(self, i: int) -> Path:

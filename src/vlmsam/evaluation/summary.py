@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,10 +49,10 @@ def tile(image_path, pred: np.ndarray, target: np.ndarray, caption: str) -> Imag
     return canvas
 
 
-def write_summary(best: list[dict], worst: list[dict], out: Path) -> Path | None:
+def summary_png(best: list[dict], worst: list[dict]) -> bytes | None:
     """Two rows of cases (``{"image_path", "query", "iou", "pred_rles", "target"}``), as the caller chose
-    them (best with a mask to look at, then the worst others; no case twice). Red = prediction, green
-    outline = ground truth."""
+    them (best with a mask to look at, then the worst others; no case twice), as PNG bytes. Red =
+    prediction, green outline = ground truth."""
     rows = [(label, row) for label, row in (("best", best), ("worst", worst)) if row]
     if not rows:
         return None
@@ -67,6 +67,6 @@ def write_summary(best: list[dict], worst: list[dict], out: Path) -> Path | None
             pred = np.any(np.stack(masks), axis=0) if masks else np.zeros(target.shape, bool)
             sheet.paste(tile(case["image_path"], pred, target, f"IoU {case['iou']:.2f}: {case['query']}"),
                         (60 + c * TILE, r * (TILE + 44)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
-    return out
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -23,6 +23,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from vlmsam.errors import VlmsamError
+from vlmsam.io.files import loads, read_text, read_user_bytes
 
 
 class ProposalStoreError(VlmsamError):
@@ -54,14 +55,20 @@ def write_shard(shards_dir: Path, name: str, records: list[dict]) -> Path:
 def verify_shard(index_path: Path) -> tuple[list, str]:
     """``(lines, problem)``: the index's lines, and "" or why the shard cannot be used."""
     try:
-        index = json.loads(index_path.read_text())
+        index = loads(read_text(index_path, "a proposals shard index"))
         shard = index_path.with_name(index["shard"])
         lines = index["lines"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(lines, list) or not isinstance(index["bytes"], int) or \
+                not all(isinstance(x, list) and len(x) == 4 and isinstance(x[1], int) and isinstance(x[2], int) for x in lines):
+            raise TypeError("lines must be a list of [image, offset, length, digest] and bytes a number")
+    except (VlmsamError, ValueError, KeyError, TypeError) as exc:
         return [], f"unreadable index ({type(exc).__name__})"
     if not shard.is_file():
         return [], "its shard file is missing"
-    data = shard.read_bytes()
+    try:
+        data = read_user_bytes(shard, "a proposals shard")
+    except VlmsamError as exc:
+        return [], f"its shard file cannot be read ({exc})"
     if len(data) != index["bytes"]:
         return [], f"{len(data)} bytes where the index says {index['bytes']} (truncated?)"
     for image, offset, length, digest in lines:
@@ -96,12 +103,12 @@ class ProposalReader:
         self.where: dict[str, tuple[Path, int, int, str]] = {}
         for index_path in sorted(shards.glob("*.index.json")):
             try:
-                index = json.loads(index_path.read_text())
-            except (OSError, ValueError) as exc:
+                index = loads(read_text(index_path, "a proposals shard index"))
+                for image, offset, length, digest in index["lines"]:
+                    self.where[image] = (index_path.with_name(index["shard"]), offset, length, digest)
+            except (VlmsamError, ValueError, KeyError, TypeError) as exc:
                 raise ProposalStoreError(f"{index_path}: unreadable index ({type(exc).__name__}); rerun `vlmsam proposals` "
                                          "to recompute it") from None
-            for image, offset, length, digest in index["lines"]:
-                self.where[image] = (index_path.with_name(index["shard"]), offset, length, digest)
 
     def __contains__(self, image: str) -> bool:
         return image in self.where
@@ -119,7 +126,7 @@ class ProposalReader:
         if len(line) != length or _digest(line) != digest:
             raise ProposalStoreError(f"{shard}: the record of {image} is truncated or corrupt; rerun `vlmsam proposals` "
                                      "to recompute the shard")
-        return json.loads(line)
+        return loads(line)  # checksummed above; still parsed with the bounded reader
 
     def __getitem__(self, image: str) -> ProposalSet:
         record = self.record(image)

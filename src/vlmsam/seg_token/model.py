@@ -201,6 +201,9 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
     def teacher_forced_states(self, prefix, prompt: str, answer_ids: torch.Tensor) -> torch.Tensor:
         """[SEG] states from one forward pass over prompt + ``answer_ids`` (the training read-out) for an
         image whose :class:`~vlmsam.vlm.generation.VisionPrefix` is ``prefix``."""
+        from vlmsam.vlm.special_tokens import escape_special_tokens
+
+        prompt = escape_special_tokens(prompt, self.processor.tokenizer)  # a request holds user text
         enc = self.processor.encode([(prompt, None)], image_inputs=(prefix.pixel_values, prefix.grid, prefix.n_tokens))
         ids = torch.cat([enc.input_ids.to(answer_ids.device), answer_ids])[None].to(prefix.grid.device)
         out = self.vlm(**self.vlm_inputs(ids), pixel_values=prefix.pixel_values, image_grid_thw=prefix.grid,

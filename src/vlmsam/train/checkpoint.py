@@ -5,7 +5,9 @@ A checkpoint directory ``run_dir/checkpoints/step_000123/`` holds the model in t
 as it is) and ``trainer_state.pt`` (optimizer, scheduler, grad scaler, step, samples consumed, RNG
 states, best validation gIoU), plus the resolved ``config.yaml``. It is written under a temporary
 name and renamed into place, so a kill mid-write leaves the previous checkpoints intact and no
-half-written one that ``--resume auto`` could pick up. The trainer state is read back with
+half-written one that ``--resume auto`` could pick up. The last file written before the rename is
+``COMPLETE`` (every file's size): a directory without it, or whose files no longer match it (a copy
+that was cut short), is not a checkpoint for ``--resume auto``. The trainer state is read back with
 ``weights_only=True``.
 """
 
@@ -23,6 +25,7 @@ import torch
 from vlmsam.errors import first_line, CheckpointError
 
 STATE_FILE = "trainer_state.pt"
+MARKER = "COMPLETE"  # written last: {relative path: size} of every file of the checkpoint
 PREFIX = "step_"
 
 
@@ -30,14 +33,39 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary ``.tmp`` directories are not checkpoints)."""
+def _step_dirs(run_dir: Path) -> list[Path]:
+    """``step_N`` directories (not the temporary ``step_N.tmp``), oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and not p.name.endswith(".tmp")
-            and (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def incomplete_reason(path: Path) -> str:
+    """"" for a complete checkpoint, else why it is not one (its marker is missing or does not match)."""
+    from vlmsam.errors import VlmsamError
+    from vlmsam.io.files import read_json
+
+    if not (path / MARKER).exists():
+        return f"no {MARKER} marker (its write or copy was interrupted)"
+    try:
+        listed = read_json(path / MARKER, "a checkpoint's file list", dict)
+    except VlmsamError:
+        return f"an unreadable {MARKER} marker"
+    if STATE_FILE not in listed or not all(isinstance(v, int) for v in listed.values()):
+        return f"a {MARKER} marker that lists no {STATE_FILE}"
+    for name, size in listed.items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != size:
+            return f"{name} is missing or not the size {MARKER} records (a copy cut short?)"
+    return ""
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first: temporary ``.tmp`` directories and directories whose
+    ``COMPLETE`` marker is missing or does not match their files are not checkpoints."""
+    return [p for p in _step_dirs(run_dir) if not incomplete_reason(p)]
 
 
 def rng_state() -> dict:
@@ -79,10 +107,16 @@ def save_checkpoint(run_dir: Path, step: int, model, trainer_state: dict, config
     model.save_pretrained(tmp)
     torch.save(trainer_state, tmp / STATE_FILE)
     (tmp / "config.yaml").write_text(config_yaml)
-    for f in tmp.rglob("*"):  # flush file contents before the rename makes them visible
+    sizes = {}
+    for f in sorted(tmp.rglob("*")):  # flush file contents before the marker and the rename make them visible
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+            sizes[f.relative_to(tmp).as_posix()] = f.stat().st_size
+    with open(tmp / MARKER, "w", encoding="utf-8") as fh:  # last: the checkpoint is complete
+        fh.write(json.dumps(sizes, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -104,10 +138,16 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
         return None
     if resume == "auto":
         found = list_checkpoints(run_dir)
+        if not found and _step_dirs(run_dir):
+            bad = _step_dirs(run_dir)[-1]
+            raise CheckpointError(f"{bad}: not a complete checkpoint ({incomplete_reason(bad)}), and the run has no other; "
+                                  "resume from one explicitly with --resume PATH, or start over with --overwrite")
         return found[-1] if found else None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE}); use --resume auto or a step_* directory")
+    if (path / MARKER).exists() and incomplete_reason(path):  # a checkpoint without a marker predates it
+        raise CheckpointError(f"{path}: not a complete checkpoint ({incomplete_reason(path)})")
     return path
 
 

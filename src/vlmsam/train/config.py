@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from vlmsam.errors import first_line, VlmsamError
+from vlmsam.io.files import read_text
 from vlmsam.seg_token.config import SegTokenConfig
 
 
@@ -128,14 +129,16 @@ class TrainConfig:
         data = {}
         if path:
             p = Path(path)
-            if not p.is_file():
+            if not p.exists():  # a folder or a FIFO is named by read_text below
                 raise ConfigError(f"{p}: no such config file")
             try:
-                data = yaml.safe_load(p.read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                raise ConfigError(f"{p}: not a UTF-8 text file; a config is YAML text") from None
+                data = yaml.safe_load(read_text(p, "a YAML config"))
+            except VlmsamError as exc:  # not a regular file, too large, not UTF-8
+                raise ConfigError(str(exc)) from None
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{p}: not valid YAML ({first_line(exc)})") from None
+            except RecursionError:
+                raise ConfigError(f"{p}: nested too deeply to be a config; see configs/") from None
             if not isinstance(data, dict):
                 what = "empty" if data is None else f"a YAML {type(data).__name__}"
                 raise ConfigError(f"{p}: {what}, not a mapping of sections ({', '.join(cls.SECTIONS)}); see configs/")
@@ -144,7 +147,12 @@ class TrainConfig:
             if "=" not in item:
                 raise ConfigError(f"override '{item}' is not key=value")
             key, value = item.split("=", 1)
-            cfg.set(key.strip(), yaml.safe_load(value) if value.strip() else "")
+            try:
+                parsed = yaml.safe_load(value) if value.strip() else ""
+            except (yaml.YAMLError, RecursionError) as exc:
+                what = "nested too deeply" if isinstance(exc, RecursionError) else f"not valid YAML ({first_line(exc)})"
+                raise ConfigError(f"override '{key.strip()}': the value is {what}") from None
+            cfg.set(key.strip(), parsed)
         return cfg
 
     def set(self, key: str, value) -> None:

@@ -13,7 +13,6 @@ Checkpoints keep the vlmsam format (the trained weights, gathered from their ZeR
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,10 +26,13 @@ def ds_config(cfg, world_size: int) -> dict:
     path = Path(t.deepspeed)
     if not path.is_file():
         raise ConfigError(f"{path}: no such DeepSpeed config")
+    from vlmsam.errors import VlmsamError
+    from vlmsam.io.files import read_json
+
     try:
-        conf = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        conf = read_json(path, "a DeepSpeed config (a JSON object)", dict)
+    except VlmsamError as exc:
+        raise ConfigError(str(exc)) from None
     ours = {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accumulation_steps,

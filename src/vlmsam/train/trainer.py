@@ -52,9 +52,10 @@ def set_gradient_checkpointing(vlm, enabled: bool) -> None:
 
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
+# train.run_dir too: a run that was moved or copied resumes where its checkpoints are now.
 RESUMABLE_KEYS = {"train.resume", "train.stop_at_step", "train.progress", "train.log_every", "data.num_workers",
                   "train.overwrite", "eval.val_every", "eval.val_samples", "eval.max_new_tokens", "train.keep_last",
-                  "train.save_every", "data.on_bad_sample"}
+                  "train.save_every", "data.on_bad_sample", "train.run_dir"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -94,6 +95,32 @@ def check_run_dir(cfg: TrainConfig, run_dir: Path, resume_from: Path | None) -> 
                           + "; resume with the same config, or start a new run directory")
 
 
+def resolve_run(cfg: TrainConfig, print_fn=print) -> tuple[Path, Path | None, str]:
+    """``(run_dir, checkpoint to resume from, note)``. The run directory is where the checkpoint is:
+    ``--resume PATH`` of ``RUN/checkpoints/step_N`` resumes RUN, whatever ``train.run_dir`` says; a run
+    that was moved or copied resumes in its new place (the note says from where, for the log)."""
+    t = cfg.train
+    run_dir = Path(t.run_dir)
+    resume_from = ckpt.find_resume(run_dir, t.resume)
+    if resume_from is not None and t.resume != "auto" and resume_from.parent.name == "checkpoints":
+        found_in = resume_from.parent.parent
+        if found_in.resolve() != run_dir.resolve():
+            print_fn(f"note: resuming the run in {found_in} (where {resume_from.name} is), not train.run_dir={run_dir}")
+            run_dir = found_in
+    note = ""
+    saved = resume_from / "config.yaml" if resume_from is not None else None
+    if saved is not None and saved.is_file():
+        try:
+            recorded = Path(TrainConfig.load(saved).train.run_dir)
+        except ConfigError:
+            recorded = run_dir  # check_run_dir says what is wrong with it
+        if recorded.resolve() != run_dir.resolve():
+            note = f"the run was moved or copied from {recorded} to {run_dir}"
+            print_fn(f"note: {note}; resuming it here")
+    t.run_dir = str(run_dir)  # the config saved with the run names where it is now
+    return run_dir, resume_from, note
+
+
 def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
     """``frame``: ``(h, w) -> (h, w)`` as the VLM's processor resizes (for grounding answers)."""
     d, t = cfg.data, cfg.train
@@ -115,6 +142,16 @@ def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
                    prepare=prepare, on_bad_sample=d.on_bad_sample)
 
 
+def _log_step(line: str) -> int:
+    """The step of a ``log.jsonl`` line; -1 for a line that is not one (the partial last line of a
+    killed run), so that it is dropped."""
+    try:
+        entry = json.loads(line)
+        return int(entry.get("step", 0)) if isinstance(entry, dict) else -1
+    except (ValueError, TypeError):
+        return -1
+
+
 class Logger:
     """``log.jsonl`` always; TensorBoard too when the ``tensorboard`` package is installed."""
 
@@ -134,7 +171,7 @@ class Logger:
         """Keep only the entries up to ``step``: a resumed run logs the steps after it again."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text(errors="replace").splitlines() if 0 <= _log_step(line) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, **values) -> None:
@@ -148,7 +185,8 @@ class Logger:
                     self.tb.add_scalar(k, v, step)
 
     def records(self) -> list[dict]:
-        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.is_file() else []
+        lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
+        return [json.loads(x) for x in lines if _log_step(x) >= 0]
 
     def close(self) -> None:
         if self.tb is not None:
@@ -162,8 +200,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     t = cfg.train
     if t.precision not in DTYPES:
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
-    run_dir = Path(t.run_dir)
-    resume_from = ckpt.find_resume(run_dir, t.resume)
+    run_dir, resume_from, moved = resolve_run(cfg, print_fn if info.is_main else (lambda _: None))
     check_run_dir(cfg, run_dir, resume_from)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +256,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     logger = Logger(run_dir, info.is_main)
     if resume_from is not None:
         logger.truncate(step)  # the steps after the checkpoint are trained, and logged, again
+        if moved:
+            logger.log(step, note=moved)
     bad = BadSampleLog()
     autocast = (lambda: torch.autocast(info.device.type, dtype=DTYPES[t.precision])) if DTYPES[t.precision] else contextlib.nullcontext
     per_step = t.batch_size * t.grad_accumulation_steps
@@ -324,6 +363,10 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
 
 def run_from_cli(config_path: str | None, overrides: list[str]) -> int:
     cfg = TrainConfig.load(config_path, overrides)
+    named = any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir") for o in overrides)
+    here = Path(config_path).parent if config_path else None
+    if cfg.train.resume == "auto" and here is not None and not named and (here / "checkpoints").is_dir():
+        cfg.train.run_dir = str(here)  # a run's own config.yaml, given where the run is now (it may have moved)
     try:
         train(cfg)
     except FileNotFoundError as exc:

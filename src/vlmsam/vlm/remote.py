@@ -61,8 +61,12 @@ class RemoteVlm:
         return w, h
 
     def _messages(self, prefix: RemoteImage, turns: list[tuple[str, str | None]]) -> list[dict]:
+        """The chat messages of ``turns``; the server's chat template parses special tokens in text, so
+        the Qwen-VL family's spellings in user text are escaped here (:mod:`vlmsam.vlm.special_tokens`)."""
+        from vlmsam.vlm.special_tokens import escape_turns
+
         messages = []
-        for k, (user, answer) in enumerate(turns):
+        for k, (user, answer) in enumerate(escape_turns(turns)):
             content = [{"type": "text", "text": user}]
             if k == 0:
                 content.insert(0, {"type": "image_url", "image_url": {"url": prefix.data_url}})

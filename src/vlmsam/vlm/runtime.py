@@ -24,6 +24,7 @@ from vlmsam.devices import resolve_device, resolve_dtype
 from vlmsam.errors import first_line, CheckpointError
 from vlmsam.vlm.generation import Generated, VisionPrefix, encode_prefix, generate_many
 from vlmsam.vlm.processor import VlmProcessor
+from vlmsam.vlm.special_tokens import escape_turns
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
@@ -93,8 +94,11 @@ class VlmRuntime:
         return w * patch, h * patch
 
     def prompt_ids(self, prefix: VisionPrefix, turns: list[tuple[str, str | None]]) -> torch.Tensor:
-        """Token ids of a conversation about the image whose last answer is left open."""
+        """Token ids of a conversation about the image whose last answer is left open. Every turn is
+        user text here (the request in a design's template, earlier exchanges): special-token spellings
+        in it are escaped (:mod:`vlmsam.vlm.special_tokens`)."""
         with self._tokenizer_lock:
+            turns = escape_turns(turns, self.processor.tokenizer)
             return self.processor.encode(turns, image_inputs=(prefix.pixel_values, prefix.grid, prefix.n_tokens)).input_ids
 
     @torch.inference_mode()
