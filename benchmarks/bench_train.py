@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 from vlmsam.data.mixture import Mixture
 from vlmsam.data.reason_seg import ReasonSegDataset
 from vlmsam.seg_token import SegTokenConfig, SegTokenModel
-from vlmsam.train.distributed import DistInfo
+from vlmsam.distributed import DistInfo
 from vlmsam.train.sam_cache import attach_sam_cache
 from vlmsam.vlm.tiny import save_tiny_vlm
 

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: The one ignore label of every target: pixels that count neither as object nor as background (LISA's 255).
+IGNORE_INDEX = 255
+
 
 @dataclass
 class SegmentationResult:

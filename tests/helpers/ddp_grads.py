@@ -8,7 +8,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from vlmsam.seg_token.model import SegTokenModel
 from vlmsam.train.config import TrainConfig
-from vlmsam.train.distributed import init_distributed, shutdown
+from vlmsam.distributed import init_distributed, shutdown
 from vlmsam.train.trainer import build_mixture, seed_everything
 
 

@@ -104,7 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from vlmsam.devices import resolve_device
     from vlmsam.evaluation.evaluate import evaluate
     from vlmsam.segmenter import load_segmenter
-    from vlmsam.train.distributed import init_distributed, shutdown
+    from vlmsam.distributed import init_distributed, shutdown
 
     if args.segmenter is not None:
         from vlmsam.engine.registry import builder

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from vlmsam.proposals.generate import run_proposals
     from vlmsam.sam import SamBackend
     from vlmsam.sam.amg import AmgConfig
-    from vlmsam.train.distributed import init_distributed, shutdown
+    from vlmsam.distributed import init_distributed, shutdown
 
     device = resolve_device(args.device)
     info = init_distributed()

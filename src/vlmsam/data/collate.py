@@ -19,7 +19,7 @@ import torch
 from vlmsam.data.sample import UNREADABLE_IMAGE, BadSample, Sample
 from vlmsam.errors import ImageLoadError
 from vlmsam.io.images import load_image
-from vlmsam.sam.backend import sam_pixels
+from vlmsam.sam.preprocess import sam_pixels
 from vlmsam.vlm.processor import EncodedConversation, VlmProcessor
 
 IGNORE_INDEX = -100

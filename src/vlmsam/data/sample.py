@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from vlmsam.errors import DatasetError
+from vlmsam.result import IGNORE_INDEX as IGNORE  # noqa: F401  (the one ignore label, 255; data's name for it)
 
-IGNORE = 255  # target pixels that count neither as object nor as background
 # What can be wrong with a sample, as `data check`, `evaluate`, `score` and `train` count it.
 MISSING_IMAGE, UNREADABLE_IMAGE, BROKEN_ANNOTATION = "missing images", "unreadable images", "broken annotations"
 PROBLEMS = (MISSING_IMAGE, UNREADABLE_IMAGE, BROKEN_ANNOTATION)

@@ -14,7 +14,6 @@ loaded segmenter (Meta's ``SamPredictor`` keeps its features; we pass ours expli
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from vlmsam.errors import PromptError
-from vlmsam.io.images import ImageSource, load_image
+from vlmsam.io.images import ImageSource, image_key, load_image  # noqa: F401  (image_key: public here too)
 from vlmsam.result import SegmentationResult
 
 MAX_REQUEST_CHARS = 2000
@@ -45,11 +44,6 @@ def is_sentence(request: str) -> bool:
     """A request worded as a sentence (ends with ``?``, ``.`` or ``!`` and has more than four words), as
     opposed to a phrase naming a thing; designs phrase the two differently."""
     return request.rstrip().endswith(("?", ".", "!")) and len(request.split()) > 4
-
-
-def image_key(image: Image.Image) -> str:
-    """A content hash: the same pixels give the same key whatever file they came from."""
-    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
 
 
 def mark_masks(pieces: Sequence[str]) -> str:

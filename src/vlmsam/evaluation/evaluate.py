@@ -27,7 +27,7 @@ from vlmsam.evaluation.scoring import Scorer
 from vlmsam.evaluation.summary import summary_png
 from vlmsam.io.result_set import write_set
 from vlmsam.io.writer import check_rle, mask_to_rle, rle_to_mask
-from vlmsam.train.distributed import DistInfo, barrier, gather_objects
+from vlmsam.distributed import DistInfo, barrier, gather_objects
 
 
 def _requests(sample):

@@ -44,6 +44,14 @@ def _max_image_bytes() -> int:
     return env_int("VLMSAM_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES, lo=1)
 
 
+def image_key(image: Image.Image) -> str:
+    """A content hash: the same pixels give the same key whatever file they came from (the one image key
+    of the engine, the server's cache and the SAM backends)."""
+    import hashlib
+
+    return hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+
+
 def is_url(source: object) -> bool:
     return isinstance(source, str) and source.lower().startswith(("http://", "https://"))
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vlmsam.data.sample import IGNORE as IGNORE_INDEX  # the one ignore label (255)
+from vlmsam.result import IGNORE_INDEX  # the one ignore label (255)
+
 PAIR_EPS = 1e-5
 SET_EPS = 1e-10
 

@@ -59,7 +59,7 @@ def run_proposals(dataset_dir, datasets: str, out: str | Path, sam, amg_config, 
                   max_side: int = 1024, progress: bool = True, print_fn=print) -> dict:
     from vlmsam.io.images import load_image
     from vlmsam.sam.amg import AutomaticMaskGenerator
-    from vlmsam.train.distributed import barrier, gather_objects, init_distributed
+    from vlmsam.distributed import barrier, gather_objects, init_distributed
 
     info = init_distributed()
     images = dataset_images(dataset_dir, datasets)

@@ -13,7 +13,6 @@ torchvision.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -21,44 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import SamConfig, SamModel
-from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
 from vlmsam.errors import PromptError
-from vlmsam.io.images import ImageSource, load_image
+from vlmsam.io.images import ImageSource, image_key, load_image
+from vlmsam.sam.preprocess import PIXEL_MEAN, PIXEL_STD, build_image_processor, sam_pixels  # noqa: F401  (public here too)
 from vlmsam.result import SegmentationResult
 
-# SAM's pixel statistics in 0-255 units (as Meta writes them) and as fractions of 255.
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0  # logit threshold of a binary mask, as in Meta's predictor
-
-
-def build_image_processor(config: SamConfig) -> SamImageProcessorPil:
-    """The SAM preprocessing for a model of this config (input size from its vision config)."""
-    size = config.vision_config.image_size
-    low = config.prompt_encoder_config.image_embedding_size * 4
-    return SamImageProcessorPil(
-        size={"longest_edge": size},
-        pad_size={"height": size, "width": size},
-        mask_size={"longest_edge": low},
-        mask_pad_size={"height": low, "width": low},
-        image_mean=[m / 255.0 for m in PIXEL_MEAN],
-        image_std=[s / 255.0 for s in PIXEL_STD],
-    )
-
-
-def sam_pixels(processor: SamImageProcessorPil, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """``(1, 3, S, S)`` normalised, padded pixels; original ``(H, W)``; resized ``(h, w)``.
-
-    The one SAM preprocessing: the backend and the training collator both call it."""
-    batch = processor(images=image, return_tensors="pt")
-    original = tuple(int(v) for v in batch["original_sizes"][0])
-    resized = tuple(int(v) for v in batch["reshaped_input_sizes"][0])
-    return batch["pixel_values"], original, resized
-
-
-def _content_key(image: Image.Image) -> str:
-    return hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
 
 
 @dataclass
@@ -145,7 +113,7 @@ class SamBackend:
     def encode(self, image: ImageSource) -> ImageEmbedding:
         """Run the image encoder (no gradients) and return the embedding with its geometry."""
         image = load_image(image)
-        key = _content_key(image)
+        key = image_key(image)
         pixels, original, resized = self.preprocess(image)
         with torch.inference_mode():
             embeddings = self.model.vision_encoder(pixels.to(self.device, self.dtype)).last_hidden_state
@@ -155,7 +123,7 @@ class SamBackend:
     def set_image(self, image: ImageSource) -> ImageEmbedding:
         """Encode ``image`` and keep its embedding for later prompts (the same pixels are not re-encoded)."""
         loaded = load_image(image)
-        if self._embedding is None or self._embedding.key != _content_key(loaded):
+        if self._embedding is None or self._embedding.key != image_key(loaded):
             self._embedding = self.encode(loaded)
         return self._embedding
 

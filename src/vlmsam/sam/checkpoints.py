@@ -244,7 +244,7 @@ def _from_pretrained(source: str, *, local: bool) -> SamModel:
 
 def save_converted(model: SamModel, out_dir: str | Path) -> Path:
     """Save a converted model (safetensors + config) and its preprocessing config to ``out_dir``."""
-    from vlmsam.sam.backend import build_image_processor
+    from vlmsam.sam.preprocess import build_image_processor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

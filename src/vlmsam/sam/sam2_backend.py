@@ -75,7 +75,7 @@ class Sam2Backend:
         return next(self.model.parameters()).dtype
 
     def encode(self, image: ImageSource) -> Sam2Embedding:
-        from vlmsam.engine.contract import image_key
+        from vlmsam.io.images import image_key
 
         image = load_image(image)
         pixels = sam2_pixels(image, self.size).to(self.device, self.dtype)

@@ -75,7 +75,7 @@ def training_image_paths(mixture) -> list[Path]:
 
 def attach_sam_cache(model, root: Path, mixture, info, progress: bool = True) -> SamEmbeddingCache:
     """Fill the cache for every training image (sharded across ranks) and make ``model`` read it."""
-    from vlmsam.train.distributed import barrier
+    from vlmsam.distributed import barrier
 
     if model.config.train_sam_image_encoder:
         raise ConfigError("train.sam_embedding_cache needs a frozen SAM image encoder (model.train_sam_image_encoder=false)")

@@ -28,7 +28,7 @@ from vlmsam.errors import VlmsamError
 from vlmsam.evaluation.evaluate import evaluate
 from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
-from vlmsam.train.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
+from vlmsam.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
 from vlmsam.train.plots import plot_curves
 from vlmsam.train.schedules import lr_lambda
 

@@ -1,0 +1,1 @@
+"""The gsam and grounded designs: <gsam> tool tags (or the request as the phrase) -> Grounding DINO -> SAM."""
