@@ -29,7 +29,7 @@ from vlmsam.data.registry import build_family
 from transformers import SamConfig
 from transformers.utils import logging as hf_logging
 
-from vlmsam.sam.backend import build_image_processor
+from vlmsam.sam.preprocess import build_image_processor
 from vlmsam.sam.tiny import build_tiny_sam
 from vlmsam.seg_token import SegTokenConfig, SegTokenModel
 from vlmsam.vlm.processor import VlmProcessor

@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlmsam.engine.contract import check_request
 from vlmsam.errors import PromptError
-from vlmsam.serve.engine import ApiError, ServeOptions, decode_image
+from vlmsam.serve.queue import ApiError, ServeOptions, decode_image
 
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])

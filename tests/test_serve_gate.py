@@ -154,10 +154,10 @@ class _FailsOn:
 
 def test_a_failure_inside_a_batch_is_isolated():
     from vlmsam.segmenter import load_segmenter
-    from vlmsam.serve.engine import Engine, ServeOptions
+    from vlmsam.serve.queue import RequestQueue, ServeOptions
 
     real = load_segmenter().engine
-    engine = Engine({"seg_token": _FailsOn(real, "poison")}, ServeOptions(max_queue=32))
+    engine = RequestQueue({"seg_token": _FailsOn(real, "poison")}, ServeOptions(max_queue=32))
 
     async def scenario():
         await engine.start()

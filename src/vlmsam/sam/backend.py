@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers import SamConfig, SamModel
+from transformers import SamModel
 
 from vlmsam.errors import PromptError
 from vlmsam.io.images import ImageSource, image_key, load_image
-from vlmsam.sam.preprocess import PIXEL_MEAN, PIXEL_STD, build_image_processor, sam_pixels  # noqa: F401  (public here too)
+from vlmsam.sam.preprocess import build_image_processor, sam_pixels
 from vlmsam.result import SegmentationResult
 
 MASK_THRESHOLD = 0.0  # logit threshold of a binary mask, as in Meta's predictor

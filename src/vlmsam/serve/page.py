@@ -1,4 +1,4 @@
-"""The web page: a Gradio Blocks client of the same engine, mounted at ``/`` on the API's app.
+"""The web page: a Gradio Blocks client of the same request queue, mounted at ``/`` on the API's app.
 
 The page is a client of the API, not a second door: its calls pass the same gate (the API key, or the
 cookie ``/?api_key=KEY`` sets), its image goes through the same checks (``decode_image``: bytes only,
@@ -44,7 +44,7 @@ def uploaded_bytes(path, folder: Path, max_bytes: int) -> bytes:
         raise ValueError(str(exc)) from None
 
 
-def mount_page(app, engine) -> None:
+def mount_page(app, queue) -> None:
     try:
         import gradio as gr
     except ImportError:
@@ -52,8 +52,8 @@ def mount_page(app, engine) -> None:
         return
     folder = private_upload_folder()
     app.state.upload_folder = folder  # the gate refuses page calls that name any other file
-    answer = _answer(engine, folder, gr)
-    names = list(engine.segmenters)
+    answer = _answer(queue, folder, gr)
+    names = list(queue.segmenters)
     with gr.Blocks(title="vlmsam") as page:
         gr.Markdown("## vlmsam: reasoning segmentation\nUpload an image, say what to segment.")
         with gr.Row():
@@ -77,16 +77,16 @@ def mount_page(app, engine) -> None:
     gr.mount_gradio_app(app, page, path="/")
 
 
-def _answer(engine, folder: Path, gr):
+def _answer(queue, folder: Path, gr):
     """The page's one function: the API's checks, queue and limits, in Gradio's terms (gr.Error)."""
     import time
 
     import numpy as np
 
-    from vlmsam.engine.contract import image_key
+    from vlmsam.io.images import image_key
     from vlmsam.errors import first_line
     from vlmsam.io.writer import overlay_all
-    from vlmsam.serve.engine import ApiError, check_prompt, decode_image
+    from vlmsam.serve.queue import ApiError, check_prompt, decode_image
 
     cache: dict[tuple[str, str], object] = {}  # (segmenter, image key) -> handle, the page's own few images
 
@@ -94,22 +94,22 @@ def _answer(engine, folder: Path, gr):
         try:
             if image is None:
                 raise ApiError(422, "upload or paste an image first")
-            prompt = check_prompt(request, engine.options)
-            name, _ = engine.segmenter(segmenter)
+            prompt = check_prompt(request, queue.options)
+            name, _ = queue.segmenter(segmenter)
             try:
-                data = uploaded_bytes(image, folder, engine.options.max_upload_bytes)
+                data = uploaded_bytes(image, folder, queue.options.max_upload_bytes)
             except ValueError as exc:
                 raise ApiError(422, str(exc)) from None
-            pil = decode_image(data, engine.options)
+            pil = decode_image(data, queue.options)
             t0 = time.perf_counter()
             key = (name, image_key(pil))
             cached = key in cache
             if not cached:
                 if len(cache) > 8:
                     cache.pop(next(iter(cache)))
-                cache[key] = await engine.encode(name, pil)
+                cache[key] = await queue.encode(name, pil)
             encode_s = 0.0 if cached else time.perf_counter() - t0
-            result = await engine.segment(name, cache[key], prompt)
+            result = await queue.segment(name, cache[key], prompt)
         except ApiError as exc:
             raise gr.Error(exc.message) from None
         except Exception as exc:  # shown on the page, never a traceback

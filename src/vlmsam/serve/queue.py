@@ -1,4 +1,4 @@
-"""The server's side of the engine: its limits, the image cache and the batching queue.
+"""The server's request queue: its limits, the image cache and the batching of requests.
 
 Requests about the same encoded image that wait in the queue together are answered by one
 ``segment_many``. Every request is checked before it joins a batch, and a failure inside a batch is
@@ -93,8 +93,9 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-class Engine:
-    """The loaded segmenters, the image cache and the batching queue (one per server)."""
+class RequestQueue:
+    """The server's request queue: the loaded segmenters, the image cache and the batching queue (one per
+    server; the page and the API both go through it)."""
 
     def __init__(self, segmenters: dict, options: ServeOptions):
         self.segmenters = segmenters
