@@ -22,8 +22,13 @@ def test_marks_image_shows_the_numbers():
     masks[0, 5:20, 5:25] = True
     masks[1, 20:35, 30:55] = True
     marks = np.asarray(draw_marks(__import__("PIL.Image").Image.fromarray(img), masks))
-    assert marks[masks[0]].mean() > 0 and marks[~masks.any(0)].max() < 250  # tinted where the masks are
-    assert (marks.min(-1) > 200).any()  # and the numbers written (white, antialiased)
+    from vlmsam.proposal_select.segmenter import PALETTE
+
+    # away from the numbers: a black image tinted 40 % towards each mask's colour, untouched elsewhere
+    for k, (y, x) in enumerate([(5, 5), (34, 54)]):
+        assert np.abs(marks[y, x].astype(int) - np.round(0.4 * np.array(PALETTE[k]))).max() <= 1, (k, marks[y, x])
+    assert (marks[~masks.any(0)] == 0).all()
+    assert (marks[masks[0]].min(-1) > 200).any() and (marks[masks[1]].min(-1) > 200).any()  # each number written, white
 
 
 def test_the_vlms_numbers_choose_the_proposals(tmp_path):
