@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import shutil
 import time
@@ -26,13 +25,12 @@ from vlmsam.data.registry import build_eval_dataset, build_family, split_list
 from vlmsam.engine.registry import trainable
 from vlmsam.errors import VlmsamError
 from vlmsam.evaluation.evaluate import evaluate
+from vlmsam.distributed import barrier, init_distributed, shutdown
 from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
-from vlmsam.distributed import DistInfo, barrier, gather_objects, init_distributed, shutdown
 from vlmsam.train.plots import plot_curves
-from vlmsam.train.schedules import lr_lambda
+from vlmsam.train.steps import DTYPES, Progress, build_optimization, optimizer_step, restore, save
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
@@ -193,20 +191,19 @@ class Logger:
             self.tb.close()
 
 
-def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) -> dict:
-    """Run (or resume) training as configured. ``stop_after`` ends the loop after that many global
-    steps without finishing the run (tests use it to simulate an interruption)."""
-    info = init_distributed()
-    t = cfg.train
-    if t.precision not in DTYPES:
-        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+def _prepare_run_dir(cfg: TrainConfig, info, print_fn):
     run_dir, resume_from, moved = resolve_run(cfg, print_fn if info.is_main else (lambda _: None))
     check_run_dir(cfg, run_dir, resume_from)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
     barrier()
+    return run_dir, resume_from, moved
 
+
+def _build(cfg: TrainConfig, info):
+    """The design, its model on this rank's device and this rank's stream of the mixture."""
+    t = cfg.train
     design = trainable(cfg.model_type)  # the design whose model the config's model section describes
     seed_everything(t.seed)  # identical initial weights on every rank
     model = design.build(cfg.model)
@@ -221,144 +218,93 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
 
         attach_sam_cache(model, Path(t.sam_embedding_cache), mixture, info, progress=t.progress)
         model.collator.sam_processor = None  # SAM's pixels are not needed any more
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    total_steps = t.epochs * t.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=t.precision == "fp16")
+    return design, model, mixture
 
-    engine = None
-    if t.deepspeed:
-        from vlmsam.train import deepspeed_engine as dse
 
-        engine = dse.initialize(model, optimizer, scheduler, cfg, info.world_size)
-    step, consumed, best = 0, 0, {"giou": -1.0, "step": None}
+def _loader(mixture, model, cfg: TrainConfig, info, consumed: int):
+    # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's
+    # dropout would drift from an uninterrupted one's.
+    return torch.utils.data.DataLoader(mixture, batch_size=cfg.train.batch_size,
+                                       sampler=ResumableSampler(len(mixture), start=consumed),
+                                       collate_fn=model.collator, num_workers=cfg.data.num_workers,
+                                       generator=torch.Generator().manual_seed(cfg.train.seed + info.rank))
+
+
+def _validate(design, model, eval_ds, cfg: TrainConfig, info, logger, step: int, print_fn) -> dict:
+    model.eval()
+    metrics = evaluate(design.segmenter(model), eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
+                       limit=cfg.eval.val_samples, progress=False)
+    logger.log(step, val_giou=metrics["giou"], val_ciou=metrics["ciou"], val_n=metrics["n"])
+    if info.is_main:
+        print_fn(f"step {step}: val gIoU {metrics['giou']:.4f} cIoU {metrics['ciou']:.4f} (n={metrics['n']})")
+    return metrics
+
+
+def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) -> dict:
+    """Run (or resume) training as configured. ``stop_after`` ends the loop after that many global
+    steps without finishing the run (tests use it to simulate an interruption)."""
+    info = init_distributed()
+    t = cfg.train
+    if t.precision not in DTYPES:
+        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    run_dir, resume_from, moved = _prepare_run_dir(cfg, info, print_fn)
+    design, model, mixture = _build(cfg, info)
+    opt = build_optimization(model, cfg, info.device, info.world_size)
+    progress = Progress()
     if resume_from is not None:
-        state = ckpt.load_trainer_state(resume_from)
-        if engine is not None:  # module, optimizer and scheduler from the engine's shards
-            dse.load_engine_state(engine, resume_from / "deepspeed")
-        else:
-            model.load_trainable(resume_from)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        step, consumed, best = state["step"], state["consumed"], state["best"]
-        rngs = state["rng"]
-        if len(rngs) != info.world_size:
-            raise ConfigError(f"{resume_from} was written by {len(rngs)} rank(s); resume it with as many")
-        ckpt.set_rng_state(rngs[info.rank])
+        progress = restore(resume_from, model, opt, info)
         if info.is_main:
-            print_fn(f"resumed from {resume_from} at step {step}")
-
-    ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled and engine is None else None
-    net = engine or ddp or model
+            print_fn(f"resumed from {resume_from} at step {progress.step}")
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if info.enabled and opt.engine is None else None
+    net = opt.engine or ddp or model
     eval_ds = build_eval_dataset(cfg.eval.val_dataset, cfg.data.dataset_dir) if cfg.eval.val_dataset else None
     logger = Logger(run_dir, info.is_main)
     if resume_from is not None:
-        logger.truncate(step)  # the steps after the checkpoint are trained, and logged, again
+        logger.truncate(progress.step)  # the steps after the checkpoint are trained, and logged, again
         if moved:
-            logger.log(step, note=moved)
+            logger.log(progress.step, note=moved)
     bad = BadSampleLog()
     autocast = (lambda: torch.autocast(info.device.type, dtype=DTYPES[t.precision])) if DTYPES[t.precision] else contextlib.nullcontext
-    per_step = t.batch_size * t.grad_accumulation_steps
-    last_metrics: dict = {}
+    total_steps = t.epochs * t.steps_per_epoch
     stop = stop_after if stop_after is not None else (t.stop_at_step or None)
     end = total_steps if stop is None else min(total_steps, stop)
-
-    def save(at_step: int) -> None:
-        rngs = gather_objects(ckpt.rng_state())
-        if engine is not None:  # every rank writes its shard into the temporary directory first
-            tmp = ckpt.temp_dir(run_dir, at_step)
-            if info.is_main and tmp.exists():
-                shutil.rmtree(tmp)
-            barrier()
-            dse.save_engine_state(engine, tmp / "deepspeed")
-            barrier()
-        with (dse.gathered(model, engine) if engine is not None else contextlib.nullcontext()):
-            if info.is_main:
-                state = {"step": at_step, "consumed": consumed, "best": best, "rng": rngs}
-                if engine is None:
-                    state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict())
-                path = ckpt.save_checkpoint(run_dir, at_step, model, state, (run_dir / "config.yaml").read_text(),
-                                            t.keep_last, best["step"], tmp_started=engine is not None)
-                print_fn(f"saved {path}")
-        barrier()
-
-    bar = tqdm(total=end, initial=step, desc="train", unit="step", disable=not (t.progress and info.is_main))
+    last_metrics: dict = {}
+    bar = tqdm(total=end, initial=progress.step, desc="train", unit="step", disable=not (t.progress and info.is_main))
     try:
-        while step < end:
-            sampler = ResumableSampler(len(mixture), start=consumed)
-            # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
-            # run's dropout would drift from an uninterrupted one's.
-            loader = torch.utils.data.DataLoader(mixture, batch_size=t.batch_size, sampler=sampler,
-                                                 collate_fn=model.collator, num_workers=cfg.data.num_workers,
-                                                 generator=torch.Generator().manual_seed(t.seed + info.rank))
-            batches = iter(loader)
-            epoch_end = (step // t.steps_per_epoch + 1) * t.steps_per_epoch
-            while step < min(epoch_end, end):
+        while progress.step < end:
+            batches = iter(_loader(mixture, model, cfg, info, progress.consumed))
+            epoch_end = (progress.step // t.steps_per_epoch + 1) * t.steps_per_epoch
+            while progress.step < min(epoch_end, end):
                 model.train()
-                t0 = time.perf_counter()
-                sums: dict[str, float] = {}  # the named losses the model returns, averaged over micro-steps
-                lr = scheduler.get_last_lr()[0]  # the rate this step uses
-                for micro in range(t.grad_accumulation_steps):
-                    batch = next(batches)
-                    bad.extend(batch.skipped)
-                    if engine is not None:  # DeepSpeed scales, accumulates, clips and steps itself
-                        losses = engine(batch).losses()
-                        engine.backward(losses["loss"])
-                        engine.step()
-                        for k, v in losses.items():
-                            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accumulation_steps
-                        continue
-                    sync = ddp.no_sync if (ddp is not None and micro < t.grad_accumulation_steps - 1) else contextlib.nullcontext
-                    with sync():  # gradients are all-reduced on the last micro-step only
-                        with autocast():
-                            losses = net(batch).losses()
-                        scaler.scale(losses["loss"] / t.grad_accumulation_steps).backward()
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accumulation_steps
-                if engine is not None:
-                    grad_norm = engine.get_global_grad_norm() or 0.0
-                else:
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                step += 1
-                consumed += per_step
+                t0, lr = time.perf_counter(), opt.scheduler.get_last_lr()[0]  # the rate this step uses
+                sums, grad_norm = optimizer_step(net, ddp, opt, batches, bad, t, autocast)
+                progress.step += 1
+                progress.consumed += t.batch_size * t.grad_accumulation_steps
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
-                if step % t.log_every == 0 or step == end:
-                    logger.log(step, **sums, lr=lr, grad_norm=float(grad_norm),
-                               step_time=time.perf_counter() - t0)
-                if eval_ds is not None and (step % cfg.eval.val_every == 0 or step == total_steps):
-                    model.eval()
-                    last_metrics = evaluate(design.segmenter(model), eval_ds, info=info, max_new_tokens=cfg.eval.max_new_tokens,
-                                            limit=cfg.eval.val_samples, progress=False)
-                    logger.log(step, val_giou=last_metrics["giou"], val_ciou=last_metrics["ciou"], val_n=last_metrics["n"])
-                    if info.is_main:
-                        print_fn(f"step {step}: val gIoU {last_metrics['giou']:.4f} cIoU {last_metrics['ciou']:.4f} (n={last_metrics['n']})")
-                    if last_metrics["giou"] > best["giou"]:
-                        best = {"giou": last_metrics["giou"], "step": step}
-                        save(step)
+                if progress.step % t.log_every == 0 or progress.step == end:
+                    logger.log(progress.step, **sums, lr=lr, grad_norm=grad_norm, step_time=time.perf_counter() - t0)
+                if eval_ds is not None and (progress.step % cfg.eval.val_every == 0 or progress.step == total_steps):
+                    last_metrics = _validate(design, model, eval_ds, cfg, info, logger, progress.step, print_fn)
+                    if last_metrics["giou"] > progress.best["giou"]:
+                        progress.best = {"giou": last_metrics["giou"], "step": progress.step}
+                        save(run_dir, model, opt, progress, progress.step, cfg, info, print_fn)
                         continue
-                if step % t.save_every == 0 or step == total_steps:
-                    save(step)
-            if step >= epoch_end and info.is_main:
-                print_fn(f"epoch {step // t.steps_per_epoch} done; {bad.summary()}")
-        if stop_after is None and step == end < total_steps and step % t.save_every:
-            save(step)  # stopped early on purpose: keep where it stopped
-        if step == total_steps and info.is_main:
+                if progress.step % t.save_every == 0 or progress.step == total_steps:
+                    save(run_dir, model, opt, progress, progress.step, cfg, info, print_fn)
+            if progress.step >= epoch_end and info.is_main:
+                print_fn(f"epoch {progress.step // t.steps_per_epoch} done; {bad.summary()}")
+        if stop_after is None and progress.step == end < total_steps and progress.step % t.save_every:
+            save(run_dir, model, opt, progress, progress.step, cfg, info, print_fn)  # stopped early on purpose
+        if progress.step == total_steps and info.is_main:
             plot_curves(logger.records(), run_dir / "curves.png")
-            print_fn(f"done: {step} steps; curves in {run_dir / 'curves.png'}")
+            print_fn(f"done: {progress.step} steps; curves in {run_dir / 'curves.png'}")
     finally:
         bar.close()
         logger.close()
-        net = ddp = engine = None  # noqa: F841 -- released before the process group goes
+        net = ddp = opt = None  # noqa: F841 -- released before the process group goes
         shutdown()
-    return {"step": step, "consumed": consumed, "best": best, "val": last_metrics, "model": model}
+    return {"step": progress.step, "consumed": progress.consumed, "best": progress.best, "val": last_metrics, "model": model}
 
 
 def run_from_cli(config_path: str | None, overrides: list[str]) -> int:
