@@ -6,6 +6,7 @@ contract; the selection loss falls on a fixed batch."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,7 +65,33 @@ def test_train_resume_and_evaluate(setup, tmp_path):
                    "--out", out, "--max-new-tokens", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n"] >= 1 and 0.0 <= metrics["giou"] <= 1.0
+    assert metrics["n"] >= 1 and metrics["giou"] == pytest.approx(_giou(out / "predictions.jsonl", setup / "data"), abs=1e-4)
+
+
+def _giou(predictions, dataset_dir) -> float:
+    """gIoU recomputed from the written predictions and the loader's targets with numpy and pycocotools
+    alone: per request, IoU of the union of its masks over the non-ignored pixels (1 when both are empty)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from vlmsam.data.reason_seg import ReasonSegDataset
+
+    dataset = ReasonSegDataset(dataset_dir, "val")
+    targets = {}
+    for i in range(len(dataset)):
+        sample = dataset.load_eval(i)
+        for query, target in zip(sample.meta["queries"], sample.masks):
+            targets[(Path(str(sample.image)).stem, query)] = target
+    ious = []
+    for line in map(json.loads, predictions.read_text().splitlines()):
+        target = targets[(line["image"], line["query"])]
+        pred = np.zeros(target.shape, bool)
+        for rle in line["masks"]:
+            pred |= mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+        valid, truth = target != 255, target == 1
+        union = ((pred | truth) & valid).sum()
+        ious.append(1.0 if union == 0 else ((pred & truth) & valid).sum() / union)
+    return float(np.mean(ious))
 
 
 def test_missing_proposals_are_one_line(setup, tmp_path):
