@@ -153,3 +153,22 @@ def test_the_user_object_takes_a_handle_in_the_engines_order():
     assert seg.current is None  # a handle passed in is not made the current image
     same(by_handle, seg.segment_many(encoded, ["the red square"])[0])
     same(by_handle, seg.segment("the red square", image=a))
+
+
+def test_options_are_checked_by_the_design(seg):
+    """An option the design does not take, or a value of the wrong kind, is one line; never ignored."""
+    a, _ = images()
+    encoded = seg.encode(a)
+    with pytest.raises(PromptError, match="takes no option 'max_new_token'"):
+        seg.segment(encoded, "the red square", max_new_token=4)  # misspelled
+    with pytest.raises(PromptError, match="max_new_tokens must be a whole number"):
+        seg.segment_many(encoded, ["the red square"], max_new_tokens=0)
+    with pytest.raises(PromptError, match="is_sentence must be"):
+        seg.segment(encoded, "the red square", is_sentence="yes")
+    if getattr(seg, "keeps_history", False):
+        with pytest.raises(PromptError, match="history must be"):
+            seg.segment(encoded, "the red square", history=["not a pair"])
+        seg.segment(encoded, "the red square", history=[("what is it?", "a square")])
+    else:
+        with pytest.raises(PromptError, match="takes no option 'history'"):
+            seg.segment(encoded, "the red square", history=[("what is it?", "a square")])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmsam.engine.contract import EncodedImage, SegmenterBase
+from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase
 from vlmsam.engine.contract import is_sentence as guess_sentence
 from vlmsam.engine.registry import CONFIG_NAME, read_config, register
 from vlmsam.errors import CheckpointError
@@ -39,6 +39,7 @@ class BoxPromptSegmenter(SegmenterBase):
 
     name = "box_prompt"
     keeps_history = True  # `vlmsam chat` keeps earlier turns about an image in the VLM's context
+    options_type = HistoryOptions
 
     def __init__(self, vlm, sam, *, style: str = "qwen2_5_vl", union: bool = False, multimask: bool = True,
                  max_new_tokens: int = 128, label: str = "", prompt: str = "box+point"):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -95,11 +95,51 @@ class EncodedImage:
     _token: object = field(default=None, repr=False, compare=False)  # identifies the segmenter instance
 
 
+@dataclass(frozen=True)
+class SegmentOptions:
+    """The options every design's ``segment`` / ``segment_many`` take; a design with more subclasses it
+    (``options_type``). An option a design does not take is a :class:`PromptError`, never ignored.
+
+    Attributes:
+        max_new_tokens: the generation limit for these requests (default: the segmenter's).
+        logits_processor: a transformers logits processor for generation (tests force answers with it).
+        is_sentence: whether the request is worded as a sentence (one flag, or one per request); None
+            lets the design guess.
+    """
+
+    max_new_tokens: int | None = None
+    logits_processor: Any = None
+    is_sentence: bool | None | list = None
+
+    def check(self) -> None:
+        n = self.max_new_tokens
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise PromptError(f"option max_new_tokens must be a whole number of at least 1, not {n!r}")
+        flags = self.is_sentence if isinstance(self.is_sentence, (list, tuple)) else [self.is_sentence]
+        if any(f is not None and not isinstance(f, bool) for f in flags):
+            raise PromptError(f"option is_sentence must be true, false or None (or one per request), not {self.is_sentence!r}")
+
+
+@dataclass(frozen=True)
+class HistoryOptions(SegmentOptions):
+    """For designs that keep a conversation (``keeps_history``): earlier ``(request, answer)`` turns."""
+
+    history: list | tuple | None = None
+
+    def check(self) -> None:
+        super().check()
+        turns = self.history or []
+        if not isinstance(turns, (list, tuple)) or any(
+                not (isinstance(t, (list, tuple)) and len(t) == 2 and all(isinstance(x, str) for x in t)) for t in turns):
+            raise PromptError("option history must be a list of (request, answer) pairs of text")
+
+
 class SegmenterBase:
     """The contract. A design subclasses it and implements :meth:`_encode` and :meth:`_segment_many`
     (or :meth:`_segment`); the public calls check their inputs the same way for every design."""
 
     name = ""  # the registry name of the design
+    options_type: type[SegmentOptions] = SegmentOptions  # the options this design's segment takes
 
     def __init__(self):
         self._token = object()
@@ -127,7 +167,7 @@ class SegmenterBase:
     def segment(self, encoded: EncodedImage, request: str, **options) -> SegmentationResult:
         """Answer one request about an encoded image."""
         self._check_handle(encoded)
-        return self._segment(encoded, check_request(request), options)
+        return self._segment(encoded, check_request(request), self._check_options(options))
 
     def segment_many(self, encoded: EncodedImage, requests: Sequence[str], **options) -> list[SegmentationResult]:
         """Answer several requests about one encoded image; equal to separate :meth:`segment` calls."""
@@ -135,7 +175,19 @@ class SegmenterBase:
         if isinstance(requests, str):
             raise PromptError("segment_many takes a list of requests; use segment for one")
         checked = [check_request(r) for r in requests]
+        options = self._check_options(options)
         return self._segment_many(encoded, checked, options) if checked else []
+
+    def _check_options(self, given: dict) -> dict:
+        """``given`` as this design's options type checks them: an unknown or misspelled option, or a value
+        of the wrong kind, is one line naming it; the given ones are passed on."""
+        accepted = sorted(f.name for f in fields(self.options_type))
+        unknown = sorted(k for k in given if k not in accepted)
+        if unknown:
+            raise PromptError(f"the {self.name or type(self).__name__} design takes no option '{unknown[0]}'; "
+                              f"it takes {', '.join(accepted)}")
+        self.options_type(**given).check()
+        return dict(given)
 
     def handle(self, image: Image.Image, key: str, **fields) -> EncodedImage:
         """An :class:`EncodedImage` owned by this segmenter (designs call it from ``_encode``)."""

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
-from vlmsam.engine.contract import EncodedImage, SegmenterBase
+from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, SegmentOptions
 from vlmsam.engine.registry import CONFIG_NAME, read_config, register
-from vlmsam.errors import CheckpointError
+from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.result import SegmentationResult
 
 TAG = re.compile(r"<gsam>(.*?)</gsam>", re.S)
@@ -30,10 +31,31 @@ def tool_phrases(answer: str) -> list[str]:
     return [p.strip() for p in TAG.findall(answer or "") if p.strip()]
 
 
+@dataclass(frozen=True)
+class DetectorOptions(SegmentOptions):
+    """Grounding DINO's thresholds for these requests (default: the segmenter's)."""
+
+    box_threshold: float | None = None
+    text_threshold: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        for name in ("box_threshold", "text_threshold"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+                raise PromptError(f"option {name} must be a number from 0 to 1, not {v!r}")
+
+
+@dataclass(frozen=True)
+class GsamOptions(DetectorOptions, HistoryOptions):
+    """gsam's options: the detector's thresholds and the conversation so far."""
+
+
 class GroundedSegmenter(SegmenterBase):
     """A phrase straight to the detector and SAM. Options: ``box_threshold`` (0.3), ``text_threshold`` (0.25)."""
 
     name = "grounded"
+    options_type = DetectorOptions
 
     def __init__(self, detector: GroundingDino, sam, *, box_threshold: float = BOX_THRESHOLD,
                  text_threshold: float = TEXT_THRESHOLD, multimask: bool = True, label: str = ""):
@@ -100,6 +122,7 @@ class GsamSegmenter(GroundedSegmenter):
 
     name = "gsam"
     keeps_history = True
+    options_type = GsamOptions
 
     def __init__(self, vlm, detector: GroundingDino, sam, *, max_new_tokens: int = 128, **kwargs):
         super().__init__(detector, sam, **kwargs)
