@@ -30,10 +30,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vlmsam", *map(str, common), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     predictions = out / "predictions.jsonl"
-    deadline = time.time() + 240
-    while len(_lines(predictions)) < 1:
+    while len(_lines(predictions)) < 1:  # until its first answer is on disk (it must not end before)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -76,8 +76,7 @@ def test_a_killed_batch_resumes_to_the_same_predictions(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "segment", str(imgs), RED, "--out", str(killed), *FAST],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     journal = killed / "predictions.jsonl"
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline:
+    while proc.poll() is None:  # until its first answer is on disk
         if journal.is_file() and b"\n" in journal.read_bytes():
             break
         time.sleep(0.002)
