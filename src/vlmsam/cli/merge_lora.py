@@ -72,7 +72,9 @@ def run_merge(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{out}: cannot be written ({os_error_text(exc)})") from None
     try:
         model.save_merged(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
+        from vlmsam.io.writer import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         if out.is_dir():
             out.rmdir()  # empty (checked above)
         os.rename(tmp, out)
@@ -84,8 +86,3 @@ def run_merge(args: argparse.Namespace) -> int:
     print(f"merged LoRA into the base weights -> {out}")
     return 0
 
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

@@ -64,7 +64,7 @@ def write_temp(directory: str | os.PathLike, data: bytes, prefix: str) -> str:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the result gets the user's usual mode
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the result gets the user's usual mode
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -72,7 +72,7 @@ def write_temp(directory: str | os.PathLike, data: bytes, prefix: str) -> str:
     return tmp
 
 
-def _umask() -> int:
+def current_umask() -> int:
     current = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(current)
     return current
