@@ -67,6 +67,81 @@ def _background_point(masks: list[np.ndarray], shape: tuple[int, int], rng: rand
 
 
 
+def _example(path: Path, config):
+    from vlmsam.data.reason_seg import read_annotation
+    from vlmsam.data.synth import visible_masks
+
+    anno = read_annotation(path)
+    image = Image.open(path.with_suffix(".jpg")).convert("RGB")
+    masks = visible_masks(anno["scene"], image.height, image.width)
+    masks = [m for m in masks if m.sum() >= config.min_pixels]
+    return image, masks
+
+def _forward(backend, model, config, batch):
+    """The batch's losses (BCE, Dice, IoU head) and the IoUs reached, through SAM's parts."""
+    import torch
+
+    from vlmsam.metrics.iou import mask_iou
+    from vlmsam.sam.backend import ImageEmbedding
+    from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
+
+    pixels, geometry = [], []
+    for image, _ in batch:
+        px, original, resized = backend.preprocess(image)
+        pixels.append(px)
+        geometry.append((original, resized))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_image_encoder):
+        emb = model.vision_encoder(torch.cat(pixels)).last_hidden_state
+    bce = dice = iou_loss = emb.new_zeros(())
+    ious, best = [], []
+    for b, (image, prompts) in enumerate(batch):
+        e = ImageEmbedding(emb[b : b + 1], *geometry[b])
+        for mask, point, box in prompts:
+            sparse, _ = backend.encode_prompts(e, boxes=None if box is None else box[None],
+                                               points=None if point is None else point[None])
+            if mask is None:  # a background point: nothing to segment, every output rated 0
+                for multi in (False, True):
+                    _, predicted = backend.decode(e, sparse_embeddings=sparse, multimask_output=multi)
+                    iou_loss = iou_loss + (predicted[0] ** 2).mean()
+                continue
+            low, predicted = backend.decode(e, sparse_embeddings=sparse)
+            logits = backend.upscale_logits(low, e)[:, 0]
+            target = torch.from_numpy(mask[None].astype(np.uint8))
+            bce = bce + sigmoid_bce_loss(logits, target)
+            dice = dice + dice_loss(logits, target)
+            real = mask_iou(logits.detach() > 0, target[0])
+            ious.append(float(real[0]))
+            if config.multimask:
+                iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
+                low, predicted = backend.decode(e, sparse_embeddings=sparse, multimask_output=True)
+                logits = backend.upscale_logits(low, e)[0]  # (3, H, W)
+                targets = target.expand(len(logits), -1, -1)
+                parts = [(sigmoid_bce_loss(logits[k : k + 1], targets[k : k + 1]), dice_loss(logits[k : k + 1], targets[k : k + 1]))
+                         for k in range(len(logits))]
+                # only the best output learns this prompt (SAM's ambiguity-aware loss)
+                k = min(range(len(parts)), key=lambda j: float(2.0 * parts[j][0] + parts[j][1]))
+                bce, dice = bce + parts[k][0], dice + parts[k][1]
+                real = mask_iou(logits.detach() > 0, target[0])
+                iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
+                best.append(float(real[predicted[0].argmax()]))
+    n = max(len(ious), 1)
+    return bce / n, dice / n, config.iou_weight * iou_loss / n, ious, best
+
+def _draw(files, n, rng, config):
+    out = []
+    while len(out) < n:
+        image, masks = _example(rng.choice(files), config)
+        if masks:
+            chosen = rng.sample(masks, min(config.prompts_per_image, len(masks)))
+            prompts = [(mask, *_prompt(mask, rng, config.point_share)) for mask in chosen]
+            if config.multimask and rng.random() < config.background_share:
+                point = _background_point(masks, masks[0].shape, rng)
+                if point is not None:
+                    prompts.append((None, point, None))
+            out.append((image, prompts))
+    return out
+
+
 def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path, config: PretrainConfig | None = None,
                  *, progress: bool = True) -> dict:
     """Train every part of the SAM in ``sam_dir`` on point/box prompts; save it to ``out_dir``.
@@ -74,12 +149,8 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     import torch
     from tqdm import tqdm
 
-    from vlmsam.data.reason_seg import read_annotation
-    from vlmsam.data.synth import scene_files, visible_masks
-    from vlmsam.metrics.iou import mask_iou
+    from vlmsam.data.synth import scene_files
     from vlmsam.sam import SamBackend
-    from vlmsam.sam.backend import ImageEmbedding
-    from vlmsam.seg_token.losses import dice_loss, sigmoid_bce_loss
     from vlmsam.train.schedules import warmup_cosine
 
     config = config or PretrainConfig()
@@ -95,74 +166,10 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
 
-    def example(path: Path):
-        anno = read_annotation(path)
-        image = Image.open(path.with_suffix(".jpg")).convert("RGB")
-        masks = visible_masks(anno["scene"], image.height, image.width)
-        masks = [m for m in masks if m.sum() >= config.min_pixels]
-        return image, masks
-
-    def forward(batch):
-        pixels, geometry = [], []
-        for image, _ in batch:
-            px, original, resized = backend.preprocess(image)
-            pixels.append(px)
-            geometry.append((original, resized))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not config.freeze_image_encoder):
-            emb = model.vision_encoder(torch.cat(pixels)).last_hidden_state
-        bce = dice = iou_loss = emb.new_zeros(())
-        ious, best = [], []
-        for b, (image, prompts) in enumerate(batch):
-            e = ImageEmbedding(emb[b : b + 1], *geometry[b])
-            for mask, point, box in prompts:
-                sparse, _ = backend.encode_prompts(e, boxes=None if box is None else box[None],
-                                                   points=None if point is None else point[None])
-                if mask is None:  # a background point: nothing to segment, every output rated 0
-                    for multi in (False, True):
-                        _, predicted = backend.decode(e, sparse_embeddings=sparse, multimask_output=multi)
-                        iou_loss = iou_loss + (predicted[0] ** 2).mean()
-                    continue
-                low, predicted = backend.decode(e, sparse_embeddings=sparse)
-                logits = backend.upscale_logits(low, e)[:, 0]
-                target = torch.from_numpy(mask[None].astype(np.uint8))
-                bce = bce + sigmoid_bce_loss(logits, target)
-                dice = dice + dice_loss(logits, target)
-                real = mask_iou(logits.detach() > 0, target[0])
-                ious.append(float(real[0]))
-                if config.multimask:
-                    iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
-                    low, predicted = backend.decode(e, sparse_embeddings=sparse, multimask_output=True)
-                    logits = backend.upscale_logits(low, e)[0]  # (3, H, W)
-                    targets = target.expand(len(logits), -1, -1)
-                    parts = [(sigmoid_bce_loss(logits[k : k + 1], targets[k : k + 1]), dice_loss(logits[k : k + 1], targets[k : k + 1]))
-                             for k in range(len(logits))]
-                    # only the best output learns this prompt (SAM's ambiguity-aware loss)
-                    k = min(range(len(parts)), key=lambda j: float(2.0 * parts[j][0] + parts[j][1]))
-                    bce, dice = bce + parts[k][0], dice + parts[k][1]
-                    real = mask_iou(logits.detach() > 0, target[0])
-                    iou_loss = iou_loss + ((predicted[0] - real) ** 2).mean()
-                    best.append(float(real[predicted[0].argmax()]))
-        n = max(len(ious), 1)
-        return bce / n, dice / n, config.iou_weight * iou_loss / n, ious, best
-
-    def draw(files, n):
-        out = []
-        while len(out) < n:
-            image, masks = example(rng.choice(files))
-            if masks:
-                chosen = rng.sample(masks, min(config.prompts_per_image, len(masks)))
-                prompts = [(mask, *_prompt(mask, rng, config.point_share)) for mask in chosen]
-                if config.multimask and rng.random() < config.background_share:
-                    point = _background_point(masks, masks[0].shape, rng)
-                    if point is not None:
-                        prompts.append((None, point, None))
-                out.append((image, prompts))
-        return out
-
     log, first_iou_loss = {}, None
     bar = tqdm(range(config.steps), desc="SAM pre-training", unit="step", disable=not progress)
     for step in bar:
-        bce, dice, iou_loss, ious, best = forward(draw(train_files, config.batch_size))
+        bce, dice, iou_loss, ious, best = _forward(backend, model, config, _draw(train_files, config.batch_size, rng, config))
         loss = 2.0 * bce + dice + iou_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,7 +186,7 @@ def pretrain_sam(sam_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     model.eval()
     rng = random.Random(config.seed + 1)
     with torch.no_grad():
-        runs = [forward(draw(val_files, 16)) for _ in range(8)]
+        runs = [_forward(backend, model, config, _draw(val_files, 16, rng, config)) for _ in range(8)]
     log["val_iou"] = float(np.mean([iou for run in runs for iou in run[3]]))
     if config.multimask:  # the output SAM's own IoU head ranks first, as the mask generator uses it
         log["first_iou_loss"] = first_iou_loss
