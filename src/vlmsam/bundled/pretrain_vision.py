@@ -115,6 +115,46 @@ def rate(counts: list[dict], right: str, total: str) -> float:
     return sum(c[right] for c in counts) / max(sum(c[total] for c in counts), 1)
 
 
+def _example(path: Path, processor, cell: int, merge: int):
+    import torch
+
+    from vlmsam.data.reason_seg import read_annotation
+    from vlmsam.data.synth import SHAPES
+
+
+    anno = read_annotation(path)
+    image = Image.open(path.with_suffix(".jpg")).convert("RGB")
+    pixel_values, grid, _ = processor.image_inputs(image)
+    resized = (int(grid[0, 1]) * cell // merge, int(grid[0, 2]) * cell // merge)
+    shares = shape_shares(anno["scene"], (image.height, image.width), resized, cell)
+    colour, kind = cell_targets(anno["scene"], shares)
+    kinds = [SHAPES.index(s["shape"]) for s in anno["scene"]]
+    rows, cols = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    centre = torch.stack([(c.flatten() + 0.5) / cols, (r.flatten() + 0.5) / rows], -1)
+    scale = torch.tensor([cols, rows], dtype=torch.float32).expand_as(centre)
+    return _Example(pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds,
+                    centre, scale)
+
+def _forward(vlm, head, processor, cell: int, merge: int, files):
+    """The probe's losses and counts over ``files``, and the visual tokens."""
+    import torch
+
+
+    batch = [_example(p, processor, cell, merge) for p in files]
+    pixels, grid = torch.cat([b.pixel_values for b in batch]), torch.cat([b.grid for b in batch])
+    tokens = vlm.model.get_image_features(pixels, grid, return_dict=True).pooler_output
+    logits = [head(t) for t in tokens]
+    # Qwen-VL towers have only rotary positions, so no token knows where it is; the [SEG]
+    # state can only tell SAM where its target is if the target's tokens do.
+    centre, scale = torch.cat([b.centre for b in batch]), torch.cat([b.scale for b in batch])
+    ce_colour, ce_kind, mse_position, counts = probe_losses(logits, [b.colour for b in batch], [b.kind for b in batch],
+                                                            centre, [b.shares for b in batch], [b.kinds for b in batch])
+    position = torch.cat(logits)[:, -2:].detach()
+    counts.update(cells=len(position), position_error=float(((position - centre).abs() * scale).sum(-1).sum()))
+    return ce_colour, ce_kind, mse_position, counts, torch.cat(list(tokens))
+
+
 def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                     config: VisionPretrainConfig | None = None, *, progress: bool = True) -> dict:
     """Train the vision tower (and merger) of the Qwen-VL in ``vlm_dir`` to name the colour and
@@ -126,7 +166,6 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText
 
-    from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import COLORS, SHAPES, scene_files
     from vlmsam.train.schedules import warmup_cosine
     from vlmsam.vlm.processor import VlmProcessor
@@ -147,39 +186,10 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
 
-    def example(path: Path):
-        anno = read_annotation(path)
-        image = Image.open(path.with_suffix(".jpg")).convert("RGB")
-        pixel_values, grid, _ = processor.image_inputs(image)
-        resized = (int(grid[0, 1]) * cell // merge, int(grid[0, 2]) * cell // merge)
-        shares = shape_shares(anno["scene"], (image.height, image.width), resized, cell)
-        colour, kind = cell_targets(anno["scene"], shares)
-        kinds = [SHAPES.index(s["shape"]) for s in anno["scene"]]
-        rows, cols = int(grid[0, 1]) // merge, int(grid[0, 2]) // merge
-        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-        centre = torch.stack([(c.flatten() + 0.5) / cols, (r.flatten() + 0.5) / rows], -1)
-        scale = torch.tensor([cols, rows], dtype=torch.float32).expand_as(centre)
-        return _Example(pixel_values, grid, torch.from_numpy(colour), torch.from_numpy(kind), torch.from_numpy(shares), kinds,
-                        centre, scale)
-
-    def forward(files):
-        batch = [example(p) for p in files]
-        pixels, grid = torch.cat([b.pixel_values for b in batch]), torch.cat([b.grid for b in batch])
-        tokens = vlm.model.get_image_features(pixels, grid, return_dict=True).pooler_output
-        logits = [head(t) for t in tokens]
-        # Qwen-VL towers have only rotary positions, so no token knows where it is; the [SEG]
-        # state can only tell SAM where its target is if the target's tokens do.
-        centre, scale = torch.cat([b.centre for b in batch]), torch.cat([b.scale for b in batch])
-        ce_colour, ce_kind, mse_position, counts = probe_losses(logits, [b.colour for b in batch], [b.kind for b in batch],
-                                                                centre, [b.shares for b in batch], [b.kinds for b in batch])
-        position = torch.cat(logits)[:, -2:].detach()
-        counts.update(cells=len(position), position_error=float(((position - centre).abs() * scale).sum(-1).sum()))
-        return ce_colour, ce_kind, mse_position, counts, torch.cat(list(tokens))
-
     log, history, recent = {}, [], []
     bar = tqdm(range(config.steps), desc="vision pre-training", unit="step", disable=not progress)
     for step in bar:
-        ce_colour, ce_kind, mse_position, counts, _ = forward(rng.sample(train_files, config.batch_size))
+        ce_colour, ce_kind, mse_position, counts, _ = _forward(vlm, head, processor, cell, merge, rng.sample(train_files, config.batch_size))
         loss = ce_colour + config.kind_weight * ce_kind + config.position_weight * mse_position
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,7 +209,7 @@ def pretrain_vision(vlm_dir: str | Path, data_dir: str | Path, out_dir: str | Pa
     visual.eval()
     rng = random.Random(config.seed + 1)
     with torch.no_grad():
-        val = [forward(rng.sample(val_files, min(32, len(val_files)))) for _ in range(4)]
+        val = [_forward(vlm, head, processor, cell, merge, rng.sample(val_files, min(32, len(val_files)))) for _ in range(4)]
     log["val_colour_acc"] = rate([v[3] for v in val], "colour_right", "colour_cells")
     log["val_kind_acc"] = rate([v[3] for v in val], "kind_right", "shapes")
     # |dx| + |dy| between each token's predicted and true cell, in cells.
