@@ -53,7 +53,7 @@ def test_results_have_the_image_size_and_valid_boxes(seg):
             assert np.isfinite(result.scores).all()
             assert ((result.boxes[:, 0] <= result.boxes[:, 2]) & (result.boxes[:, 1] <= result.boxes[:, 3])).all()
             assert (result.boxes >= 0).all() and (result.boxes[:, [0, 2]] <= w).all() and (result.boxes[:, [1, 3]] <= h).all()
-            if getattr(seg, "marks_masks", False):  # designs whose answer says where each mask goes
+            if seg.capabilities.marks_masks:  # designs whose answer says where each mask goes
                 assert result.text.count("[mask ") == result.num_masks
 
 
@@ -165,7 +165,7 @@ def test_options_are_checked_by_the_design(seg):
         seg.segment_many(encoded, ["the red square"], max_new_tokens=0)
     with pytest.raises(PromptError, match="is_sentence must be"):
         seg.segment(encoded, "the red square", is_sentence="yes")
-    if getattr(seg, "keeps_history", False):
+    if seg.capabilities.keeps_history:
         with pytest.raises(PromptError, match="history must be"):
             seg.segment(encoded, "the red square", history=["not a pair"])
         seg.segment(encoded, "the red square", history=[("what is it?", "a square")])

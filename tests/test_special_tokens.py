@@ -129,7 +129,7 @@ def test_real_segmenters_prompts(tmp_path, design):
 
     def prompt(request, history):
         capture = Capture(processor.im_end)
-        options = {"history": history} if getattr(seg, "keeps_history", False) else {}
+        options = {"history": history} if seg.capabilities.keeps_history else {}
         seg.segment(encoded, request, logits_processor=capture, **options)
         return counts(capture.prompt, specials)
 

@@ -20,7 +20,7 @@ from vlmsam.errors import CheckpointError
 from vlmsam.seg_token import SegTokenModel
 from vlmsam.train import checkpoint as ckpt
 from vlmsam.train.config import ConfigError, TrainConfig
-from vlmsam.train.trainer import set_gradient_checkpointing
+from vlmsam.vlm.runtime import set_gradient_checkpointing
 
 
 @pytest.fixture(scope="module")

@@ -79,25 +79,17 @@ class Segmenter:
 
 
 def load_segmenter(name_or_path: str | Path | None = None, segmenter: str | None = None, *, vlm: str | None = None,
-                   sam: str | None = None, device=None, dtype=None, max_new_tokens: int = 128,
+                   sam: str | None = None, device=None, dtype=None, max_new_tokens: int | None = None,
                    vlm_endpoint: str | None = None, detector: str | None = None) -> Segmenter:
     """Load a segmenter. With no arguments: the bundled ``vlmsam-tiny``. A checkpoint directory names
     its own design; ``segmenter`` is needed only for base models (``vlm``/``sam``) or a design's own
     bundled default (``load_segmenter(segmenter="box_prompt")``). ``vlm_endpoint``: an OpenAI-compatible
-    server that serves the model named ``vlm`` (grounding designs)."""
+    server that serves the model named ``vlm`` (grounding designs). An argument the design does not take
+    is a one-line :class:`~vlmsam.engine.spec.UsageError`."""
     from vlmsam.devices import resolve_device, resolve_dtype
+    from vlmsam.engine.spec import BuildSpec
 
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype)
-    extra = {k: v for k, v in (("vlm_endpoint", vlm_endpoint), ("detector", detector)) if v}
-    if name_or_path not in (None, "") and not (vlm or sam or detector) and Path(name_or_path).is_dir():
-        engine = registry.load(name_or_path, segmenter, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
-    else:
-        if vlm_endpoint and (segmenter or "seg_token") == "seg_token":
-            from vlmsam.errors import CheckpointError
-
-            raise CheckpointError("--vlm-endpoint serves grounding designs (--segmenter box_prompt); the [SEG] model "
-                                  "needs its own hidden states, which a remote server does not return")
-        engine = registry.builder(segmenter or "seg_token")(name_or_path, vlm=vlm, sam=sam, device=device, dtype=dtype,
-                                                            max_new_tokens=max_new_tokens, **extra)
+    spec = BuildSpec(path=name_or_path or None, vlm=vlm, sam=sam, detector=detector, vlm_endpoint=vlm_endpoint,
+                     device=resolve_device(device), dtype=resolve_dtype(dtype), max_new_tokens=max_new_tokens)
+    engine = registry.load(spec, segmenter)
     return Segmenter(engine, engine.label)

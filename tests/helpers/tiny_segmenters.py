@@ -76,24 +76,27 @@ def save_tiny_grounding_dino(path: Path) -> Path:
 
 
 def grounded(root: Path):
-    from vlmsam.gsam.segmenter import build_grounded
+    from vlmsam.engine.registry import design
+    from vlmsam.engine.spec import BuildSpec
     from vlmsam.sam.tiny import build_tiny_sam
 
     build_tiny_sam().save_pretrained(root / "sam")
     # thresholds 0: a random detector scores low, and the contract suite wants boxes to check
-    seg = build_grounded(sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd")))
+    seg = design("grounded")(BuildSpec(sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd"))))
     seg.box_threshold = seg.text_threshold = 0.0
     return seg
 
 
 def gsam(root: Path):
-    from vlmsam.gsam.segmenter import build_gsam
+    from vlmsam.engine.registry import design
+    from vlmsam.engine.spec import BuildSpec
     from vlmsam.sam.tiny import build_tiny_sam
     from vlmsam.vlm.tiny import save_tiny_vlm
 
     build_tiny_sam().save_pretrained(root / "sam")
     vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
-    seg = build_gsam(vlm=str(vlm), sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd")), max_new_tokens=8)
+    seg = design("gsam")(BuildSpec(vlm=str(vlm), sam=str(root / "sam"), detector=str(save_tiny_grounding_dino(root / "gd")),
+                                   max_new_tokens=8))
     seg.box_threshold = seg.text_threshold = 0.0
     return seg
 
@@ -125,7 +128,7 @@ def permissive_amg():
 
 
 def proposal_select(root: Path):
-    from vlmsam.proposal_select.segmenter import ProposalSelectSegmenter
+    from vlmsam.proposal_select.segmenter import MarksSegmenter
     from vlmsam.sam.backend import SamBackend
     from vlmsam.sam.tiny import build_tiny_sam
     from vlmsam.vlm.runtime import VlmRuntime
@@ -134,7 +137,7 @@ def proposal_select(root: Path):
     torch.manual_seed(0)
     build_tiny_sam().save_pretrained(root / "sam")
     vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
-    return ProposalSelectSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), amg=permissive_amg(), max_proposals=8,
+    return MarksSegmenter(VlmRuntime.load(vlm), SamBackend.from_pretrained(root / "sam"), amg=permissive_amg(), max_proposals=8,
                                    max_new_tokens=8)
 
 
@@ -157,7 +160,7 @@ def llmseg(root: Path):
     from dataclasses import asdict
 
     from vlmsam.proposal_select.llmseg import LlmSegConfig, LlmSegModel
-    from vlmsam.proposal_select.segmenter import _llmseg_segmenter
+    from vlmsam.proposal_select.segmenter import llmseg_segmenter
     from vlmsam.sam.tiny import build_tiny_sam
     from vlmsam.vlm.tiny import save_tiny_vlm
 
@@ -168,7 +171,7 @@ def llmseg(root: Path):
                           max_proposals=8, head_dim=32, head_heads=2, lora_r=4, lora_alpha=8, amg=asdict(permissive_amg()))
     model = LlmSegModel.build(config)
     _perturb(model)
-    return _llmseg_segmenter(model.eval(), max_new_tokens=8)
+    return llmseg_segmenter(model.eval(), max_new_tokens=8)
 
 
 BUILDERS.update(llmseg=llmseg)
@@ -184,3 +187,14 @@ def save_tiny_seg_checkpoint(root: Path) -> Path:
     vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
     SegTokenModel.build(SegTokenConfig(vlm=str(vlm), sam=str(root / "sam"), lora_r=4)).save_pretrained(root / "ckpt")
     return root / "ckpt"
+
+
+def brightest(root: Path):
+    """The minimal design defined in tests/helpers/minimal_design.py, registered through the public API."""
+    from tests.helpers.minimal_design import DESIGN
+    from vlmsam.engine import BuildSpec, register
+
+    return register(DESIGN)(BuildSpec())
+
+
+BUILDERS.update(brightest=brightest)

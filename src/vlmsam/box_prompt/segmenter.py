@@ -16,13 +16,17 @@ import numpy as np
 
 from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase
 from vlmsam.engine.contract import is_sentence as guess_sentence
-from vlmsam.engine.registry import CONFIG_NAME, read_config, register
+from vlmsam.engine.registry import CONFIG_NAME, read_config
+from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
 from vlmsam.grounding import parse_grounding
 from vlmsam.grounding.prompts import grounding_prompt
 from vlmsam.result import SegmentationResult
 
 CONVENTION_OF_STYLE = {"qwen2_5_vl": "qwen2_5_vl", "seg_zero": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen_vl": "qwen_vl"}
+
+
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 class BoxPromptSegmenter(SegmenterBase):
@@ -38,12 +42,12 @@ class BoxPromptSegmenter(SegmenterBase):
     """
 
     name = "box_prompt"
-    keeps_history = True  # `vlmsam chat` keeps earlier turns about an image in the VLM's context
+    capabilities = Capabilities(keeps_history=True)  # `vlmsam chat` keeps earlier turns in the VLM's context
     options_type = HistoryOptions
 
     def __init__(self, vlm, sam, *, style: str = "qwen2_5_vl", union: bool = False, multimask: bool = True,
-                 max_new_tokens: int = 128, label: str = "", prompt: str = "box+point"):
-        super().__init__()
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, label: str = "", prompt: str = "box+point"):
+        super().__init__(label)
         if prompt not in ("box+point", "point"):
             raise CheckpointError(f"unknown SAM prompt '{prompt}'; choose 'box+point' or 'point'")
         self.prompt = prompt  # "point": objects with a point prompt SAM with the point alone (their box is kept)
@@ -52,7 +56,6 @@ class BoxPromptSegmenter(SegmenterBase):
         self.vlm, self.sam = vlm, sam
         self.style, self.convention = style, CONVENTION_OF_STYLE[style]
         self.union, self.multimask, self.max_new_tokens = union, multimask, max_new_tokens
-        self.label = label or "box_prompt"
         self.encodes = 0
 
     def _encode(self, image, key: str) -> EncodedImage:
@@ -114,9 +117,12 @@ class BoxPromptSegmenter(SegmenterBase):
                                       labels=[", ".join(lab for lab in g.labels if lab)], info=info)
         return SegmentationResult(masks=masks, boxes=g.boxes, scores=scores, text=text, labels=g.labels, info=info)
 
+    @property
+    def device(self):
+        return self.sam.device
+
     def to(self, device) -> BoxPromptSegmenter:
-        if hasattr(self.vlm, "model"):
-            self.vlm.model.to(device)
+        self.vlm.to(device)  # a remote VLM stays where its server runs
         self.sam.model.to(device)
         return self
 
@@ -134,15 +140,15 @@ class BoxPromptSegmenter(SegmenterBase):
 DEFAULT_DIR_NAME = "vlmsam-tiny-grounding"
 
 
-def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None, max_new_tokens: int = 128,
-          vlm_endpoint: str | None = None, style: str | None = None, union: bool | None = None) -> BoxPromptSegmenter:
-    """A box_prompt checkpoint (``path``), the bundled default (nothing named), base models by hub id or
-    path (``vlm`` + ``sam``), or a remote VLM (``vlm_endpoint`` + ``vlm`` as its model name) with ``sam``."""
+def build(spec: BuildSpec) -> BoxPromptSegmenter:
+    """A box_prompt checkpoint (``spec.path``), the bundled default (nothing named), base models by hub id
+    or path (``vlm`` + ``sam``), or a remote VLM (``vlm_endpoint`` + ``vlm`` as its model name) with ``sam``."""
     from vlmsam.engine.registry import bundled_default
     from vlmsam.sam import load_sam_backend
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
+    path, vlm, sam, vlm_endpoint, device, dtype = spec.path, spec.vlm, spec.sam, spec.vlm_endpoint, spec.device, spec.dtype
     settings = {}
     label = ""
     if path is None and not (vlm or sam or vlm_endpoint):
@@ -164,11 +170,7 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
     else:
         raise CheckpointError("box_prompt needs a VLM: name one with --vlm (hub id or path) or --vlm-endpoint")
     backend = load_sam_backend(sam, device=device, dtype=dtype)
-    return BoxPromptSegmenter(runtime, backend, style=style or settings.get("style", "qwen2_5_vl"),
-                              union=settings.get("union", False) if union is None else union,
+    return BoxPromptSegmenter(runtime, backend, style=settings.get("style", "qwen2_5_vl"), union=settings.get("union", False),
                               multimask=settings.get("multimask", True), prompt=settings.get("prompt", "box+point"),
-                              max_new_tokens=max_new_tokens if max_new_tokens != 128 else settings.get("max_new_tokens", 128),
+                              max_new_tokens=spec.max_new_tokens or settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
                               label=label or f"{vlm} + {sam}")
-
-
-register("box_prompt", build)

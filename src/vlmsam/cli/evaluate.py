@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...")
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--max-new-tokens", type=tokens, default=128, help="generation stops at the end of the answer or here (default 128)")
+    e.add_argument("--max-new-tokens", type=tokens, help="generation stops at the end of the answer or here (default: the design's)")
     e.add_argument("--limit", type=non_negative, default=0, help="evaluate only the first N images (0 = all)")
     e.add_argument("--multi-part", choices=["sum", "or"], default="sum",
                    help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
@@ -106,10 +106,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from vlmsam.segmenter import load_segmenter
     from vlmsam.distributed import init_distributed, shutdown
 
-    if args.segmenter is not None:
-        from vlmsam.engine.registry import builder
+    from vlmsam.cli.segment import design_of
 
-        builder(args.segmenter)  # an unknown name fails before anything loads
+    design_of(args)  # an unknown design, or a flag it does not take, fails before anything loads
     device = resolve_device(args.device)  # a CUDA request without CUDA fails before torchrun setup
     from vlmsam.io.writer import prepare_out_dir
 
@@ -120,7 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_resumable(args, write=info.is_main)  # every rank refuses alike; before any model loads
         seg = load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam,
                              device=device or info.device, dtype=args.dtype, vlm_endpoint=args.vlm_endpoint,
-                             detector=args.detector)
+                             detector=args.detector, max_new_tokens=args.max_new_tokens)
         metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens,
                            limit=args.limit, on_bad_sample=args.on_bad_sample, resume=args.resume, print_fn=_note)
         if info.is_main:

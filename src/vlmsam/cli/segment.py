@@ -32,7 +32,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs", help="output directory (default: outputs)")
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
-    p.add_argument("--max-new-tokens", type=tokens, default=128)
+    p.add_argument("--max-new-tokens", type=tokens, help="the generation limit of the answer (default: the design's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,33 +64,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(run=run_chat)
 
 
-DETECTOR_DESIGNS = ("gsam", "grounded")
+def build_spec(args):
+    """The typed build spec of the model flags (device resolved later, by the loader)."""
+    from vlmsam.engine.spec import BuildSpec
+
+    return BuildSpec(path=args.model or None, vlm=args.vlm, sam=args.sam, detector=args.detector,
+                     vlm_endpoint=args.vlm_endpoint, max_new_tokens=args.max_new_tokens)
 
 
-def _design(args) -> str:
-    """The design that will load, and a one-line error for options it does not take (before anything
-    heavy): --segmenter, else what the --model checkpoint records, else the bundled seg_token."""
-    from vlmsam.errors import VlmsamError
+def design_of(args) -> str:
+    """The design that will load, and a one-line error for a flag it does not take (before anything
+    heavy): --segmenter, else what the --model checkpoint records, else the default design."""
+    from vlmsam.engine import registry
 
-    design = args.segmenter
-    if design is None and args.model and not (args.vlm or args.sam) and os.path.isfile(Path(args.model) / "vlmsam_config.json"):
-        from vlmsam.engine.registry import model_type
-
-        design = model_type(Path(args.model))
-    design = design or "seg_token"
-    if args.detector and design not in DETECTOR_DESIGNS:
-        raise VlmsamError(f"--detector is used only by --segmenter gsam/grounded (Grounding DINO finds the boxes); "
-                          f"the {design} design takes none: leave --detector out")
-    return design
+    name = args.segmenter
+    if name is None and args.model and os.path.isfile(Path(args.model) / registry.CONFIG_NAME):
+        name = registry.model_type(Path(args.model))
+    found = registry.design(name or registry.DEFAULT_DESIGN)
+    found.check(build_spec(args))
+    return found.name
 
 
 def _load(args):
     from vlmsam.segmenter import load_segmenter
 
-    design = _design(args)  # with --detector a checkpoint's own design is named, as load_segmenter then needs it
-    return load_segmenter(args.model, args.segmenter or (design if args.detector else None), vlm=args.vlm, sam=args.sam,
-                          device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                          vlm_endpoint=args.vlm_endpoint, detector=args.detector)
+    design_of(args)
+    return load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam, device=args.device, dtype=args.dtype,
+                          max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint, detector=args.detector)
 
 
 def _report(result, written, elapsed: float) -> None:
@@ -107,7 +107,7 @@ def run_segment(args: argparse.Namespace) -> int:
     jobs = jobs_from_args(args.inputs, args.requests)
     check_out_dir(args.out)
     check_no_input_in(args.out, jobs)
-    _design(args)
+    design_of(args)
     resolve_device(args.device)  # a bad device is reported before the model loads
     stems = unique_stems(jobs)
     if len(jobs) == 1 and not (args.requests or args.resume):
@@ -191,14 +191,14 @@ def run_chat(args: argparse.Namespace) -> int:
     from vlmsam.errors import VlmsamError
     from vlmsam.io import load_image, write_result
 
-    _design(args)
+    design_of(args)
     resolve_device(args.device)
     seg = _load(args)
     print(f"model: {seg.name}")
     image = stem = None
     turn = 0
     history: list[tuple[str, str]] = []  # earlier turns about the current image, for designs that keep them
-    keeps_history = getattr(seg.engine, "keeps_history", False)
+    keeps_history = seg.engine.capabilities.keeps_history
     while True:
         request = _ask("Please input your prompt (or press Enter to exit): ")
         if request is None or not request.strip():

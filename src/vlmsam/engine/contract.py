@@ -17,12 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from PIL import Image
 
-from vlmsam.errors import PromptError
+from vlmsam.engine.spec import Capabilities
+from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.io.images import ImageSource, image_key, load_image  # noqa: F401  (image_key: public here too)
 from vlmsam.result import SegmentationResult
 
@@ -135,14 +137,37 @@ class HistoryOptions(SegmentOptions):
 
 
 class SegmenterBase:
-    """The contract. A design subclasses it and implements :meth:`_encode` and :meth:`_segment_many`
-    (or :meth:`_segment`); the public calls check their inputs the same way for every design."""
+    """The contract. A design subclasses it and implements :meth:`_encode`, :meth:`_segment_many` (or
+    :meth:`_segment`), :meth:`to` and :attr:`device` (and :meth:`save_pretrained` when it has weights
+    to save); the public calls check their inputs the same way for every design.
 
-    name = ""  # the registry name of the design
-    options_type: type[SegmentOptions] = SegmentOptions  # the options this design's segment takes
+    Attributes:
+        name: the registry name of the design.
+        label: what this instance is, for people (a checkpoint path, "vlm + sam").
+        capabilities: what it can do beyond the contract (:class:`~vlmsam.engine.spec.Capabilities`).
+        options_type: the options its ``segment`` takes.
+    """
 
-    def __init__(self):
+    name = ""
+    capabilities = Capabilities()
+    options_type: type[SegmentOptions] = SegmentOptions
+
+    def __init__(self, label: str = ""):
         self._token = object()
+        self.label = label or self.name
+
+    @property
+    def device(self):
+        """The device its models run on."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its device")
+
+    def to(self, device) -> SegmenterBase:
+        """Move its models to ``device``; returns itself."""
+        raise NotImplementedError(f"{type(self).__name__} cannot move to a device")
+
+    def save_pretrained(self, path) -> Path:
+        """Write a checkpoint directory that ``vlmsam.load_segmenter(path)`` loads again."""
+        raise CheckpointError(f"the {self.name or type(self).__name__} design has nothing to save")
 
     # ---- what a design implements -------------------------------------------------------------
 

@@ -1,14 +1,16 @@
-"""Design names -> builders. Each design package registers itself on import; a checkpoint records
-its design (``model_type`` in ``vlmsam_config.json``), so loading one needs no ``--segmenter``."""
+"""Design names -> :class:`~vlmsam.engine.spec.Design`. Designs register through the ``vlmsam.designs``
+entry-point group (ours in pyproject.toml, a design in another package in its own) or :func:`register`;
+a checkpoint records its design (``model_type`` in ``vlmsam_config.json``), so loading one needs no
+``--segmenter``."""
 
 from __future__ import annotations
 
-import importlib
+import functools
+import importlib.metadata
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from vlmsam.engine.spec import BuildSpec, Design, TrainingSpec
 from vlmsam.errors import CheckpointError
 
 CONFIG_NAME = "vlmsam_config.json"
@@ -27,57 +29,50 @@ def bundled_default(name: str, rebuild: str) -> Path:
     return path
 
 
-# name -> the module that registers it (imported only when that design is asked for)
-_MODULES = {"seg_token": "vlmsam.seg_token.segmenter", "box_prompt": "vlmsam.box_prompt.segmenter",
-            "gsam": "vlmsam.gsam.segmenter", "grounded": "vlmsam.gsam.segmenter",
-            "proposal_select": "vlmsam.proposal_select.segmenter"}
-_BUILDERS: dict[str, Callable] = {}
-_TRAINABLE: dict[str, Trainable] = {}
+ENTRY_POINT_GROUP = "vlmsam.designs"
+DEFAULT_DESIGN = "seg_token"  # what loads when nothing names a design
+_REGISTERED: dict[str, Design] = {}  # by register(): a design defined in a script or a test
 
 
-@dataclass(frozen=True)
-class Trainable:
-    """What ``vlmsam train`` needs of a design it can train.
-
-    Attributes:
-        config_class: the dataclass of the config's ``model`` section (chosen by ``model.model_type``).
-        build: ``config -> model``; the model's ``forward(batch)`` returns an object whose
-            ``losses()`` is a dict of named loss tensors (``loss`` is optimised, all are logged), and
-            it has ``collator``, ``save_pretrained``, ``load_trainable`` and ``trainable_summary``.
-        segmenter: ``model -> segmenter`` for validation by generation through the contract.
-    """
-
-    config_class: type
-    build: Callable
-    segmenter: Callable
+def register(design: Design) -> Design:
+    """Make ``design`` available by name in this process (an installed package registers through the
+    ``vlmsam.designs`` entry point instead, and needs no call)."""
+    if not isinstance(design, Design):
+        raise TypeError(f"register takes a vlmsam.engine.spec.Design, not {type(design).__name__}")
+    _REGISTERED[design.name] = design
+    return design
 
 
-def register_trainable(name: str, config_class: type, build: Callable, segmenter: Callable) -> None:
-    _TRAINABLE[name] = Trainable(config_class, build, segmenter)
-
-
-def trainable(name: str) -> Trainable:
-    builder(name)  # imports the design, which registers itself
-    if name not in _TRAINABLE:
-        raise CheckpointError(f"the '{name}' segmenter has nothing to train")
-    return _TRAINABLE[name]
-
-
-def register(name: str, builder: Callable) -> None:
-    """``builder(path=None, *, vlm=None, sam=None, device=None, dtype=None, **options)`` -> a segmenter."""
-    _BUILDERS[name] = builder
+@functools.cache
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available() -> tuple[str, ...]:
-    return tuple(_MODULES)
+    """Every design's name: the installed ones (entry points) and those registered in this process."""
+    return tuple(sorted(set(_entry_points()) | set(_REGISTERED)))
 
 
-def builder(name: str) -> Callable:
-    if name not in _MODULES:
+def design(name: str) -> Design:
+    """The design registered as ``name`` (its package is imported only now)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    ep = _entry_points().get(name)
+    if ep is None:
         raise CheckpointError(f"unknown segmenter '{name}'; available: {', '.join(available())}")
-    if name not in _BUILDERS:
-        importlib.import_module(_MODULES[name])
-    return _BUILDERS[name]
+    found = ep.load()
+    if not isinstance(found, Design) or found.name != name:
+        raise CheckpointError(f"the '{name}' entry point ({ep.value}) is not a vlmsam Design named '{name}'")
+    _REGISTERED[name] = found
+    return found
+
+
+def trainable(name: str) -> TrainingSpec:
+    """How ``vlmsam train`` trains the design ``name``."""
+    found = design(name)
+    if found.training is None:
+        raise CheckpointError(f"the '{name}' segmenter has nothing to train")
+    return found.training
 
 
 def read_config(path: str | Path) -> dict:
@@ -99,13 +94,17 @@ def model_type(path: Path) -> str:
     return str(read_config(path).get("model_type", "seg_token")).removeprefix("vlmsam_")  # written as "vlmsam_<design>"
 
 
-def load(path: str | Path | None = None, segmenter: str | None = None, **kwargs):
-    """A segmenter from a checkpoint directory (its recorded design) or, with ``segmenter``, from base models."""
+def load(spec: BuildSpec | str | Path, segmenter: str | None = None):
+    """A segmenter: the design a checkpoint directory (``spec.path``, or ``spec`` itself given as a path)
+    records, or ``segmenter`` built from base models or its bundled default. A field the design does not
+    take is a :class:`UsageError`."""
+    if not isinstance(spec, BuildSpec):
+        spec = BuildSpec(path=spec)
     if segmenter is not None:
-        builder(segmenter)  # an unknown name is the first thing to report
-    if path is not None:
-        recorded = model_type(Path(path))
+        design(segmenter)  # an unknown name is the first thing to report
+    if spec.path not in (None, "") and Path(spec.path).is_dir():
+        recorded = model_type(Path(spec.path))
         if segmenter is not None and segmenter != recorded:
-            raise CheckpointError(f"{path}: is a '{recorded}' checkpoint, not '{segmenter}' (leave out --segmenter)")
+            raise CheckpointError(f"{spec.path}: is a '{recorded}' checkpoint, not '{segmenter}' (leave out --segmenter)")
         segmenter = recorded
-    return builder(segmenter or "seg_token")(path, **kwargs)
+    return design(segmenter or DEFAULT_DESIGN)(spec)

@@ -18,7 +18,8 @@ import numpy as np
 
 from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
 from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, SegmentOptions
-from vlmsam.engine.registry import CONFIG_NAME, read_config, register
+from vlmsam.engine.registry import CONFIG_NAME, read_config
+from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.result import SegmentationResult
 
@@ -59,10 +60,13 @@ class GroundedSegmenter(SegmenterBase):
 
     def __init__(self, detector: GroundingDino, sam, *, box_threshold: float = BOX_THRESHOLD,
                  text_threshold: float = TEXT_THRESHOLD, multimask: bool = True, label: str = ""):
-        super().__init__()
+        super().__init__(label)
         self.detector, self.sam = detector, sam
         self.box_threshold, self.text_threshold, self.multimask = box_threshold, text_threshold, multimask
-        self.label = label or self.name
+
+    @property
+    def device(self):
+        return self.sam.device
 
     def _encode(self, image, key: str) -> EncodedImage:
         t0 = time.perf_counter()
@@ -121,12 +125,16 @@ class GsamSegmenter(GroundedSegmenter):
     ``history`` and ``max_new_tokens``."""
 
     name = "gsam"
-    keeps_history = True
+    capabilities = Capabilities(keeps_history=True)
     options_type = GsamOptions
 
     def __init__(self, vlm, detector: GroundingDino, sam, *, max_new_tokens: int = 128, **kwargs):
         super().__init__(detector, sam, **kwargs)
         self.vlm, self.max_new_tokens = vlm, max_new_tokens
+
+    def to(self, device):
+        self.vlm.to(device)  # a remote VLM stays where its server runs
+        return super().to(device)
 
     def _encode(self, image, key: str) -> EncodedImage:
         t0 = time.perf_counter()
@@ -175,27 +183,26 @@ def _parts(path, sam, detector, device, dtype, settings):
         load_sam_backend(sam, device=device, dtype=dtype), thresholds
 
 
-def build_grounded(path=None, *, sam=None, detector=None, device=None, dtype=None, **_) -> GroundedSegmenter:
+def build_grounded(spec: BuildSpec) -> GroundedSegmenter:
+    """A grounded checkpoint (``spec.path``) or base models (``spec.sam`` + ``spec.detector``)."""
+    path = spec.path or None
     settings = read_config(path) if path is not None else {}
-    det, backend, extra = _parts(path, sam, detector, device, dtype, settings)
-    return GroundedSegmenter(det, backend, label=str(path or f"{detector} + {sam}"), **extra)
+    det, backend, extra = _parts(path, spec.sam, spec.detector, spec.device, spec.dtype, settings)
+    return GroundedSegmenter(det, backend, label=str(path or f"{spec.detector} + {spec.sam}"), **extra)
 
 
-def build_gsam(path=None, *, vlm=None, sam=None, detector=None, device=None, dtype=None, max_new_tokens: int = 128,
-               vlm_endpoint=None, **_) -> GsamSegmenter:
+def build_gsam(spec: BuildSpec) -> GsamSegmenter:
+    """A gsam checkpoint (``spec.path``) or base models (``vlm`` or ``vlm_endpoint`` + ``vlm``, ``sam``, ``detector``)."""
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
 
+    path, vlm = spec.path or None, spec.vlm
     settings = read_config(path) if path is not None else {}
     if path is not None:
         vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
     if not vlm:
         raise CheckpointError("gsam needs a VLM that answers <gsam> tags: name one with --vlm (or --vlm-endpoint)")
-    runtime = RemoteVlm(vlm_endpoint, vlm) if vlm_endpoint else VlmRuntime.load(vlm, dtype=dtype, device=device)
-    det, backend, extra = _parts(path, sam, detector, device, dtype, settings)
-    return GsamSegmenter(runtime, det, backend, max_new_tokens=settings.get("max_new_tokens", max_new_tokens),
-                         label=str(path or f"{vlm} + {detector} + {sam}"), **extra)
-
-
-register("grounded", build_grounded)
-register("gsam", build_gsam)
+    runtime = RemoteVlm(spec.vlm_endpoint, vlm) if spec.vlm_endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)
+    det, backend, extra = _parts(path, spec.sam, spec.detector, spec.device, spec.dtype, settings)
+    return GsamSegmenter(runtime, det, backend, max_new_tokens=spec.max_new_tokens or settings.get("max_new_tokens", 128),
+                         label=str(path or f"{vlm} + {spec.detector} + {spec.sam}"), **extra)

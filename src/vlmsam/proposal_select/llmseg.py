@@ -277,12 +277,15 @@ class LlmSegModel(nn.Module):
             out.pop("embed_tokens.weight", None)
         return out
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
+    def save_pretrained(self, out_dir: str | Path, *, amg: dict | None = None) -> Path:
+        """``amg``: the proposal settings to record with the checkpoint (default: the config's)."""
+        from dataclasses import replace
+
         from safetensors.torch import save_file
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.config.save(out / CONFIG_NAME)
+        (self.config if amg is None else replace(self.config, amg=dict(amg))).save(out / CONFIG_NAME)
         save_file(self.trainable_state_dict(), str(out / WEIGHTS))
         if self.config.use_lora:
             self.vlm.save_pretrained(str(out / ADAPTER_DIR))

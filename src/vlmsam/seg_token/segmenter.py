@@ -14,12 +14,15 @@ import torch
 
 from vlmsam.data import prompts
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
-from vlmsam.engine.registry import register, register_trainable
+from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.backend import MASK_THRESHOLD
 from vlmsam.vlm.generation import Generated
 from vlmsam.vlm.runtime import VlmRuntime
+
+
+DEFAULT_MAX_NEW_TOKENS = 128
 
 
 def seg_prompt(request: str, sentence: bool | None = None) -> str:
@@ -37,12 +40,11 @@ class SegTokenSegmenter(SegmenterBase):
     """
 
     name = "seg_token"
-    marks_masks = True  # the answer shows "[mask k]" where the k-th [SEG] was
+    capabilities = Capabilities(marks_masks=True, trainable=True)  # "[mask k]" where the k-th [SEG] was
 
-    def __init__(self, model, label: str = "", max_new_tokens: int = 128):
-        super().__init__()
+    def __init__(self, model, label: str = "", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
+        super().__init__(label)
         self.model = model.eval()
-        self.label = label or "seg_token"
         self.max_new_tokens = max_new_tokens
         self.vlm = VlmRuntime(model.vlm, model.processor)  # the shared runtime: prefix, batched decoding
         self.encodes = 0  # how often the image encoders actually ran
@@ -100,13 +102,14 @@ class SegTokenSegmenter(SegmenterBase):
         return self.model.save_pretrained(path)
 
 
-def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=None, dtype=None,
-          max_new_tokens: int = 128) -> SegTokenSegmenter:
-    """A checkpoint directory (``path``), the bundled vlmsam-tiny (no arguments), or base models (``vlm``/``sam``)."""
+def build(spec: BuildSpec) -> SegTokenSegmenter:
+    """A checkpoint directory (``spec.path``), the bundled vlmsam-tiny (nothing named), or base models
+    (``spec.vlm``/``spec.sam``)."""
     from vlmsam.engine.registry import DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, bundled_default
     from vlmsam.seg_token.config import SegTokenConfig
     from vlmsam.seg_token.model import SegTokenModel
 
+    path, vlm, sam = spec.path, spec.vlm, spec.sam
     if vlm or sam:
         if path:
             raise CheckpointError("name either a [SEG] checkpoint or base --vlm/--sam models, not both")
@@ -123,24 +126,8 @@ def build(path=None, *, vlm: str | None = None, sam: str | None = None, device=N
                                   "(a SAM checkpoint goes to --sam)")
         model = SegTokenModel.from_pretrained(path)
         label = DEFAULT_MODEL_NAME if path == DEFAULT_MODEL_DIR else str(path)
-    if dtype is not None:
-        model.to(dtype)
-    if device is not None:
-        model.to(device)
-    return SegTokenSegmenter(model, label, max_new_tokens)
-
-
-def _build_trainable(config):
-    from vlmsam.seg_token.model import SegTokenModel
-
-    return SegTokenModel.build(config)
-
-
-def _config_class():
-    from vlmsam.seg_token.config import SegTokenConfig
-
-    return SegTokenConfig
-
-
-register("seg_token", build)
-register_trainable("seg_token", _config_class(), _build_trainable, SegTokenSegmenter)
+    if spec.dtype is not None:
+        model.to(spec.dtype)
+    if spec.device is not None:
+        model.to(spec.device)
+    return SegTokenSegmenter(model, label, spec.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)

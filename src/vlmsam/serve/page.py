@@ -109,7 +109,7 @@ def _answer(queue, folder: Path, gr):
                     cache.pop(next(iter(cache)))
                 cache[key] = await queue.encode(name, pil)
             encode_s = 0.0 if cached else time.perf_counter() - t0
-            result = await queue.segment(name, cache[key], prompt)
+            result = await queue.submit(name, cache[key], prompt)
         except ApiError as exc:
             raise gr.Error(exc.message) from None
         except Exception as exc:  # shown on the page, never a traceback

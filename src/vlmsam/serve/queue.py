@@ -144,7 +144,7 @@ class RequestQueue:
         self.images.move_to_end(image_id)
         return self.images[image_id]
 
-    async def segment(self, name: str, encoded, request: str):
+    async def submit(self, name: str, encoded, request: str):
         from vlmsam.engine.contract import check_request
         from vlmsam.errors import PromptError
 

@@ -47,8 +47,7 @@ def add_routes(app, queue: RequestQueue, options: ServeOptions) -> None:
     async def models():
         out = []
         for name, seg in queue.segmenters.items():
-            device = getattr(seg, "device", None)
-            out.append({"name": name, "model": getattr(seg, "label", name), "device": str(device) if device is not None else "cpu"})
+            out.append({"name": name, "model": seg.label, "device": str(seg.device)})
         return {"segmenters": out, "cached_images": len(queue.images), "batched_requests": queue.batched}
 
     @app.post("/v1/images", response_model=schema.ImageAnswer, responses=common,
@@ -89,7 +88,7 @@ def add_routes(app, queue: RequestQueue, options: ServeOptions) -> None:
         else:
             raise ApiError(422, "send an image (file part 'image' or base64 'image') or an image_id from POST /v1/images")
         try:
-            result = await queue.segment(name, encoded, prompt)
+            result = await queue.submit(name, encoded, prompt)
         except PromptError as exc:
             raise ApiError(422, str(exc)) from None
         body = encode_result(result, encoded.size, image if overlay else None)

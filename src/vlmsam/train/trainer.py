@@ -13,6 +13,7 @@ import json
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +40,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_gradient_checkpointing(vlm, enabled: bool) -> None:
-    """Recompute activations in backward (transformers >= 5.2 calls it activation checkpointing)."""
-    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
-    kwargs = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs) if enabled else base.activation_checkpointing_disable()
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
+@dataclass(frozen=True)
+class PrepareContext:
+    """What a design's ``TrainingSpec.prepare`` sees before the first step."""
+
+    cfg: TrainConfig
+    mixture: Mixture
+    info: object
+    collator: object
 
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
@@ -202,31 +203,36 @@ def _prepare_run_dir(cfg: TrainConfig, info, print_fn):
 
 
 def _build(cfg: TrainConfig, info):
-    """The design, its model on this rank's device and this rank's stream of the mixture."""
+    """The design's training spec, its model on this rank's device and this rank's stream of the mixture."""
     t = cfg.train
-    design = trainable(cfg.model_type)  # the design whose model the config's model section describes
+    spec = trainable(cfg.model_type)  # the design whose model the config's model section describes
     seed_everything(t.seed)  # identical initial weights on every rank
-    model = design.build(cfg.model)
+    model = spec.build(cfg.model)
     seed_everything(t.seed + info.rank)  # then independent dropout per rank
-    if hasattr(model, "vlm"):
-        set_gradient_checkpointing(model.vlm, t.gradient_checkpointing)
+    if spec.gradient_checkpointing is not None:
+        spec.gradient_checkpointing(model, t.gradient_checkpointing)
+    elif t.gradient_checkpointing:
+        raise ConfigError(f"train.gradient_checkpointing: the {cfg.model_type} design has nothing to checkpoint")
     model.to(info.device)
-    processor = getattr(model, "processor", None)
-    mixture = build_mixture(cfg, info.rank, model.collator.prepare, processor.resized_size if processor is not None else None)
+    collator = spec.collator(model)
+    frame = spec.answer_frame(model) if spec.answer_frame is not None else None
+    mixture = build_mixture(cfg, info.rank, collator.prepare, frame)
     if t.sam_embedding_cache:
         from vlmsam.train.sam_cache import attach_sam_cache
 
         attach_sam_cache(model, Path(t.sam_embedding_cache), mixture, info, progress=t.progress)
-        model.collator.sam_processor = None  # SAM's pixels are not needed any more
-    return design, model, mixture
+        collator.sam_processor = None  # SAM's pixels are not needed any more
+    if spec.prepare is not None:
+        spec.prepare(model, PrepareContext(cfg, mixture, info, collator))
+    return spec, model, mixture, collator
 
 
-def _loader(mixture, model, cfg: TrainConfig, info, consumed: int):
+def _loader(mixture, collator, cfg: TrainConfig, info, consumed: int):
     # Its own generator: creating an iterator must not draw from the global RNG, or a resumed run's
     # dropout would drift from an uninterrupted one's.
     return torch.utils.data.DataLoader(mixture, batch_size=cfg.train.batch_size,
                                        sampler=ResumableSampler(len(mixture), start=consumed),
-                                       collate_fn=model.collator, num_workers=cfg.data.num_workers,
+                                       collate_fn=collator, num_workers=cfg.data.num_workers,
                                        generator=torch.Generator().manual_seed(cfg.train.seed + info.rank))
 
 
@@ -248,7 +254,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     if t.precision not in DTYPES:
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     run_dir, resume_from, moved = _prepare_run_dir(cfg, info, print_fn)
-    design, model, mixture = _build(cfg, info)
+    design, model, mixture, collator = _build(cfg, info)
     opt = build_optimization(model, cfg, info.device, info.world_size)
     progress = Progress()
     if resume_from is not None:
@@ -272,7 +278,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
     bar = tqdm(total=end, initial=progress.step, desc="train", unit="step", disable=not (t.progress and info.is_main))
     try:
         while progress.step < end:
-            batches = iter(_loader(mixture, model, cfg, info, progress.consumed))
+            batches = iter(_loader(mixture, collator, cfg, info, progress.consumed))
             epoch_end = (progress.step // t.steps_per_epoch + 1) * t.steps_per_epoch
             while progress.step < min(epoch_end, end):
                 model.train()

@@ -48,6 +48,10 @@ class RemoteVlm:
         self.client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._openai = openai
 
+    def to(self, device) -> RemoteVlm:
+        """The model runs where its server runs: nothing moves."""
+        return self
+
     def encode_image(self, image: Image.Image) -> RemoteImage:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")

@@ -59,6 +59,16 @@ def load_vlm_model(source: str, *, dtype=None, device=None, attn_implementation:
     return model
 
 
+def set_gradient_checkpointing(vlm, enabled: bool) -> None:
+    """Recompute activations in backward (transformers >= 5.2 calls it activation checkpointing)."""
+    base = vlm.get_base_model() if hasattr(vlm, "get_base_model") else vlm
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs) if enabled else base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs) if enabled else base.gradient_checkpointing_disable()
+
+
 class VlmRuntime:
     """A loaded VLM and its processor. Holds no per-image state: pass the :class:`VisionPrefix`."""
 
@@ -80,6 +90,10 @@ class VlmRuntime:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def to(self, device) -> VlmRuntime:
+        self.model.to(device)
+        return self
 
     @torch.inference_mode()
     def encode_image(self, image) -> VisionPrefix:
