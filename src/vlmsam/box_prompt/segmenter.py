@@ -56,28 +56,18 @@ class BoxPromptSegmenter(SegmenterBase):
         self.vlm, self.sam = vlm, sam
         self.style, self.convention = style, CONVENTION_OF_STYLE[style]
         self.union, self.multimask, self.max_new_tokens = union, multimask, max_new_tokens
-        self.encodes = 0
 
     def _encode(self, image, key: str) -> EncodedImage:
-        t0 = time.perf_counter()
-        sam = self.sam.encode(image)
-        t1 = time.perf_counter()
-        prefix = self.vlm.encode_image(image)
-        self.encodes += 1
-        return self.handle(image, key, sam=sam, vlm=prefix, extras={"model_input_size": self.vlm.model_input_size(prefix)},
-                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+        return self.encode_parts(image, key, sam=self.sam, vlm=self.vlm,
+                                 extras=lambda prefix: {"model_input_size": self.vlm.model_input_size(prefix)})
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         t0 = time.perf_counter()
-        sentence = options.get("is_sentence")
-        flags = sentence if isinstance(sentence, (list, tuple)) else [sentence] * len(requests)
+        flags = self.sentence_flags(options, len(requests))
         history = list(options.get("history") or [])
         conversations = [[*history, (grounding_prompt(r, guess_sentence(r) if s is None else s, self.style), None)]
                          for r, s in zip(requests, flags)]
-        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
-        if options.get("logits_processor") is not None:
-            kwargs["logits_processor"] = options["logits_processor"]
-        texts = self.vlm.chat_many(encoded.vlm, conversations, **kwargs)
+        texts = self.vlm.chat_many(encoded.vlm, conversations, **self.generation(options))
         t1 = time.perf_counter()
         results = [self._result(encoded, text) for text in texts]
         t2 = time.perf_counter()

@@ -15,6 +15,7 @@ loaded segmenter (Meta's ``SamPredictor`` keeps its features; we pass ours expli
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -151,10 +152,12 @@ class SegmenterBase:
     name = ""
     capabilities = Capabilities()
     options_type: type[SegmentOptions] = SegmentOptions
+    max_new_tokens: int | None = None  # the generation limit where a request's options give none
 
     def __init__(self, label: str = ""):
         self._token = object()
         self.label = label or self.name
+        self.encodes = 0  # how often the image encoders actually ran
 
     @property
     def device(self):
@@ -187,7 +190,9 @@ class SegmenterBase:
     def encode(self, image: ImageSource) -> EncodedImage:
         """Run the image encoders once; the handle serves any number of requests."""
         loaded = load_image(image)
-        return self._encode(loaded, image_key(loaded))
+        encoded = self._encode(loaded, image_key(loaded))
+        self.encodes += 1
+        return encoded
 
     def segment(self, encoded: EncodedImage, request: str, **options) -> SegmentationResult:
         """Answer one request about an encoded image."""
@@ -213,6 +218,34 @@ class SegmenterBase:
                               f"it takes {', '.join(accepted)}")
         self.options_type(**given).check()
         return dict(given)
+
+    # ---- what designs share -------------------------------------------------------------------
+
+    def encode_parts(self, image: Image.Image, key: str, *, sam=None, vlm=None, extras=None) -> EncodedImage:
+        """The handle most designs make: SAM's embedding (``sam``: a SAM backend) and the VLM's image
+        prefix (``vlm``: a VLM runtime), each timed; ``extras`` is a mapping, or ``prefix -> mapping``."""
+        parts, timings = {}, {}
+        for name, encoder in (("sam", sam), ("vlm", vlm)):
+            if encoder is not None:
+                t0 = time.perf_counter()
+                parts[name] = encoder.encode(image) if name == "sam" else encoder.encode_image(image)
+                timings[f"encode_{name}"] = time.perf_counter() - t0
+        more = extras(parts.get("vlm")) if callable(extras) else (extras or {})
+        return self.handle(image, key, extras=more, timings=timings, **parts)
+
+    def generation(self, options: dict) -> dict:
+        """Generation keywords for these options: ``max_new_tokens`` (the option's, else this segmenter's)
+        and the ``logits_processor`` where one is given."""
+        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
+        if options.get("logits_processor") is not None:
+            kwargs["logits_processor"] = options["logits_processor"]
+        return kwargs
+
+    @staticmethod
+    def sentence_flags(options: dict, n: int) -> list:
+        """``is_sentence`` per request (one flag given for all, or one each; None: the design guesses)."""
+        flag = options.get("is_sentence")
+        return list(flag) if isinstance(flag, (list, tuple)) else [flag] * n
 
     def handle(self, image: Image.Image, key: str, **fields) -> EncodedImage:
         """An :class:`EncodedImage` owned by this segmenter (designs call it from ``_encode``)."""

@@ -69,9 +69,7 @@ class GroundedSegmenter(SegmenterBase):
         return self.sam.device
 
     def _encode(self, image, key: str) -> EncodedImage:
-        t0 = time.perf_counter()
-        sam = self.sam.encode(image)
-        return self.handle(image, key, sam=sam, extras={"image": image}, timings={"encode_sam": time.perf_counter() - t0})
+        return self.encode_parts(image, key, sam=self.sam, extras={"image": image})
 
     def _masks_for(self, encoded: EncodedImage, phrases: list[str], options: dict, text: str) -> SegmentationResult:
         h, w = encoded.size
@@ -137,19 +135,11 @@ class GsamSegmenter(GroundedSegmenter):
         return super().to(device)
 
     def _encode(self, image, key: str) -> EncodedImage:
-        t0 = time.perf_counter()
-        sam = self.sam.encode(image)
-        t1 = time.perf_counter()
-        prefix = self.vlm.encode_image(image)
-        return self.handle(image, key, sam=sam, vlm=prefix, extras={"image": image},
-                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+        return self.encode_parts(image, key, sam=self.sam, vlm=self.vlm, extras={"image": image})
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         history = list(options.get("history") or [])
-        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
-        if options.get("logits_processor") is not None:
-            kwargs["logits_processor"] = options["logits_processor"]
-        answers = self.vlm.chat_many(encoded.vlm, [[*history, (r, None)] for r in requests], **kwargs)
+        answers = self.vlm.chat_many(encoded.vlm, [[*history, (r, None)] for r in requests], **self.generation(options))
         results = []
         for answer in answers:
             phrases = tool_phrases(answer)

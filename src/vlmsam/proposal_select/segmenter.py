@@ -101,12 +101,6 @@ class ProposalSelectSegmenter(SegmenterBase):
         masks = np.stack([p.mask() for p in proposals]) if proposals else np.zeros((0, image.height, image.width), bool)
         return {"masks": masks, "scores": np.array([p.predicted_iou for p in proposals], np.float32)}
 
-    def _generation(self, options: dict) -> dict:
-        kwargs = {"max_new_tokens": options.get("max_new_tokens") or self.max_new_tokens}
-        if options.get("logits_processor") is not None:
-            kwargs["logits_processor"] = options["logits_processor"]
-        return kwargs
-
 
 class MarksSegmenter(ProposalSelectSegmenter):
     """The VLM sees the proposals drawn as numbered marks and answers their numbers (Set-of-Mark)."""
@@ -127,7 +121,7 @@ class MarksSegmenter(ProposalSelectSegmenter):
             return [SegmentationResult.empty(encoded.size, info={"reason": "SAM proposed no region"},
                                              extra_images={"marks": marks}) for _ in requests]
         answers = self.vlm.chat_many(encoded.vlm, [[(MARKS_PROMPT.format(n=n, request=r), None)] for r in requests],
-                                     **self._generation(options))
+                                     **self.generation(options))
         results = []
         for answer in answers:
             chosen, reason = parse_marks(answer, n)
@@ -176,7 +170,7 @@ class LlmSegSegmenter(ProposalSelectSegmenter):
             return [SegmentationResult.empty(encoded.size, info={"reason": "SAM proposed no region"}) for _ in requests]
         seg_id = self.model.config.seg_token_id
         conversations = [[(prompts.eval_question(r.rstrip(), is_sentence(r)), None)] for r in requests]
-        answers = self.vlm.generate(encoded.vlm, conversations, state_token=seg_id, **self._generation(options))
+        answers = self.vlm.generate(encoded.vlm, conversations, state_token=seg_id, **self.generation(options))
         proposals = torch.from_numpy(encoded.extras["masks"]).to(self.vlm.device)
         results = []
         for answer in answers:

@@ -47,7 +47,6 @@ class SegTokenSegmenter(SegmenterBase):
         self.model = model.eval()
         self.max_new_tokens = max_new_tokens
         self.vlm = VlmRuntime(model.vlm, model.processor)  # the shared runtime: prefix, batched decoding
-        self.encodes = 0  # how often the image encoders actually ran
 
     @property
     def device(self) -> torch.device:
@@ -59,23 +58,15 @@ class SegTokenSegmenter(SegmenterBase):
 
     @torch.inference_mode()
     def _encode(self, image, key: str) -> EncodedImage:
-        t0 = time.perf_counter()
-        sam = self.model.sam_backend.encode(image)
-        t1 = time.perf_counter()
-        prefix = self.vlm.encode_image(image)
-        self.encodes += 1
-        return self.handle(image, key, sam=sam, vlm=prefix,
-                           timings={"encode_sam": t1 - t0, "encode_vlm": time.perf_counter() - t1})
+        return self.encode_parts(image, key, sam=self.model.sam_backend, vlm=self.vlm)
 
     @torch.inference_mode()
     def generate(self, encoded: EncodedImage, requests: list[str], **options) -> list[Generated]:
         """The raw answers (token ids and ``[SEG]`` states) to ``requests``, decoded in one batch."""
-        sentence = options.get("is_sentence")
-        flags = sentence if isinstance(sentence, (list, tuple)) else [sentence] * len(requests)
+        flags = self.sentence_flags(options, len(requests))
         conversations = [[(seg_prompt(r, s), None)] for r, s in zip(requests, flags)]
         return self.vlm.generate(encoded.vlm, conversations, state_token=self.model.config.seg_token_id,
-                                 max_new_tokens=options.get("max_new_tokens") or self.max_new_tokens,
-                                 logits_processor=options.get("logits_processor"))
+                                 **self.generation(options))
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         t0 = time.perf_counter()
