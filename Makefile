@@ -46,70 +46,84 @@ demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter proposal_select \
 		--out outputs/demo-proposal-select
 
+# The bundles' workshop (tools/, outside the installed package): an evaluation's metrics.json goes into the
+# bundle (its model card), its predictions.jsonl and summary.png into docs/bundled/<bundle>/ (the record).
+WEIGHTS := src/vlmsam/weights
+file_eval = $(PY) -c "from tools.bundles import file_evaluation; file_evaluation('build/eval/$(1)', '$(WEIGHTS)/$(1)')"
+# A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice.
+share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WEIGHTS)/$(1)', ('$(2)',))"
+
 # Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
 # export into the package, and an evaluation on freshly generated test scenes (a seed not used in
-# training).
+# training). The bundles made from it get their own copies of its parts first (tools/bundles.py).
 TINY_SAM_STEPS := 3000
 TINY_VISION_STEPS := 5000
 tiny-model: $(STAMP)
-	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh
+	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh build/eval/vlmsam-tiny
 	$(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0
-	$(PY) -c "from vlmsam.bundled.default_model import build_base; build_base('build/vlmsam-tiny-base')"
-	$(PY) -m vlmsam pretrain-sam build/vlmsam-tiny-base/sam --data build/synth --out build/vlmsam-tiny-base/sam-pretrained \
+	$(PY) -c "from tools.default_model import build_base; build_base('build/vlmsam-tiny-base')"
+	$(PY) -m tools.pretrain sam build/vlmsam-tiny-base/sam --data build/synth --out build/vlmsam-tiny-base/sam-pretrained \
 		--steps $(TINY_SAM_STEPS)
-	$(PY) -m vlmsam pretrain-vision build/vlmsam-tiny-base/vlm --data build/synth --out build/vlmsam-tiny-base/vlm-pretrained \
+	$(PY) -m tools.pretrain vision build/vlmsam-tiny-base/vlm --data build/synth --out build/vlmsam-tiny-base/vlm-pretrained \
 		--steps $(TINY_VISION_STEPS) --kind-weight 3
 	$(PY) -m vlmsam train configs/vlmsam_tiny.yaml
 	# the run's last checkpoint (earlier recipes validated best mid-run on checkpoints that refused every "the <colour> <kind>")
-	$(PY) -c "from vlmsam.bundled.default_model import export; export('build/runs/vlmsam-tiny', which='last')"
+	$(PY) -c "from tools.default_model import export; export('build/runs/vlmsam-tiny', which='last')"
 	$(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
-	$(PY) -m vlmsam evaluate --dataset reason_seg:test --dataset-dir build/synth-fresh --out src/vlmsam/weights/vlmsam-tiny/eval \
-		--model src/vlmsam/weights/vlmsam-tiny
+	$(PY) -m vlmsam evaluate --dataset reason_seg:test --dataset-dir build/synth-fresh --out build/eval/vlmsam-tiny \
+		--model $(WEIGHTS)/vlmsam-tiny
+	$(call file_eval,vlmsam-tiny)
 
 # The box_prompt design's offline default (about 90 minutes on 2 cores): vlmsam-tiny's VLM, merged, with one
 # token per whole number 10..256, taught to answer in Qwen2.5-VL's grounding JSON with the grounding head
 # looking at each coordinate's edge of the object (configs/box_prompt_tiny.yaml, stopped at step 1,500), then
 # with the coordinates taught as ordinal values (configs/box_prompt_tiny_stage2.yaml); exported to
-# build/vlmsam-tiny-grounding and evaluated on the fresh test scenes. docs/vlmsam-tiny.md has every run.
+# build/vlmsam-tiny-grounding and evaluated on the fresh test scenes; its SAM is vlmsam-tiny's, shared.
+# docs/vlmsam-tiny.md has every run.
 box-prompt-model: $(STAMP)
 	test -d build/synth || $(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0
-	rm -rf build/vlmsam-tiny-merged build/box-prompt-stage1
-	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('src/vlmsam/weights/vlmsam-tiny').save_merged('build/vlmsam-tiny-merged')"
-	$(PY) -c "from vlmsam.bundled.default_model import add_number_tokens; add_number_tokens('build/vlmsam-tiny-merged', 256)"
+	rm -rf build/vlmsam-tiny-merged build/box-prompt-stage1 build/eval/vlmsam-tiny-grounding
+	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/vlmsam-tiny-merged')"
+	$(PY) -c "from tools.default_model import add_number_tokens; add_number_tokens('build/vlmsam-tiny-merged', 256)"
 	$(PY) -m vlmsam train configs/box_prompt_tiny.yaml train.stop_at_step=1500 --overwrite
-	$(PY) -c "from vlmsam.bundled.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny', 'build/box-prompt-stage1', which='step_001500')"
+	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny', 'build/box-prompt-stage1', which='step_001500')"
 	$(PY) -m vlmsam train configs/box_prompt_tiny_stage2.yaml --overwrite
-	$(PY) -c "from vlmsam.bundled.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-stage2', 'build/vlmsam-tiny-grounding')"
+	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-stage2', 'build/vlmsam-tiny-grounding')"
 	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
 	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-grounding --dataset reason_seg:test --dataset-dir build/synth-fresh \
-		--out build/vlmsam-tiny-grounding/eval
-	rm -rf src/vlmsam/weights/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding src/vlmsam/weights/
+		--out build/eval/vlmsam-tiny-grounding
+	rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/
+	$(call file_eval,vlmsam-tiny-grounding)
+	$(call share_parts,vlmsam-tiny-grounding,sam)
 
 # The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores): vlmsam-tiny's SAM
 # with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2
 # pre-trained densely here, automatic proposals over 2,000 training scenes (two processes under torchrun), the
 # selection head trained over them on vlmsam-tiny's frozen VLM (configs/llmseg_tiny.yaml), exported to
-# build/vlmsam-tiny-llmseg and evaluated on the fresh test scenes. docs/vlmsam-tiny.md has the runs.
+# build/vlmsam-tiny-llmseg and evaluated on the fresh test scenes; its VLM is vlmsam-tiny's, shared.
+# docs/vlmsam-tiny.md has the runs.
 LLMSEG_ENV := OMP_NUM_THREADS=1
 llmseg-model: $(STAMP)
-	rm -rf build/llmseg build/runs/llmseg-tiny
+	rm -rf build/llmseg build/runs/llmseg-tiny build/eval/vlmsam-tiny-llmseg
 	$(PY) -m vlmsam data synth --out build/llmseg/synth --n 2500 --seed 11
-	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('src/vlmsam/weights/vlmsam-tiny').save_merged('build/llmseg/vlm')"
-	$(PY) -m vlmsam pretrain-sam src/vlmsam/weights/vlmsam-tiny/sam --data build/synth --out build/llmseg/sam-multimask \
+	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/llmseg/vlm')"
+	$(PY) -m tools.pretrain sam $(WEIGHTS)/vlmsam-tiny/sam --data build/synth --out build/llmseg/sam-multimask \
 		--steps 800 --lr 1e-3 --multimask --background-share 0.5 --point-share 0.7 --freeze-image-encoder
-	$(PY) -c "from vlmsam.bundled.pretrain_dinov2 import *; pretrain_dinov2('build/synth', 'build/llmseg/dinov2-tiny', DinoPretrainConfig(steps=1200, batch_size=24))"
+	$(PY) -c "from tools.pretrain_dinov2 import *; pretrain_dinov2('build/synth', 'build/llmseg/dinov2-tiny', DinoPretrainConfig(steps=1200, batch_size=24))"
 	$(LLMSEG_ENV) $(VENV)/bin/torchrun --nproc_per_node=2 -m vlmsam proposals --dataset-dir build/llmseg/synth \
 		--datasets reason_seg:train --out build/llmseg/proposals --sam build/llmseg/sam-multimask --points-per-side 16 \
 		--pred-iou-thresh 0.7 --stability-score-thresh 0.85
 	$(PY) -m vlmsam train configs/llmseg_tiny.yaml --overwrite
 	# the single best proposal per [SEG]: chosen on the 250 validation scenes of build/llmseg/synth (gIoU 0.808 against
 	# 0.793 for LLM-Seg's union of proposals above 0.5), never on the test scenes
-	$(PY) -c "from vlmsam.bundled.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny', 'build/vlmsam-tiny-llmseg', select_single=True)"
+	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny', 'build/vlmsam-tiny-llmseg', select_single=True)"
 	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
 	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-llmseg --dataset reason_seg:test --dataset-dir build/synth-fresh \
-		--out build/vlmsam-tiny-llmseg/eval
-	rm -rf src/vlmsam/weights/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg src/vlmsam/weights/
+		--out build/eval/vlmsam-tiny-llmseg
+	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
+	$(call file_eval,vlmsam-tiny-llmseg)
+	$(call share_parts,vlmsam-tiny-llmseg,vlm)
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).
 bench: $(STAMP)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 from vlmsam.data.synth import write_synth
-from vlmsam.bundled.default_model import DEFAULT_MODEL_DIR
+from tools.default_model import DEFAULT_MODEL_DIR
 
 
 def test_bundled_model_is_small_and_complete():
@@ -97,7 +97,7 @@ def test_bundled_proposal_select_default_is_small_and_complete():
 def test_bundled_proposal_select_sam_proposes_the_shapes(tmp_path):
     """The bundled SAM's automatic masks, with the bundle's settings, cover the drawn shapes: recall at
     IoU >= 0.8 over every visible shape of 20 fresh scenes (the figure is printed for the record)."""
-    from vlmsam.bundled.proposal_recall import shape_recall
+    from tools.proposal_recall import shape_recall
     from vlmsam.sam.amg import AmgConfig
 
     write_synth(tmp_path, 20, seed=646464, splits={"test": 1.0}, progress=False)

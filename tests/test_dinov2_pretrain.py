@@ -8,7 +8,7 @@ import json
 import torch
 from transformers import Dinov2Model
 
-from vlmsam.bundled.pretrain_dinov2 import DinoPretrainConfig, pretrain_dinov2
+from tools.pretrain_dinov2 import DinoPretrainConfig, pretrain_dinov2
 from vlmsam.data.synth import write_synth
 from vlmsam.io.images import load_image
 from vlmsam.proposal_select.llmseg import DinoFeatures
@@ -23,7 +23,7 @@ def test_pretrain_dinov2_trains_and_saves_what_llmseg_loads(tmp_path):
     assert log["ce_colour"] == record["ce_colour"] and (tmp_path / "dino" / "pretrain_head.safetensors").is_file()
     assert record["history"][0]["ce_colour"] > 0
     # trained: the saved weights differ from the untrained build with the same seed
-    from vlmsam.bundled.pretrain_dinov2 import build_tiny_dinov2
+    from tools.pretrain_dinov2 import build_tiny_dinov2
 
     build_tiny_dinov2(tmp_path / "untrained", config)
     before = Dinov2Model.from_pretrained(tmp_path / "untrained").state_dict()

@@ -1,4 +1,4 @@
-"""`vlmsam pretrain-sam`: SAM's promptable task on synthetic scenes, from a from-scratch SamModel."""
+"""`python -m tools.pretrain sam`: SAM's promptable task on synthetic scenes, from a from-scratch SamModel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import SamModel
 
-from tests.conftest import assert_help_states_defaults, run_cli
+from tests.helpers.tools_cli import assert_pretrain_help_states_defaults, run_pretrain
 from vlmsam.data.synth import write_synth
 from vlmsam.sam.tiny import build_tiny_sam
 
@@ -15,7 +15,7 @@ from vlmsam.sam.tiny import build_tiny_sam
 def test_pretrain_sam_trains_every_part_and_saves_a_loadable_model(tmp_path):
     write_synth(tmp_path / "synth", 40, seed=2, progress=False)
     build_tiny_sam(image_size=64).save_pretrained(tmp_path / "sam")
-    proc = run_cli("pretrain-sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "out",
+    proc = run_pretrain("sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "out",
                    "--steps", "6", "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     assert "held-out IoU" in proc.stdout
@@ -28,7 +28,7 @@ def test_pretrain_sam_trains_every_part_and_saves_a_loadable_model(tmp_path):
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part)), part
 
     # The same inputs give the same model (prompt sampling and initialisation are seeded).
-    run_cli("pretrain-sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "again",
+    run_pretrain("sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "again",
             "--steps", "6", "--batch-size", "2")
     again = SamModel.from_pretrained(tmp_path / "again").state_dict()
     assert all(torch.equal(after[k], again[k]) for k in after)
@@ -38,15 +38,15 @@ def test_pretrain_sam_bad_input_is_one_line(tmp_path):
     build_tiny_sam(image_size=64).save_pretrained(tmp_path / "sam")
     for args in ([tmp_path / "sam", "--data", tmp_path / "nothing", "--out", tmp_path / "o"],
                  [tmp_path / "missing", "--data", tmp_path, "--out", tmp_path / "o"]):
-        proc = run_cli("pretrain-sam", *args, "--steps", "1")
+        proc = run_pretrain("sam", *args, "--steps", "1")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_pretrain_sam_help_states_the_real_defaults():
-    from vlmsam.bundled.pretrain_sam import PretrainConfig
+    from tools.pretrain_sam import PretrainConfig
 
-    assert_help_states_defaults("pretrain-sam", PretrainConfig())
+    assert_pretrain_help_states_defaults("sam", PretrainConfig())
 
 
 def test_multimask_stage_trains_the_outputs_and_iou_head_the_generator_uses(tmp_path):
@@ -54,7 +54,7 @@ def test_multimask_stage_trains_the_outputs_and_iou_head_the_generator_uses(tmp_
     encoder is unchanged. The IoU head's error on held-out prompts must fall against the start."""
     write_synth(tmp_path / "synth", 40, seed=2, progress=False)
     build_tiny_sam(image_size=64).save_pretrained(tmp_path / "sam")
-    proc = run_cli("pretrain-sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "out",
+    proc = run_pretrain("sam", tmp_path / "sam", "--data", tmp_path / "synth", "--out", tmp_path / "out",
                    "--steps", "30", "--batch-size", "4", "--multimask", "--background-share", "0.5",
                    "--point-share", "0.8", "--freeze-image-encoder", "--lr", "0.003")
     assert proc.returncode == 0, proc.stderr

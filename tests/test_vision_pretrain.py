@@ -1,4 +1,4 @@
-"""`vlmsam pretrain-vision`: every visual token of a from-scratch Qwen-VL learns the colour and
+"""`python -m tools.pretrain vision`: every visual token of a from-scratch Qwen-VL learns the colour and
 shape kind it shows, on synthetic scenes."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from tests.conftest import assert_help_states_defaults, run_cli
+from tests.helpers.tools_cli import assert_pretrain_help_states_defaults, run_pretrain
 from vlmsam.data.synth import COLORS, SHAPES, write_synth
-from vlmsam.bundled.pretrain_vision import VisionPretrainConfig, cell_targets, shape_shares
+from tools.pretrain_vision import VisionPretrainConfig, cell_targets, shape_shares
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -58,8 +58,8 @@ def test_visual_tokens_come_in_the_row_major_cell_order_cell_targets_assume(tmp_
 def test_pretrain_vision_trains_the_tower_only_and_saves_a_loadable_vlm(tmp_path):
     write_synth(tmp_path / "synth", 40, seed=3, progress=False)
     save_tiny_vlm(tmp_path / "vlm")
-    args = ("pretrain-vision", tmp_path / "vlm", "--data", tmp_path / "synth", "--steps", "4", "--batch-size", "2")
-    proc = run_cli(*args, "--out", tmp_path / "out")
+    args = ("vision", tmp_path / "vlm", "--data", tmp_path / "synth", "--steps", "4", "--batch-size", "2")
+    proc = run_pretrain(*args, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "colour accuracy" in proc.stdout
     record = json.loads((tmp_path / "out" / "pretrain.json").read_text())
@@ -73,7 +73,7 @@ def test_pretrain_vision_trains_the_tower_only_and_saves_a_loadable_vlm(tmp_path
     assert all(torch.equal(before[k], after[k]) for k in before if k not in visual)  # the LM is untouched
     assert (tmp_path / "out" / "tokenizer.json").is_file() and (tmp_path / "out" / "pretrain_head.safetensors").is_file()
 
-    run_cli(*args, "--out", tmp_path / "again")
+    run_pretrain(*args, "--out", tmp_path / "again")
     again = AutoModelForImageTextToText.from_pretrained(tmp_path / "again").state_dict()
     assert all(torch.equal(after[k], again[k]) for k in after)
 
@@ -82,10 +82,10 @@ def test_pretrain_vision_bad_input_is_one_line(tmp_path):
     save_tiny_vlm(tmp_path / "vlm")
     for args in ([tmp_path / "vlm", "--data", tmp_path / "nothing", "--out", tmp_path / "o"],
                  [tmp_path / "missing", "--data", tmp_path, "--out", tmp_path / "o"]):
-        proc = run_cli("pretrain-vision", *args, "--steps", "1")
+        proc = run_pretrain("vision", *args, "--steps", "1")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_pretrain_vision_help_states_the_real_defaults():
-    assert_help_states_defaults("pretrain-vision", VisionPretrainConfig(), extra=("--kind-weight", "--position-weight"))
+    assert_pretrain_help_states_defaults("vision", VisionPretrainConfig(), extra=("--kind-weight", "--position-weight"))

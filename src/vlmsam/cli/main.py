@@ -19,7 +19,7 @@ EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vlmsam.cli import data, evaluate, merge_lora, pretrain, proposals, sam, segment, serve, train
+    from vlmsam.cli import data, evaluate, merge_lora, proposals, sam, segment, serve, train
 
     parser = Parser(
         prog="vlmsam",
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings and debug logs")
     parser.add_argument("--version", action="version", version=f"vlmsam {__import__('vlmsam').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for command in (sam, pretrain, merge_lora, data, proposals, train, evaluate, segment, serve):  # one module per command (or pair)
+    for command in (sam, merge_lora, data, proposals, train, evaluate, segment, serve):  # one module per command (or pair)
         command.register(sub)
     return parser
 

@@ -1,19 +1,37 @@
-"""``vlmsam pretrain-sam`` (promptable pre-training of a SAM built from scratch) and
-``vlmsam pretrain-vision`` (dense pre-training of a from-scratch VLM vision tower): how the bundled
-vlmsam-tiny's parts start (vlmsam/bundled/)."""
+"""``python -m tools.pretrain sam`` (promptable pre-training of a SAM built from scratch) and
+``python -m tools.pretrain vision`` (dense pre-training of a from-scratch VLM vision tower): how the
+bundled vlmsam-tiny's parts start. Workshop commands for rebuilding the bundled defaults (the make
+targets run them), so they live beside the code they run, outside the installed ``vlmsam`` command.
+
+Errors are reported as ``vlmsam``'s are: one line, exit code 2."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import warnings
 from pathlib import Path
 
+from vlmsam.cli.main import EXIT_USER_ERROR, Parser
 from vlmsam.cli.types import number, positive
 from vlmsam.cli.types import seed as seed_value
+from vlmsam.errors import VlmsamError
+
+PROG = "python -m tools.pretrain"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog=PROG, description="Pre-train the from-scratch parts of the bundled vlmsam-tiny.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    _register_sam(sub)
+    _register_vision(sub)
+    return parser
+
+
+def _register_sam(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
-        "pretrain-sam",
+        "sam",
         help="pre-train a from-scratch SAM on synthetic scenes (point/box prompt -> object mask)",
         description="SAM's own task on `vlmsam data synth` scenes: a point or a box on one visible shape in, "
         "its mask out, every part trained. vlmsam-tiny's SAM starts here, as real [SEG] models start "
@@ -31,10 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --multimask: images that also get a background point, rated IoU 0 (default 0)")
     t.add_argument("--freeze-image-encoder", action="store_true", default=argparse.SUPPRESS,
                    help="train only the prompt encoder and mask decoder")
-    t.set_defaults(run=run_pretrain)
+    t.set_defaults(run=run_pretrain_sam)
 
+
+def _register_vision(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser(
-        "pretrain-vision",
+        "vision",
         help="pre-train a from-scratch VLM vision tower on synthetic scenes (each visual token names its colour and shape)",
         description="Dense pre-training on `vlmsam data synth` scenes: a linear head on every visual token "
         "(one merged cell) predicts the share of each colour and shape kind it shows, and where the cell is; the vision tower "
@@ -52,9 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser, output: str, *, steps: int, batch: str, seed: str) -> None:
-    """The options both pre-training commands share. Their defaults live in the config classes
-    (importing those here would load transformers for every command); the help states them and a
-    test keeps the two equal."""
+    """The options both pre-training commands share. Their defaults live in the config classes; the
+    help states them and a test keeps the two equal."""
     p.add_argument("--data", required=True, help="directory written by `vlmsam data synth --out`")
     p.add_argument("--out", required=True, help=f"directory for {output}")
     p.add_argument("--steps", type=positive, default=argparse.SUPPRESS, help=f"optimiser steps (default {steps})")
@@ -69,9 +88,9 @@ def _given(args: argparse.Namespace) -> dict:
                                                  "point_share", "background_share", "freeze_image_encoder") if hasattr(args, k)}
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
+def run_pretrain_sam(args: argparse.Namespace) -> int:
     from vlmsam.errors import CheckpointError
-    from vlmsam.bundled.pretrain_sam import PretrainConfig, pretrain_sam
+    from tools.pretrain_sam import PretrainConfig, pretrain_sam
 
     if not Path(args.sam).is_dir():
         raise CheckpointError(f"{args.sam}: not a SAM directory")
@@ -84,7 +103,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def run_pretrain_vision(args: argparse.Namespace) -> int:
     from vlmsam.errors import CheckpointError
-    from vlmsam.bundled.pretrain_vision import VisionPretrainConfig, pretrain_vision
+    from tools.pretrain_vision import VisionPretrainConfig, pretrain_vision
 
     if not (Path(args.vlm) / "config.json").is_file():
         raise CheckpointError(f"{args.vlm}: not a VLM directory (no config.json)")
@@ -94,3 +113,24 @@ def run_pretrain_vision(args: argparse.Namespace) -> int:
           f"shape), shape-kind accuracy {log['val_kind_acc']:.3f} (per shape), position error "
           f"{log['val_position_error']:.2f} cells, {config.steps} steps -> {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # quiet as `vlmsam` is: library chatter on stderr would bury the one-line error
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return int(args.run(args) or 0)
+    except VlmsamError as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ LLM-Seg pools frozen DINOv2-large patch features inside each SAM proposal. DINOv
 self-distillation on 142M images; nothing of that scale runs on 2 CPU cores, and a random frozen
 encoder gives the selection head little to tell shapes apart by. So the tiny one is pre-trained
 here with a *supervised* dense objective, the one vlmsam-tiny's vision tower had
-(:mod:`vlmsam.bundled.pretrain_vision`): a linear probe on every patch predicts the share of each
+(:mod:`tools.pretrain_vision`): a linear probe on every patch predicts the share of each
 colour and each shape kind it shows, and where the patch is. Then, as in LLM-Seg, it is frozen.
 The result is a transformers ``Dinov2Model`` with its image processor; the probe is saved beside it.
 """
@@ -59,7 +59,7 @@ def pretrain_dinov2(data_dir: str | Path, out_dir: str | Path, config: DinoPretr
     from tqdm import tqdm
     from transformers import AutoImageProcessor, Dinov2Model
 
-    from vlmsam.bundled.pretrain_vision import cell_targets, probe_losses, rate, shape_shares
+    from tools.pretrain_vision import cell_targets, probe_losses, rate, shape_shares
     from vlmsam.data.reason_seg import read_annotation
     from vlmsam.data.synth import COLORS, SHAPES, scene_files
     from vlmsam.train.schedules import warmup_cosine

@@ -4,7 +4,7 @@ trained from scratch on the synthetic scenes, shipped inside the package.
 :func:`build_base` writes the untrained starting point (its own tokenizer, trained on the request
 vocabulary); ``configs/vlmsam_tiny.yaml`` trains it with ``vlmsam train``; :func:`export` turns the
 trained checkpoint into the standalone directory the package ships (``make tiny-model`` runs all
-of it).
+of it; tools/bundles.py shares the other defaults' identical parts with it).
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def export(checkpoint: str | Path, out_dir: str | Path = DEFAULT_MODEL_DIR, *, w
         checkpoint = checkpoint / json.loads((checkpoint / "best.json").read_text())["checkpoint"]
         choice = "best validation gIoU of the run (200 val scenes every 500 steps)"
     if out.exists():
+        from tools.bundles import unshare_dependents
+
+        unshare_dependents(out)  # the bundles made from this one keep the parts they were made with
         shutil.rmtree(out)
     model = SegTokenModel.from_pretrained(checkpoint)
     sam_record, vision_record = _pretrain_record(model.config.sam), _pretrain_record(model.config.vlm)  # before save_merged renames the bases
@@ -229,7 +232,7 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
         "sam_pretrain": {k: sam_log.get(k) for k in ("steps", "lr", "val_iou", "val_multimask_best_iou", "background_share",
                                                      "point_share", "freeze_image_encoder")},
         "dinov2": "a tiny transformers Dinov2Model pre-trained here with a supervised dense objective "
-                  "(vlmsam/bundled/pretrain_dinov2.py), frozen; not Meta's DINOv2 and not self-supervised",
+                  "(tools/pretrain_dinov2.py), frozen; not Meta's DINOv2 and not self-supervised",
         "dinov2_pretrain": {k: dino_log.get(k) for k in ("steps", "hidden", "layers", "patch", "size", "val_colour_acc", "val_kind_acc")},
         "inference": {"select_single": model.config.select_single},
     }, indent=2))

@@ -2,7 +2,7 @@
 that some proposal matches at IoU >= 0.8 (and at 0.5), and proposals per image.
 
 The llmseg selector can only pick what SAM proposed, so this recall bounds the proposal_select
-design's gIoU. ``python -m vlmsam.bundled.proposal_recall --sam DIR --data DIR [--n 100]`` prints it.
+design's gIoU. ``python -m tools.proposal_recall --sam DIR --data DIR [--n 100]`` prints it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,101 @@
+"""The bundled defaults as installed: each file once, and each evaluation filed where it belongs.
+
+A bundle whose part (its VLM, SAM, ...) is byte for byte another bundle's names that part by a path
+relative to itself (``"vlm": "../vlmsam-tiny/vlm"`` in its ``vlmsam_config.json``); every design's
+loader resolves a part relative to the bundle, so the wheel carries the 7 MB VLM once, not twice.
+``vlmsam-tiny`` is the base the others are made from; rebuilding it first gives the bundles that share
+its parts their own copies again (:func:`unshare_dependents`), so no bundle changes under another.
+
+A bundle keeps its ``eval/metrics.json`` (with ``provenance.json``, its model card); an evaluation's
+``predictions.jsonl`` and ``summary.png`` are the record of that evaluation, kept in git under
+``docs/bundled/<bundle>/`` and not installed (:func:`file_evaluation`)."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import shutil
+from pathlib import Path
+
+from vlmsam.engine.registry import CONFIG_NAME, DEFAULT_MODEL_DIR
+
+WEIGHTS_DIR = DEFAULT_MODEL_DIR.parent
+EVAL_RECORDS = Path(__file__).resolve().parent.parent / "docs" / "bundled"
+PARTS = ("vlm", "sam", "dinov2")
+
+
+def _files(root: Path) -> set[Path]:
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
+
+
+def _same(a: Path, b: Path) -> bool:
+    return b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
+def can_share(bundle: Path, part: str, base: Path) -> bool:
+    """``bundle/part`` holds every file of ``base/part`` byte for byte, and anything more it holds is a
+    copy of the same file at the bundle's root (the processor, which the loaders of bundles that carry
+    one at their root read from there)."""
+    ours, theirs = bundle / part, base / part
+    if not (ours.is_dir() and theirs.is_dir()):
+        return False
+    mine, base_files = _files(ours), _files(theirs)
+    return (all(_same(theirs / f, ours / f) for f in base_files)
+            and all(_same(ours / f, bundle / f) for f in mine - base_files))
+
+
+def share_parts(bundle: str | Path, parts: tuple[str, ...] = PARTS, base: str | Path = DEFAULT_MODEL_DIR) -> list[str]:
+    """Replace each of ``parts`` that :func:`can_share` with ``base``'s by a relative reference in the
+    bundle's config; returns the parts shared (the others are left as they are, and said)."""
+    bundle, base = Path(bundle), Path(base)
+    config = json.loads((bundle / CONFIG_NAME).read_text())
+    shared = []
+    for part in parts:
+        if config.get(part) != part or not can_share(bundle, part, base):
+            print(f"{bundle.name}: {part} kept (not the same as {base.name}'s)")
+            continue
+        shutil.rmtree(bundle / part)
+        config[part] = os.path.relpath(base / part, bundle)
+        shared.append(part)
+    (bundle / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return shared
+
+
+def unshare(bundle: str | Path) -> list[str]:
+    """Give ``bundle`` its own copy of each part it names in another bundle; returns those parts."""
+    bundle = Path(bundle)
+    config = json.loads((bundle / CONFIG_NAME).read_text())
+    copied = []
+    for part in PARTS:
+        named = config.get(part)
+        if isinstance(named, str) and named.startswith(".."):
+            shutil.copytree((bundle / named).resolve(), bundle / part)
+            config[part] = part
+            copied.append(part)
+    (bundle / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return copied
+
+
+def unshare_dependents(base: str | Path) -> list[Path]:
+    """Before ``base`` is rebuilt: every sibling bundle that names a part of it gets its own copy."""
+    base = Path(base).resolve()
+    changed = []
+    for sibling in sorted(p for p in base.parent.iterdir() if p.resolve() != base and (p / CONFIG_NAME).is_file()):
+        config = json.loads((sibling / CONFIG_NAME).read_text())
+        if any(isinstance(config.get(part), str) and (sibling / config[part]).resolve().parent == base for part in PARTS):
+            unshare(sibling)
+            changed.append(sibling)
+    return changed
+
+
+def file_evaluation(eval_dir: str | Path, bundle: str | Path, records: str | Path = EVAL_RECORDS) -> None:
+    """``vlmsam evaluate --out eval_dir`` of ``bundle``: metrics.json into the bundle's ``eval/``,
+    predictions.jsonl and summary.png into ``records/<bundle name>/``."""
+    eval_dir, bundle = Path(eval_dir), Path(bundle)
+    (bundle / "eval").mkdir(parents=True, exist_ok=True)
+    shutil.copy(eval_dir / "metrics.json", bundle / "eval" / "metrics.json")
+    record = Path(records) / bundle.name
+    record.mkdir(parents=True, exist_ok=True)
+    for name in ("predictions.jsonl", "summary.png"):
+        shutil.copy(eval_dir / name, record / name)
