@@ -87,11 +87,12 @@ def test_bundled_proposal_select_default_is_small_and_complete():
     assert 0 < sum(p.stat().st_size for p in files if p.suffix == ".safetensors") <= 25 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     for name in ("vlmsam_config.json", "train_config.yaml", "provenance.json", "eval/metrics.json", "llmseg.safetensors",
-                 "vlm/config.json", "sam/config.json", "dinov2/config.json"):
+                 "../vlmsam-tiny/vlm/config.json", "sam/config.json", "dinov2/config.json"):
         assert (LLMSEG_DIR / name).is_file(), name
     config = json.loads((LLMSEG_DIR / "vlmsam_config.json").read_text())
     assert config["model_type"] == "vlmsam_proposal_select" and config["selector"] == "llmseg"
-    assert (config["vlm"], config["sam"], config["dinov2"], config["proposals"]) == ("vlm", "sam", "dinov2", "")
+    # its VLM is vlmsam-tiny's, named relative to the bundle and shipped once
+    assert (config["vlm"], config["sam"], config["dinov2"], config["proposals"]) == ("../vlmsam-tiny/vlm", "sam", "dinov2", "")
 
 
 def test_bundled_proposal_select_sam_proposes_the_shapes(tmp_path):
