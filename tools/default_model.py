@@ -228,7 +228,7 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
         "made_by": "make llmseg-model: configs/llmseg_tiny.yaml over `vlmsam proposals` of build/llmseg/synth",
         "run": str(run), "checkpoint": checkpoint.name, "started_from": {k: started.get(k) for k in ("vlm", "sam", "dinov2")},
         "vlm": "vlmsam-tiny's VLM, merged, frozen (unchanged)",
-        "sam": "vlmsam-tiny's SAM after `vlmsam pretrain-sam --multimask` (multimask outputs and IoU head trained)",
+        "sam": "vlmsam-tiny's SAM after `python -m tools.pretrain sam --multimask` (multimask outputs and IoU head trained)",
         "sam_pretrain": {k: sam_log.get(k) for k in ("steps", "lr", "val_iou", "val_multimask_best_iou", "background_share",
                                                      "point_share", "freeze_image_encoder")},
         "dinov2": "a tiny transformers Dinov2Model pre-trained here with a supervised dense objective "
