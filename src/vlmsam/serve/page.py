@@ -67,9 +67,7 @@ def mount_page(app, queue) -> None:
                 masks = gr.AnnotatedImage(label="masks", elem_id="masks")
                 text = gr.Textbox(label="answer", elem_id="answer")
                 timings = gr.JSON(label="timings", elem_id="timings")
-        from vlmsam.engine.registry import DEFAULT_MODEL_DIR
-
-        example = DEFAULT_MODEL_DIR.parent.parent.parent.parent / "examples" / "scene.jpg"
+        example = Path(__file__).with_name("example.jpg")  # shipped in the package: the page shows it installed too
         if example.is_file():
             gr.Examples([[str(example), "Find the one shape that is below the orange hexagon."]], inputs=[image, request])
         go.click(answer, inputs=[image, request, segmenter], outputs=[overlay, masks, text, timings], api_name="answer")
