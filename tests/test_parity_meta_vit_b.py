@@ -42,12 +42,12 @@ def test_vit_b_matches_meta(tmp_path, scene_image):
     from PIL import Image
 
     pixels, _, _ = ours.preprocess(Image.fromarray(scene_image))
-    ours.set_image(scene_image)
-    pred = ours.predict(boxes=[box])
+    emb = ours.encode(scene_image)
+    pred = ours.predict(emb, boxes=[box])
 
     diffs = {
         "pixels": float((ref_pixels - pixels).abs().max()),
-        "embeddings": float((ref_features - ours.embedding.embeddings).abs().max()),
+        "embeddings": float((ref_features - emb.embeddings).abs().max()),
         "low_res_logits": float(np.abs(ref_low - pred.low_res_logits[0].numpy()).max()),
         "iou": float(np.abs(ref_iou - pred.iou_scores[0].numpy()).max()),
         "mask_agreement": float(((ref_masks > 0) == pred.masks[0].numpy()).mean()),

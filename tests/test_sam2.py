@@ -70,3 +70,18 @@ def test_box_prompt_runs_on_sam2(sam2, image, tmp_path):
     seg.sam = sam2
     result = seg.segment(seg.encode(image), "the red box")
     assert result.masks.shape[1:] == (96, 160)
+
+
+def test_predictor_runs_over_sam2(sam2, image):
+    """SamPredictor needs only ``encode`` and ``predict(embedding, ...)``, which SAM 2 has too."""
+    from vlmsam.errors import PromptError
+    from vlmsam.sam import SamPredictor
+
+    with pytest.raises(PromptError, match=r"call encode\(image\) first"):
+        sam2.predict(None, boxes=[[30, 20, 90, 60]])
+    predictor = SamPredictor(sam2)
+    emb = predictor.set_image(image)
+    assert predictor.set_image(image.copy()) is emb  # same pixels: not encoded again
+    ours = predictor.predict(boxes=[[30, 20, 90, 60]])
+    ref = sam2.predict(emb, boxes=[[30, 20, 90, 60]])
+    assert torch.equal(ours.masks, ref.masks) and torch.equal(ours.iou_scores, ref.iou_scores)

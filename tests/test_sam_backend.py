@@ -1,11 +1,12 @@
-"""The SAM backend against Meta's own predictor on a small random checkpoint, plus its API contract."""
+"""The SAM backend against Meta's own predictor on a small random checkpoint, plus its API contract:
+a stateless backend (encode, then predict with the embedding) and the SamPredictor over it."""
 
 import numpy as np
 import pytest
 import torch
 
 from vlmsam.errors import CheckpointError, PromptError
-from vlmsam.sam import SamBackend
+from vlmsam.sam import ImageEmbedding, SamBackend, SamPredictor
 from vlmsam.sam.checkpoints import load_sam_model
 
 
@@ -20,6 +21,11 @@ def backend(tiny_meta):
     return SamBackend.from_pretrained(tiny_meta[2])
 
 
+@pytest.fixture(scope="module")
+def emb(backend, scene_image):
+    return backend.encode(scene_image)
+
+
 PROMPTS = {
     "box": dict(box=np.array([50, 40, 200, 160])),
     "points": dict(point_coords=np.array([[120, 100], [300, 200]]), point_labels=np.array([1, 0])),
@@ -29,60 +35,109 @@ PROMPTS = {
 
 @pytest.mark.parametrize("kind", sorted(PROMPTS))
 @pytest.mark.parametrize("multimask", [False, True])
-def test_matches_meta_predictor(meta_predictor, backend, scene_image, kind, multimask):
+def test_matches_meta_predictor(meta_predictor, backend, emb, scene_image, kind, multimask):
     meta_predictor.set_image(scene_image)
-    backend.set_image(scene_image)
     prompt = PROMPTS[kind]
     ref_masks, ref_iou, ref_low = meta_predictor.predict(**prompt, multimask_output=multimask, return_logits=True)
     ours = backend.predict(
+        emb,
         boxes=prompt["box"][None] if "box" in prompt else None,
         points=prompt["point_coords"][None] if "point_coords" in prompt else None,
         point_labels=prompt["point_labels"][None] if "point_labels" in prompt else None,
         multimask_output=multimask,
     )
-    assert (meta_predictor.features - backend.embedding.embeddings).abs().max() < 1e-4
+    assert (meta_predictor.features - emb.embeddings).abs().max() < 1e-4
     assert np.abs(ref_low - ours.low_res_logits[0].numpy()).max() < 1e-4
     assert np.abs(ref_iou - ours.iou_scores[0].numpy()).max() < 1e-4
     assert ours.masks.shape == (1, 3 if multimask else 1, 300, 420) and ours.masks.dtype == torch.bool
     assert ((ref_masks > 0) == ours.masks[0].numpy()).mean() >= 0.9999
 
 
-def test_mask_input_refinement_matches_meta(meta_predictor, backend, scene_image):
+def test_mask_input_refinement_matches_meta(meta_predictor, backend, emb, scene_image):
     meta_predictor.set_image(scene_image)
-    backend.set_image(scene_image)
-    first = backend.predict(boxes=[[50, 40, 200, 160]])
+    first = backend.predict(emb, boxes=[[50, 40, 200, 160]])
     low = first.low_res_logits[:, 0]  # (1, 256, 256)
     ref, _, ref_low = meta_predictor.predict(box=np.array([50, 40, 200, 160]), mask_input=low.numpy(), multimask_output=False, return_logits=True)
-    ours = backend.predict(boxes=[[50, 40, 200, 160]], mask_input=low)
+    ours = backend.predict(emb, boxes=[[50, 40, 200, 160]], mask_input=low)
     assert np.abs(ref_low - ours.low_res_logits[0].numpy()).max() < 1e-4
 
 
-def test_image_is_encoded_once(tiny_meta, scene_image):
-    sam = SamBackend.from_pretrained(tiny_meta[2])
-    with pytest.raises(RuntimeError, match="set_image"):
-        sam.predict(boxes=[[0, 0, 10, 10]])
-    sam.set_image(scene_image)
-    for box in ([0, 0, 100, 100], [50, 50, 300, 200], [10, 20, 30, 40]):
-        sam.predict(boxes=[box])
-    sam.set_image(scene_image.copy())  # same pixels: the cached embedding is kept
-    assert sam.encoder_calls == 1
-    sam.set_image(scene_image[::-1].copy())
-    assert sam.encoder_calls == 2
+def test_backend_needs_an_embedding(backend):
+    """Nothing falls back to a stored image: without an ImageEmbedding every call is one line."""
+    calls = {
+        "predict None": lambda: backend.predict(None, boxes=[[0, 0, 10, 10]]),
+        "predict a path": lambda: backend.predict("scene.png", boxes=[[0, 0, 10, 10]]),
+        "decode": lambda: backend.decode(None, sparse_embeddings=torch.zeros(1, 1, 256)),
+        "decode_prompts": lambda: backend.decode_prompts(None, torch.zeros(1, 1, 256)),
+        "encode_prompts": lambda: backend.encode_prompts(None, boxes=[[0, 0, 10, 10]]),
+        "upscale_logits": lambda: backend.upscale_logits(torch.zeros(1, 1, 256, 256), None),
+    }
+    for name, call in calls.items():
+        with pytest.raises(PromptError, match=r"call encode\(image\) first") as info:
+            call()
+        assert "\n" not in str(info.value), name
+    with pytest.raises(TypeError):  # the embedding is a required argument, not an optional one
+        backend.predict(boxes=[[0, 0, 10, 10]])
 
 
-def test_batched_boxes_equal_one_by_one(backend, scene_image):
-    backend.set_image(scene_image)
+def test_backend_holds_no_image(backend, emb, scene_image):
+    """Two images' embeddings used interleaved give exactly what each gives alone."""
+    for gone in ("set_image", "reset_image", "embedding", "segment", "_embedding"):
+        assert not hasattr(backend, gone), gone
+    other = backend.encode(scene_image[::-1, ::-1].copy())
+    prompts = [dict(boxes=[[50, 40, 200, 160]]), dict(points=[[[120, 100], [300, 200]]], point_labels=[[1, 0]]),
+               dict(boxes=[[0, 0, 420, 300]], multimask_output=True)]
+    alone = [backend.predict(e, **p) for e in (emb, other) for p in prompts]
+    mixed = {}
+    for i, p in enumerate(prompts):
+        mixed[i] = backend.predict(emb, **p)
+        mixed[len(prompts) + i] = backend.predict(other, **p)
+    for i, ref in enumerate(alone):
+        assert torch.equal(mixed[i].masks, ref.masks) and torch.equal(mixed[i].iou_scores, ref.iou_scores), i
+        assert torch.equal(mixed[i].low_res_logits, ref.low_res_logits), i
+    assert not torch.equal(alone[0].low_res_logits, alone[len(prompts)].low_res_logits)  # the images differ
+    assert not any(isinstance(v, ImageEmbedding) for v in vars(backend).values())
+
+
+def test_predictor_equals_backend_and_encodes_once(backend, emb, scene_image, monkeypatch):
+    encodes = []
+    encode = backend.encode
+
+    def counting_encode(image):  # wraps the collaborator, not the predictor under test
+        encodes.append(image)
+        return encode(image)
+
+    monkeypatch.setattr(backend, "encode", counting_encode)
+    predictor = SamPredictor(backend)
+    with pytest.raises(PromptError, match=r"call set_image\(image\) before predict"):
+        predictor.predict(boxes=[[50, 40, 200, 160]])
+    first = predictor.set_image(scene_image)
+    for prompt in (dict(boxes=[[50, 40, 200, 160], [240, 140, 360, 260]]),
+                   dict(points=[[[120, 100], [300, 200]]], point_labels=[[1, 0]], multimask_output=True),
+                   dict(boxes=[[40, 30, 380, 280]], points=[[[300, 200]]])):
+        ours, ref = predictor.predict(**prompt), backend.predict(emb, **prompt)
+        assert torch.equal(ours.masks, ref.masks) and torch.equal(ours.iou_scores, ref.iou_scores)
+        assert torch.equal(ours.low_res_logits, ref.low_res_logits)
+    assert predictor.set_image(scene_image.copy()) is first and len(encodes) == 1  # same pixels: kept
+    predictor.set_image(scene_image[::-1].copy())
+    assert len(encodes) == 2 and predictor.embedding is not first
+    predictor.reset_image()
+    assert not predictor.is_image_set
+    with pytest.raises(PromptError, match="set_image"):
+        predictor.predict(boxes=[[50, 40, 200, 160]])
+
+
+def test_batched_boxes_equal_one_by_one(backend, emb):
     boxes = [[50, 40, 200, 160], [240, 140, 360, 260], [0, 0, 420, 300]]
-    batched = backend.predict(boxes=boxes)
+    batched = backend.predict(emb, boxes=boxes)
     assert batched.masks.shape == (3, 1, 300, 420)
     for i, box in enumerate(boxes):
-        single = backend.predict(boxes=[box])
+        single = backend.predict(emb, boxes=[box])
         torch.testing.assert_close(batched.low_res_logits[i], single.low_res_logits[0], atol=1e-5, rtol=0)
 
 
-def test_sparse_embedding_path_has_gradients(backend, scene_image):
+def test_sparse_embedding_path_has_gradients(backend, emb):
     """The [SEG] path: projected hidden states as sparse prompts, gradients to prompts and decoder."""
-    emb = backend.set_image(scene_image)
     sparse = torch.randn(2, 1, 256, requires_grad=True)
     low, iou = backend.decode(emb, sparse_embeddings=sparse)
     assert low.shape == (2, 1, 256, 256) and iou.shape == (2, 1)
@@ -94,34 +149,35 @@ def test_sparse_embedding_path_has_gradients(backend, scene_image):
     backend.model.zero_grad(set_to_none=True)
 
 
-def test_box_clipping_and_bad_prompts(backend, scene_image):
-    backend.set_image(scene_image)
-    clipped = backend.predict(boxes=[[-50, -20, 200, 400]])
-    inside = backend.predict(boxes=[[0, 0, 200, 300]])
+def test_box_clipping_and_bad_prompts(backend, emb):
+    clipped = backend.predict(emb, boxes=[[-50, -20, 200, 400]])
+    inside = backend.predict(emb, boxes=[[0, 0, 200, 300]])
     torch.testing.assert_close(clipped.low_res_logits, inside.low_res_logits)
     with pytest.raises(PromptError, match="x1 <= x2"):
-        backend.predict(boxes=[[200, 10, 100, 50]])
+        backend.predict(emb, boxes=[[200, 10, 100, 50]])
     with pytest.raises(PromptError, match="outside the 420x300 image"):
-        backend.predict(boxes=[[500, 10, 600, 50]])
+        backend.predict(emb, boxes=[[500, 10, 600, 50]])
     with pytest.raises(PromptError, match="outside"):
-        backend.predict(points=[[[10, 999]]])
+        backend.predict(emb, points=[[[10, 999]]])
     with pytest.raises(PromptError, match="labels"):
-        backend.predict(points=[[[10, 10]]], point_labels=[[3]])
+        backend.predict(emb, points=[[[10, 10]]], point_labels=[[3]])
     with pytest.raises(PromptError, match="same number"):
-        backend.predict(boxes=[[0, 0, 10, 10], [0, 0, 20, 20]], points=[[[5, 5]]])
+        backend.predict(emb, boxes=[[0, 0, 10, 10], [0, 0, 20, 20]], points=[[[5, 5]]])
 
 
-def test_segment_returns_result_type(backend, scene_image):
-    result = backend.segment(scene_image, boxes=[[50, 40, 200, 160], [240, 140, 360, 260]])
+def test_predictor_call_returns_result_type(backend, scene_image):
+    result = SamPredictor(backend)(scene_image, boxes=[[50, 40, 200, 160], [240, 140, 460, 260]])
     assert result.masks.shape == (2, 300, 420) and result.masks.dtype == bool
-    assert result.boxes.tolist() == [[50, 40, 200, 160], [240, 140, 360, 260]]
+    assert result.boxes.tolist() == [[50, 40, 200, 160], [240, 140, 420, 260]]  # clipped to the image
     assert set(result.timings) == {"encode_image", "decode_masks"}
+    best = SamPredictor(backend)(scene_image, points=[[[120, 100]]], multimask_output=True)
+    assert best.masks.shape == (1, 300, 420) and best.scores.shape == (1,)
 
 
 def test_transformers_directory_round_trip(tiny_sam_dir, backend, scene_image):
-    reloaded = SamBackend.from_pretrained(tiny_sam_dir)
-    a = backend.segment(scene_image, boxes=[[50, 40, 200, 160]])
-    b = reloaded.segment(scene_image, boxes=[[50, 40, 200, 160]])
+    reloaded = SamPredictor.from_pretrained(tiny_sam_dir)
+    a = SamPredictor(backend)(scene_image, boxes=[[50, 40, 200, 160]])
+    b = reloaded(scene_image, boxes=[[50, 40, 200, 160]])
     assert np.array_equal(a.masks, b.masks)
     from transformers import SamModel
 

@@ -78,18 +78,18 @@ def run_sam(args: argparse.Namespace) -> int:
     if points and len(boxes) > 1:
         raise PromptError("points can be combined with at most one box")
     from vlmsam.io import load_image, write_result  # only now: the arguments are known to be usable
-    from vlmsam.sam import SamBackend
+    from vlmsam.sam import SamBackend, SamPredictor
 
     from vlmsam.devices import resolve_device
 
     device = resolve_device(args.device)
     image = load_image(args.image)  # before the model: a bad image should fail fast
     t0 = time.perf_counter()
-    sam = SamBackend.from_pretrained(args.sam, device=device)
+    predictor = SamPredictor(SamBackend.from_pretrained(args.sam, device=device))
     load_s = time.perf_counter() - t0
 
     n = max(len(boxes), 1)  # points are shared by every box prompt
-    result = sam.segment(
+    result = predictor(
         image,
         boxes=boxes or None,
         points=[points] * n if points else None,

@@ -1,8 +1,9 @@
-"""The Segment Anything backend: transformers' ``SamModel`` behind a predictor-style API."""
+"""Segment Anything: a stateless backend over transformers' ``SamModel`` (``SamBackend``: encode, then
+predict with the embedding) and the stateful ``SamPredictor`` over it (set_image, then predict)."""
 
 from vlmsam.sam.backend import ImageEmbedding, SamBackend, SamPrediction
 from vlmsam.sam.checkpoints import convert_meta_state_dict, load_sam_model, sam_config_from_meta_state_dict
-
+from vlmsam.sam.predictor import SamPredictor
 
 
 def load_sam_backend(name_or_path, *, device=None, dtype=None):
@@ -32,6 +33,7 @@ __all__ = [
     "ImageEmbedding",
     "SamBackend",
     "SamPrediction",
+    "SamPredictor",
     "convert_meta_state_dict",
     "load_sam_model",
     "sam_config_from_meta_state_dict",

@@ -1,8 +1,10 @@
-"""SAM as a predictor: encode an image once, then prompt it as often as you like.
+"""SAM over a transformers ``SamModel``, stateless: encode an image, then prompt its embedding.
 
-The heavy part (the ViT image encoder) runs once per image in :meth:`SamBackend.set_image`; every
-:meth:`SamBackend.predict` or :meth:`SamBackend.decode` after it reuses the cached embedding and
-costs only the prompt encoder and mask decoder.
+The heavy part (the ViT image encoder) runs in :meth:`SamBackend.encode`, which returns an
+:class:`ImageEmbedding`; :meth:`SamBackend.predict` and :meth:`SamBackend.decode` take that embedding
+as an argument and cost only the prompt encoder and mask decoder. The backend holds no image, so one
+backend serves any number of images and threads; "the current image" lives in
+:class:`vlmsam.sam.predictor.SamPredictor`, as Meta's ``SamPredictor`` sits over ``Sam``.
 
 Preprocessing (longest side to the model's input size, mean/std normalisation, right/bottom
 padding) and mask post-processing (upsample, crop the padding, resize to the original image) are
@@ -13,7 +15,6 @@ torchvision.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,6 @@ from transformers import SamModel
 from vlmsam.errors import PromptError
 from vlmsam.io.images import ImageSource, image_key, load_image
 from vlmsam.sam.preprocess import build_image_processor, sam_pixels
-from vlmsam.result import SegmentationResult
 
 MASK_THRESHOLD = 0.0  # logit threshold of a binary mask, as in Meta's predictor
 
@@ -37,7 +37,8 @@ class ImageEmbedding:
         embeddings: ``(1, C, g, g)`` image embedding (C = 256, g = 64 for the released models).
         original_size: ``(H, W)`` of the image as given.
         input_size: ``(h, w)`` after resizing the longest side to the model's input size, before padding.
-        key: a content hash of the image, used to skip re-encoding the same pixels.
+        key: a content hash of the image (:func:`vlmsam.io.images.image_key`), which lets a
+            predictor or cache skip re-encoding the same pixels.
     """
 
     embeddings: torch.Tensor
@@ -70,19 +71,28 @@ class SamPrediction:
         )
 
 
+def require_embedding(embedding, kind: type = ImageEmbedding):
+    """``embedding`` itself if it is a ``kind``; otherwise one line saying how to get one (the
+    backend holds no image of its own to fall back to)."""
+    if not isinstance(embedding, kind):
+        got = "None" if embedding is None else type(embedding).__name__
+        raise PromptError(f"expected the {kind.__name__} of an image, got {got}: call encode(image) first and pass its result")
+    return embedding
+
+
 class SamBackend:
-    """Segment Anything over a transformers ``SamModel``.
+    """Segment Anything over a transformers ``SamModel``; it keeps no image between calls.
 
     >>> sam = SamBackend.from_pretrained("weights/sam_vit_h_4b8939.pth")  # or "facebook/sam-vit-huge"
-    >>> sam.set_image("photo.jpg")
-    >>> out = sam.predict(boxes=[[10, 20, 200, 240]])   # XYXY, original pixels
-    >>> out.masks.shape                                  # (1, 1, H, W)
+    >>> emb = sam.encode("photo.jpg")                          # the heavy encoder, once per image
+    >>> out = sam.predict(emb, boxes=[[10, 20, 200, 240]])     # XYXY, original pixels
+    >>> out.masks.shape                                        # (1, 1, H, W)
     """
 
     def __init__(self, model: SamModel):
         self.model = model
         self.processor = build_image_processor(model.config)
-        self._embedding: ImageEmbedding | None = None
+        # A statistic, not image state: tests and callers' caches check the encoder ran only when needed.
         self.encoder_calls = 0  # how often the image encoder actually ran (cache hits excluded)
 
     @classmethod
@@ -120,22 +130,6 @@ class SamBackend:
         self.encoder_calls += 1
         return ImageEmbedding(embeddings.clone(), original, resized, key)
 
-    def set_image(self, image: ImageSource) -> ImageEmbedding:
-        """Encode ``image`` and keep its embedding for later prompts (the same pixels are not re-encoded)."""
-        loaded = load_image(image)
-        if self._embedding is None or self._embedding.key != image_key(loaded):
-            self._embedding = self.encode(loaded)
-        return self._embedding
-
-    def reset_image(self) -> None:
-        self._embedding = None
-
-    @property
-    def embedding(self) -> ImageEmbedding:
-        if self._embedding is None:
-            raise RuntimeError("no image is set: call set_image(image) before predict()")
-        return self._embedding
-
     # ---- the cheap part: any number of prompts -------------------------------------------------
 
     def transform_coords(self, coords: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
@@ -160,6 +154,7 @@ class SamBackend:
             point_labels: ``(N, P)``: 1 foreground, 0 background (default all 1).
             mask_input: ``(N, 1, 4g, 4g)`` low-res logits from an earlier prediction.
         """
+        embedding = require_embedding(embedding)
         boxes_t = None
         if boxes is not None:
             boxes_t = self._check_boxes(boxes, embedding)
@@ -205,6 +200,8 @@ class SamBackend:
         Returns:
             low-res logits ``(N, M, 4g, 4g)`` and predicted IoU ``(N, M)``.
         """
+        if not isinstance(embedding, torch.Tensor):
+            embedding = require_embedding(embedding)
         image = embedding.embeddings if isinstance(embedding, ImageEmbedding) else embedding
         candidates = [t.shape[0] for t in (sparse_embeddings, dense_embeddings) if t is not None]
         n = candidates[0] if candidates else image.shape[0]
@@ -233,7 +230,7 @@ class SamBackend:
         the image-side projections shared or folded into the few tokens."""
         from vlmsam.sam.fast_decoder import decode_many
 
-        image = embedding.embeddings.to(self.dtype)
+        image = require_embedding(embedding).embeddings.to(self.dtype)
         grid = image.shape[-2:]
         no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *grid)
         return decode_many(self.model.mask_decoder, image, self.model.get_image_wide_positional_embeddings()[:1].to(self.dtype),
@@ -241,6 +238,7 @@ class SamBackend:
 
     def upscale_logits(self, low_res_logits: torch.Tensor, embedding: ImageEmbedding) -> torch.Tensor:
         """``(N, M, 4g, 4g)`` logits -> ``(N, M, H, W)`` logits in original pixels (differentiable)."""
+        embedding = require_embedding(embedding)
         if low_res_logits.shape[0] == 0:
             return low_res_logits.new_zeros((0, low_res_logits.shape[1], *embedding.original_size))
         return self.processor.post_process_masks(
@@ -249,19 +247,19 @@ class SamBackend:
 
     def predict(
         self,
+        embedding: ImageEmbedding,
+        *,
         boxes=None,
         points=None,
         point_labels=None,
         mask_input=None,
-        *,
         multimask_output: bool = False,
-        embedding: ImageEmbedding | None = None,
     ) -> SamPrediction:
-        """Masks for the set image (or ``embedding``) from boxes and/or points and/or a mask.
+        """Masks for ``embedding`` (from :meth:`encode`) from boxes and/or points and/or a mask.
 
         Coordinates are in original-image pixels; see :meth:`encode_prompts` for shapes.
         """
-        embedding = embedding or self.embedding
+        embedding = require_embedding(embedding)
         with torch.inference_mode():
             sparse, dense = self.encode_prompts(embedding, boxes, points, point_labels, mask_input)
             if sparse is None and dense is None:
@@ -269,29 +267,6 @@ class SamBackend:
             low_res, iou = self.decode(embedding, sparse, dense, multimask_output)
             logits = self.upscale_logits(low_res, embedding)
         return SamPrediction(logits > MASK_THRESHOLD, iou.float(), low_res.float())
-
-    def segment(
-        self, image: ImageSource, boxes=None, points=None, point_labels=None, *, multimask_output: bool = False
-    ) -> SegmentationResult:
-        """One call from image and prompts to a :class:`SegmentationResult` (one mask per prompt;
-        with ``multimask_output`` SAM proposes three and the best by predicted IoU is kept)."""
-        t0 = time.perf_counter()
-        embedding = self.set_image(image)
-        t1 = time.perf_counter()
-        pred = self.predict(boxes, points, point_labels, embedding=embedding, multimask_output=multimask_output)
-        if multimask_output:
-            pred = pred.best()
-        t2 = time.perf_counter()
-        masks = pred.masks[:, 0].cpu().numpy()
-        box_array = None
-        if boxes is not None:
-            box_array = self._check_boxes(boxes, embedding).cpu().numpy()
-        return SegmentationResult(
-            masks=masks,
-            boxes=box_array,
-            scores=pred.iou_scores[:, 0].cpu().numpy(),
-            timings={"encode_image": t1 - t0, "decode_masks": t2 - t1},
-        )
 
     # ---- prompt checks ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from vlmsam.errors import PromptError, first_line
 from vlmsam.io.images import ImageSource, load_image
-from vlmsam.sam.backend import MASK_THRESHOLD, SamPrediction
+from vlmsam.sam.backend import MASK_THRESHOLD, SamPrediction, require_embedding
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -42,6 +42,8 @@ def sam2_pixels(image, size: int) -> torch.Tensor:
 
 
 class Sam2Backend:
+    """SAM 2 with :class:`SamBackend`'s stateless interface: ``encode(image)`` then ``predict(embedding, ...)``."""
+
     def __init__(self, model):
         self.model = model.eval()
         self.size = int(model.config.vision_config.backbone_config.image_size[0]
@@ -88,9 +90,11 @@ class Sam2Backend:
         h, w = embedding.original_size
         return coords * torch.tensor([self.size / w, self.size / h], dtype=coords.dtype)
 
-    def predict(self, boxes=None, points=None, point_labels=None, mask_input=None, *, multimask_output: bool = False,
-                embedding: Sam2Embedding) -> SamPrediction:
-        """Masks from XYXY ``boxes (N, 4)`` and/or ``points (N, P, 2)`` in original pixels (as SamBackend)."""
+    def predict(self, embedding: Sam2Embedding, *, boxes=None, points=None, point_labels=None, mask_input=None,
+                multimask_output: bool = False) -> SamPrediction:
+        """Masks for ``embedding`` (from :meth:`encode`) from XYXY ``boxes (N, 4)`` and/or ``points (N, P, 2)``
+        in original pixels (as SamBackend)."""
+        embedding = require_embedding(embedding, Sam2Embedding)
         if mask_input is not None:
             raise PromptError("mask prompts are not supported with SAM 2 here")
         h, w = embedding.original_size
