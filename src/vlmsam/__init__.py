@@ -13,6 +13,7 @@ _LAZY = {
     "write_result": "vlmsam.io.writer",
     "IoUAccumulator": "vlmsam.metrics.iou",
     "SamBackend": "vlmsam.sam.backend",
+    "SamPredictor": "vlmsam.sam.predictor",
     "VlmsamError": "vlmsam.errors",
     "SegTokenModel": "vlmsam.seg_token.model",
     "SegTokenConfig": "vlmsam.seg_token.config",
