@@ -25,8 +25,7 @@ from transformers.utils import logging as hf_logging
 from vlmsam.data.mixture import Mixture
 from vlmsam.data.reason_seg import ReasonSegDataset
 from vlmsam.seg_token import SegTokenConfig, SegTokenModel
-from vlmsam.distributed import DistInfo
-from vlmsam.train.sam_cache import attach_sam_cache
+from vlmsam.sam.embedding_cache import SamEmbeddingCache
 from vlmsam.vlm.tiny import save_tiny_vlm
 
 
@@ -77,9 +76,10 @@ def main() -> None:
         uncached = step_times(model, mixture, args.steps)
         print("step without cache: " + ", ".join(f"{t:.2f} s" for t in uncached))
         t = time.perf_counter()
-        cache = attach_sam_cache(model, root / "cache", mixture, DistInfo(), progress=False)
+        cache = SamEmbeddingCache(root / "cache")
+        cache.fill(model.sam_backend, [ds.image_path(i) for i in range(len(ds))], progress=False)
         fill = time.perf_counter() - t
-        model.collator.sam_processor = None
+        model.use_sam_cache(cache)  # the collator stops preparing SAM pixels too
         print(f"filling the cache for {args.images} images: {fill:.1f} s (once per dataset, sharded under torchrun)")
         cached = step_times(model, mixture, args.steps)
         print("step with cache:    " + ", ".join(f"{t:.3f} s" for t in cached) + f"  (cache hits {cache.hits}, misses {cache.misses})")

@@ -2,7 +2,9 @@
 
 :meth:`Collator.prepare` does the per-sample work (decode the image once; VLM patches, SAM pixels
 and the token ids of every conversation from that one decoded image) and is meant to run in
-DataLoader workers; :meth:`Collator.__call__` only pads and stacks.
+DataLoader workers; :meth:`Collator.__call__` only pads and stacks. A design with per-sample inputs of
+its own (stored proposals, another encoder's pixels) subclasses it and returns them from
+:meth:`Collator.features`, so that they too are made in the workers and its ``forward`` takes tensors only.
 
 A batch has one *row* per conversation and one *image* per sample: several conversations about
 one image are separate rows that share the image's encodings. ``offsets[b]:offsets[b + 1]`` are
@@ -37,6 +39,7 @@ class Prepared:
     original_size: tuple[int, int]
     input_size: tuple[int, int]
     masks: torch.Tensor  # (N, H, W) uint8
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # a design's own (Collator.features)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Batch:
     masks: list[torch.Tensor]  # B tensors (N_b, H_b, W_b) uint8, one target per [SEG] of image b
     samples: list[Sample] = field(default_factory=list)
     skipped: list = field(default_factory=list)  # (source, path, reason) of bad samples passed over
+    features: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # per name, one tensor per image
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -69,6 +73,7 @@ class Batch:
         for name in ("input_ids", "labels", "attention_mask", "row_image", "pixel_values", "image_grid_thw", "sam_pixels"):
             setattr(self, name, move(getattr(self, name)))
         self.masks = [m.to(device) for m in self.masks]
+        self.features = {name: [v.to(device) for v in values] for name, values in self.features.items()}
         return self
 
 
@@ -83,6 +88,15 @@ class Collator:
         self.sam_processor = sam_processor
         self.seg_token_id = processor.seg_token_id
 
+    def drop_sam_pixels(self) -> None:
+        """Stop preparing SAM's pixels (the model reads SAM embeddings from a cache instead)."""
+        self.sam_processor = None
+
+    def features(self, sample: Sample, image) -> dict[str, torch.Tensor]:
+        """A design's own per-sample inputs from the decoded ``image`` (none here); a subclass returns
+        them by name and the batch holds them as ``features[name]``, one tensor per image."""
+        return {}
+
     def prepare(self, sample: Sample, image=None) -> Prepared:
         """Decode (unless ``image``, the decoded picture, is given), tokenize, and check the targets."""
         try:
@@ -94,7 +108,7 @@ class Collator:
                                           f"but the image is {image.width}x{image.height}")
         pixel_values, grid, n_tokens = self.processor.image_inputs(image)
         rows = [self.processor.encode(conv, image_inputs=(pixel_values, grid, n_tokens)) for conv in sample.conversations]
-        n_seg = sum(int((r.input_ids == self.seg_token_id).sum()) for r in rows)
+        n_seg = 0 if self.seg_token_id is None else sum(int((r.input_ids == self.seg_token_id).sum()) for r in rows)
         if n_seg != len(sample.masks):
             raise BadSample(sample.where, f"{n_seg} [SEG] token(s) in the answers but {len(sample.masks)} target mask(s)")
         sam = original = resized = None
@@ -102,7 +116,7 @@ class Collator:
             sam, original, resized = sam_pixels(self.sam_processor, image)
         return Prepared(sample, rows, pixel_values, grid, sam[0] if sam is not None else None,
                         original or (image.height, image.width), resized or (image.height, image.width),
-                        torch.from_numpy(np.ascontiguousarray(sample.masks)))
+                        torch.from_numpy(np.ascontiguousarray(sample.masks)), self.features(sample, image))
 
     def __call__(self, items: list[Prepared | Sample]) -> Batch:
         items = [it if isinstance(it, Prepared) else self.prepare(it) for it in items]
@@ -131,4 +145,5 @@ class Collator:
             masks=[it.masks for it in items],
             samples=[it.sample for it in items],
             skipped=skipped,
+            features={name: [it.features[name] for it in items] for name in items[0].features},
         )

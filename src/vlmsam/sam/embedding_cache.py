@@ -3,7 +3,8 @@
 With a frozen encoder the embedding of an image never changes, yet a plain training loop
 recomputes it for every sample, and SAM's ViT is the most expensive part of a LoRA step. The
 cache computes each training image's embedding once (sharded across ranks, resumable: files
-already there are kept) and training reads it back instead of running the encoder.
+already there are kept) and training reads it back instead of running the encoder. The seg_token design
+fills it before the first step (its ``TrainingSpec.prepare``) and hands it to its model.
 
 Entries are ``<sha1>.safetensors`` keyed by the image file's resolved path, size and modification
 time (a changed file gets a new entry) and hold the embedding with the image's original and
@@ -22,10 +23,13 @@ from tqdm import tqdm
 
 from vlmsam.io.images import load_image
 from vlmsam.sam.backend import ImageEmbedding
-from vlmsam.train.config import ConfigError
 
 
 class SamEmbeddingCache:
+    """Args:
+        root: the cache directory (created if missing).
+    """
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,20 +71,3 @@ class SamEmbeddingCache:
                 continue  # a bad image is reported (and skipped) by the training loop itself
             self.put(p, sam_backend.encode(image))
         return len(todo)
-
-
-def training_image_paths(mixture) -> list[Path]:
-    return [ds.image_path(i) for datasets in mixture.families.values() for ds in datasets for i in range(len(ds))]
-
-
-def attach_sam_cache(model, root: Path, mixture, info, progress: bool = True) -> SamEmbeddingCache:
-    """Fill the cache for every training image (sharded across ranks) and make ``model`` read it."""
-    from vlmsam.distributed import barrier
-
-    if model.config.train_sam_image_encoder:
-        raise ConfigError("train.sam_embedding_cache needs a frozen SAM image encoder (model.train_sam_image_encoder=false)")
-    cache = SamEmbeddingCache(root)
-    cache.fill(model.sam_backend, training_image_paths(mixture), info.rank, info.world_size, progress and info.is_main)
-    barrier()
-    model.sam_cache = cache
-    return cache

@@ -18,14 +18,16 @@ from torch import nn
 
 from vlmsam.data.collate import Batch, Collator
 from vlmsam.data.sample import Sample
+from vlmsam.errors import CheckpointError
 from vlmsam.sam.backend import ImageEmbedding, SamBackend
+from vlmsam.sam.embedding_cache import SamEmbeddingCache
 from vlmsam.seg_token.config import SegTokenConfig
-from vlmsam.seg_token.grounding import GroundingMixin
 from vlmsam.seg_token.losses import answer_weighted_ce, dice_loss, sigmoid_bce_loss
-from vlmsam.seg_token.parts import TrainablePartsMixin
-from vlmsam.seg_token.persistence import (  # noqa: F401  (re-exported names)
-    ADAPTER_DIR, CONFIG_NAME, TRAINABLE_WEIGHTS, PersistenceMixin, _apply_lora, _load_sam, _load_vlm, _resolve)
+from vlmsam.seg_token.persistence import SegTokenPersistence
 from vlmsam.seg_token.readout import ReadoutMixin
+from vlmsam.seg_vlm.grounding import GroundingMixin
+from vlmsam.seg_vlm.model import SegVlmModel
+from vlmsam.seg_vlm.persistence import load_sam
 from vlmsam.vlm.processor import VlmProcessor
 
 
@@ -46,26 +48,33 @@ class SegOutput:
         return {k: v for k, v in named.items() if v is not None}
 
 
-class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, PersistenceMixin, nn.Module):
-    """The [SEG] model. Construction and the training forward live here; the trainable parts
-    (parts.py), the [SEG] read-out (readout.py), the grounding loss (grounding.py) and
-    persistence (persistence.py) are mixed in from files of their own."""
+class SegTokenModel(ReadoutMixin, GroundingMixin, SegTokenPersistence, SegVlmModel):
+    """The [SEG] model: the shared [SEG]-VLM base (seg_vlm) with SAM and a projection into SAM's prompt
+    space. Construction and the training forward live here; the [SEG] read-out into SAM (readout.py) and
+    the checkpoint format (persistence.py) in files of their own.
 
-    def __init__(self, vlm: nn.Module, processor: VlmProcessor, sam: SamBackend, config: SegTokenConfig):
-        super().__init__()
+    Args:
+        sam_cache: a :class:`SamEmbeddingCache` to read frozen SAM image embeddings from instead of running
+            SAM's image encoder (or :meth:`use_sam_cache` later); ``None``: encode every batch.
+    """
+
+    ALWAYS_SAVED = ("projection",)  # it exists in no base model
+
+    def __init__(self, vlm: nn.Module, processor: VlmProcessor, sam: SamBackend, config: SegTokenConfig,
+                 sam_cache: SamEmbeddingCache | None = None):
+        super().__init__(vlm, processor, config)
         if config.prompt_target not in ("region", "point"):  # checked here, not at the first training step
             raise ValueError(f"prompt_target must be 'region' or 'point', got {config.prompt_target!r}")
-        self.config = config
-        self.processor = processor
-        self.vlm = vlm
         self.sam_backend = sam
         self.sam = sam.model  # registered, so .to() / parameters() / state_dict() see it
         hidden = self._text_config().hidden_size
         prompt_dim = sam.model.config.prompt_encoder_config.hidden_size
         self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, prompt_dim))
         self.projection.to(next(vlm.parameters()).dtype)
-        self._grounding_attention: torch.Tensor | None = None
-        self._watching = False  # the grounding head is hooked at the first training forward
+        self.sam_cache = None
+        self._collator = None
+        if sam_cache is not None:
+            self.use_sam_cache(sam_cache)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -73,64 +82,54 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
     def build(cls, config: SegTokenConfig, *, base_dir: Path | None = None) -> SegTokenModel:
         """A fresh model from the base VLM and SAM named in ``config``: ``[SEG]`` added, LoRA applied,
         parts frozen as declared."""
-        vlm = _load_vlm(config.vlm, base_dir)
-        processor = VlmProcessor.from_pretrained(_resolve(config.vlm, base_dir))
-        config.seg_token_id = processor.add_seg_token()
-        if vlm.get_input_embeddings().weight.shape[0] < len(processor.tokenizer):
-            vlm.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
-        sam = SamBackend(_load_sam(config.sam, base_dir))
-        model = cls(vlm, processor, sam, config)
-        if config.use_lora:
-            model.vlm = _apply_lora(vlm, config)
-        model.apply_trainable()
-        return model
+        vlm, processor = cls.load_vlm(config, base_dir)
+        return cls(vlm, processor, SamBackend(load_sam(config.sam, base_dir)), config).finish_build()
 
-    def _base_vlm(self) -> nn.Module:
-        return self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-
-    def _text_config(self):
-        cfg = self._base_vlm().config
-        return getattr(cfg, "text_config", cfg)
+    def _parts(self) -> dict[str, nn.Module]:
+        """SAM's two positional-embedding copies are one tied tensor, so the prompt encoder covers both."""
+        vlm = self._vlm_parts()
+        return {"language_model": vlm["language_model"], "lm_head": vlm["lm_head"], "embed_tokens": vlm["embed_tokens"],
+                "projection": self.projection, "sam_mask_decoder": self.sam.mask_decoder, "vision_tower": vlm["vision_tower"],
+                "sam_image_encoder": self.sam.vision_encoder, "sam_prompt_encoder": self.sam.prompt_encoder}
 
     # ---- training -------------------------------------------------------------------------------
 
     @property
     def collator(self) -> Collator:
         """Turns :class:`Sample` s into a :class:`Batch` for :meth:`forward` (use its ``prepare`` in
-        DataLoader workers)."""
-        if getattr(self, "_collator", None) is None:
-            self._collator = Collator(self.processor, self.sam_backend.processor)
+        DataLoader workers); no SAM pixels once the SAM embedding cache is in use."""
+        if self._collator is None:
+            self._collator = Collator(self.processor, None if self.sam_cache is not None else self.sam_backend.processor)
         return self._collator
+
+    def use_sam_cache(self, cache: SamEmbeddingCache) -> None:
+        """Read frozen SAM image embeddings from ``cache`` (filled with :meth:`SamEmbeddingCache.fill`)
+        instead of running SAM's image encoder; the collator stops preparing SAM pixels."""
+        if self.config.train_sam_image_encoder:
+            raise CheckpointError("train.sam_embedding_cache needs a frozen SAM image encoder "
+                                  "(model.train_sam_image_encoder=false)")
+        self.sam_cache = cache
+        if self._collator is not None:
+            self._collator.drop_sam_pixels()
 
     def encode_sam_batch(self, batch: Batch) -> list[ImageEmbedding]:
         """SAM image embeddings of the batch's images, in one encoder call (with gradients only when
-        the SAM image encoder trains), or read from the SAM embedding cache when one is attached."""
-        cache = getattr(self, "sam_cache", None)
-        if cache is not None and not self.config.train_sam_image_encoder:
-            return [self._cached_embedding(cache, s.image) for s in batch.samples]
+        the SAM image encoder trains), or read from the SAM embedding cache when one is in use."""
+        if self.sam_cache is not None:
+            return [self._cached_embedding(s.image) for s in batch.samples]
         pixels = batch.sam_pixels.to(self.sam_backend.device, self.sam_backend.dtype)
         with torch.set_grad_enabled(self.config.train_sam_image_encoder and torch.is_grad_enabled()):
             emb = self.sam.vision_encoder(pixels).last_hidden_state
         return [ImageEmbedding(emb[b : b + 1], o, r) for b, (o, r) in enumerate(zip(batch.original_sizes, batch.input_sizes))]
 
-    def _cached_embedding(self, cache, image) -> ImageEmbedding:
+    def _cached_embedding(self, image) -> ImageEmbedding:
         if not isinstance(image, (str, Path)):  # in-memory images are not cached
             return self.sam_backend.encode(image)
-        emb = cache.get(image)
+        emb = self.sam_cache.get(image)
         if emb is None:
             emb = self.sam_backend.encode(image)
-            cache.put(image, emb)
+            self.sam_cache.put(image, emb)
         return ImageEmbedding(emb.embeddings.to(self.sam_backend.device, self.sam_backend.dtype), emb.original_size, emb.input_size)
-
-    def vision_features(self, batch: Batch):
-        """The VLM's vision features, computed once per image and shared by the image's rows."""
-        features = self._base_vlm().model.get_image_features(batch.pixel_values, batch.image_grid_thw, return_dict=True)
-        if len(batch.row_image) != len(batch) and getattr(features, "deepstack_features", None) is not None:
-            # Qwen3-VL also feeds per-token deepstack features; repeat the pixels per row instead.
-            return self._base_vlm().model.get_image_features(batch.row_pixel_values(), batch.image_grid_thw[batch.row_image],
-                                                             return_dict=True)
-        features.pooler_output = tuple(features.pooler_output[b] for b in batch.row_image.tolist())
-        return features
 
     def forward(self, batch: Batch | list[Sample]) -> SegOutput:
         """Losses for a batch (CE on assistant tokens + BCE + Dice on masks)."""
@@ -138,25 +137,18 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
             batch = self.collator(batch)
         device = next(self.vlm.parameters()).device
         batch = batch.to(device)
-        if self.config.grounding_weight > 0 and self.training and not self._watching:
-            self._watch_grounding_head()  # not before: inference keeps the faster attention
-        out = self.vlm(
-            **self.vlm_inputs(batch.input_ids),
-            attention_mask=batch.attention_mask,
-            mm_encoder_outputs={"image": self.vision_features(batch)},
-            image_grid_thw=batch.image_grid_thw[batch.row_image],
-            output_hidden_states=True,
-        )
+        c = self.config
+        grounding_on = c.grounding_weight > 0 and self.training and torch.is_grad_enabled()
+        if grounding_on:
+            self.use_eager_attention()  # not before: inference keeps the faster attention
+        out = self.run_vlm(batch, output_attentions=grounding_on)
         hidden = out.hidden_states[-1]
         embeddings = self.encode_sam_batch(batch)
         bce = dice = aux = hidden.new_zeros((), dtype=torch.float32)
         n_masks = 0
         logits_out = []
-        c = self.config
         for b in range(len(batch)):
-            rows = range(batch.offsets[b], batch.offsets[b + 1])
-            # Rows are the image's conversations in order, so the [SEG]s come in target order.
-            states = torch.cat([hidden[r, batch.input_ids[r] == self.config.seg_token_id] for r in rows])
+            states = self.seg_states(hidden, batch, b)
             targets = batch.masks[b]
             logits, _ = self.masks_from_states(states, embeddings[b])
             logits_out.append(logits)
@@ -176,24 +168,12 @@ class SegTokenModel(TrainablePartsMixin, ReadoutMixin, GroundingMixin, Persisten
         if c.prompt_target_weight > 0:
             loss = loss + c.prompt_target_weight * aux
         grounding = None
-        if c.grounding_weight > 0 and self._grounding_attention is not None:
-            grounding = self.grounding_loss(batch, self._grounding_attention)
+        if grounding_on:
+            grounding = self.grounding_loss(batch, self.grounding_attention(out))
             loss = loss + c.grounding_weight * grounding
         return SegOutput(loss, ce.detach(), bce.detach(), dice.detach(), logits_out,
                          aux.detach() if c.prompt_target_weight > 0 else None,
                          grounding.detach() if grounding is not None else None)
-
-    def number_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(ids, values, openers)`` for ``number_sigma``: the tokens that are a whole number (sorted by
-        id) with their values, and the tokens after which a number is a list value (ending in ``[`` or ``,``)."""
-        if getattr(self, "_numbers", None) is None or self._numbers[0].device != torch.device(device):
-            tokenizer = self.processor.tokenizer
-            vocab = tokenizer.get_vocab()
-            pairs = sorted((i, int(t)) for t, i in vocab.items() if t.isdigit() and t.isascii())
-            openers = [i for i in vocab.values() if tokenizer.decode([i]).rstrip().endswith(("[", ","))]
-            self._numbers = (torch.tensor([i for i, _ in pairs], device=device), torch.tensor([v for _, v in pairs], device=device),
-                             torch.tensor(sorted(openers), device=device))
-        return self._numbers
 
     # ---- inference (the segmenter contract lives in seg_token/segmenter.py) -----------------------
 

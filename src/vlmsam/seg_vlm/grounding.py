@@ -1,5 +1,11 @@
-"""Grounding attention (``SegTokenConfig.grounding_weight``): one attention head of the language model is
-taught where each [SEG] (and each answer's deciding token) should look among the visual tokens."""
+"""Grounding attention (``grounding_weight`` in a config): one attention head of the language model is
+taught where each [SEG] (and each answer's deciding token) should look among the visual tokens.
+
+The attention is an explicit output of the training forward (``output_attentions`` of the language
+model, whose layers then run eager attention: SDPA and flash attention return no weights); the loss
+reads layer ``grounding_layer`` of it. A design whose answers name objects otherwise (box_prompt's
+grounding JSON) adds its queries through :meth:`GroundingMixin.answer_objects` and
+:meth:`GroundingMixin.coordinate_queries`."""
 
 from __future__ import annotations
 
@@ -7,25 +13,43 @@ import torch
 import torch.nn.functional as F
 
 from vlmsam.data.collate import Batch
-from vlmsam.seg_token.losses import answer_starts
+from vlmsam.seg_vlm.losses import answer_starts
 
 
 class GroundingMixin:
 
-    def _watch_grounding_head(self) -> None:
-        """Keep the attention weights of layer ``grounding_layer`` during training forwards. The
-        language model runs eager attention (SDPA and flash attention return no weights); all its
-        layers do, as the causal mask is built in the format of the model's one implementation."""
-        self._watching = True
+    def use_eager_attention(self) -> None:
+        """Run the language model's attention eagerly, so that a forward can return its weights (all its
+        layers do, as the causal mask is built in the format of the model's one implementation). Called at
+        the first training forward that needs the weights: inference keeps the faster attention."""
         base = self._base_vlm()
-        base.set_attn_implementation({"text_config": "eager"} if hasattr(base.config, "text_config") else "eager")
-        attn = base.model.language_model.layers[self.config.grounding_layer].self_attn
+        if base.config.get_text_config()._attn_implementation != "eager":
+            base.set_attn_implementation({"text_config": "eager"} if hasattr(base.config, "text_config") else "eager")
 
-        def keep(module, args, output):
-            # The latest training forward's, for its loss; inference keeps none.
-            self._grounding_attention = output[1] if self.training and torch.is_grad_enabled() else None
+    def grounding_attention(self, out) -> torch.Tensor:
+        """``(rows, heads, L, L)``: the attention weights of layer ``grounding_layer`` in a forward's output."""
+        return out.attentions[self.config.grounding_layer]
 
-        attn.register_forward_hook(keep)
+    def number_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids, values, openers)`` for ``number_sigma``: the tokens that are a whole number (sorted by
+        id) with their values, and the tokens after which a number is a list value (ending in ``[`` or ``,``)."""
+        if getattr(self, "_numbers", None) is None or self._numbers[0].device != torch.device(device):
+            tokenizer = self.processor.tokenizer
+            vocab = tokenizer.get_vocab()
+            pairs = sorted((i, int(t)) for t, i in vocab.items() if t.isdigit() and t.isascii())
+            openers = [i for i in vocab.values() if tokenizer.decode([i]).rstrip().endswith(("[", ","))]
+            self._numbers = (torch.tensor([i for i, _ in pairs], device=device), torch.tensor([v for _, v in pairs], device=device),
+                             torch.tensor(sorted(openers), device=device))
+        return self._numbers
+
+    def answer_objects(self, batch: Batch, b: int, grid: tuple[int, int]) -> list[torch.Tensor] | None:
+        """Per conversation of image ``b``, the ``(objects, cells)`` shares of the objects its answer names
+        without [SEG] (none here: a subclass whose answers do so says)."""
+        return None
+
+    def coordinate_queries(self, ids, labels, objects, grid) -> list[tuple[int, torch.Tensor]]:
+        """``(position, wanted)`` queries of the answer tokens that write an object's coordinates (none here)."""
+        return []
 
     def grounding_queries(self, batch: Batch) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """``(row, position, keys, wanted)`` for every supervised query: each [SEG] looks at its
@@ -42,10 +66,7 @@ class GroundingMixin:
             fg = (batch.masks[b] == 1).float()[:, None]
             shares = F.adaptive_avg_pool2d(fg, (h // merge, w // merge)).flatten(1)  # (targets, cells)
             refusals = set(batch.samples[b].meta.get("no_target", [])) if batch.samples and self.config.grounding_sink else set()
-            box_objects = None
-            if batch.samples and batch.samples[b].meta.get("box_objects") is not None:
-                box_objects = [F.adaptive_avg_pool2d(torch.as_tensor(o == 1, dtype=torch.float32, device=fg.device)[:, None],
-                                                     (h // merge, w // merge)).flatten(1) for o in batch.samples[b].meta["box_objects"]]
+            box_objects = self.answer_objects(batch, b, (h // merge, w // merge))
             k = 0
             for c, r in enumerate(range(batch.offsets[b], batch.offsets[b + 1])):
                 ids, labels = batch.input_ids[r], batch.labels[r]
@@ -67,43 +88,11 @@ class GroundingMixin:
                         queries.append((r, d, sink, torch.ones(len(sink), device=sink.device)))
                 if boxes is not None and len(boxes):
                     grid = (h // merge, w // merge)
-                    queries += [(r, q, visual, wanted) for q, wanted in self._coordinate_queries(ids, labels, boxes, grid)]
+                    queries += [(r, q, visual, wanted) for q, wanted in self.coordinate_queries(ids, labels, boxes, grid)]
                 for i, s in enumerate(segs):
                     queries.append((r, s, visual, shares[k + i]))
                 k += len(segs)
         return [(r, q, keys, w / w.sum()) for r, q, keys, w in queries if w.sum() > 0]
-
-    def _coordinate_queries(self, ids, labels, objects, grid):
-        """Grounding answers (``meta["box_objects"]``): the token that predicts each digit of a box's
-        ``x1, y1, x2, y2`` looks at the object's leftmost / top / rightmost / bottom cells, and of its
-        point at all the object's cells, so the number can be read from where the head looks. The
-        answer's numbers are runs of number tokens right after ``[`` or ``,`` (list values, not the 2 of
-        ``bbox_2d``), six per object (the last ones); an answer with fewer gets none."""
-        numbers, _, openers = self.number_tokens(ids.device)
-        digits = torch.isin(ids, numbers) & (labels != -100)
-        runs, p = [], 0
-        positions = torch.nonzero(digits)[:, 0].tolist()
-        while p < len(positions):
-            q = p
-            while q + 1 < len(positions) and positions[q + 1] == positions[q] + 1:
-                q += 1
-            if bool(torch.isin(ids[positions[p] - 1], openers)):
-                runs.append(positions[p:q + 1])
-            p = q + 1
-        if len(runs) < 6 * len(objects):
-            return []
-        runs = runs[len(runs) - 6 * len(objects):]  # a caption before the JSON may hold numbers too
-        rows, cols = grid
-        out = []
-        for o, cells in enumerate(objects):
-            s = cells.view(rows, cols)
-            ys, xs = torch.nonzero(s > 0, as_tuple=True)
-            col = torch.arange(cols, device=s.device)[None].expand(rows, cols)
-            row = torch.arange(rows, device=s.device)[:, None].expand(rows, cols)
-            edges = [s * (col == xs.min()), s * (row == ys.min()), s * (col == xs.max()), s * (row == ys.max()), s, s]
-            for run, wanted in zip(runs[6 * o:6 * o + 6], edges):
-                out += [(t - 1, wanted.flatten()) for t in run]
-        return out
 
     def grounding_loss(self, batch: Batch, attention: torch.Tensor) -> torch.Tensor:
         """Mean CE between each query's wanted distribution and where the first head of the

@@ -1,5 +1,6 @@
-"""Which parts of the [SEG] model train: found through the model's structure, declared by the config,
-summarised per component (STYLE: trainable parameters are declared, not discovered)."""
+"""Which parts of a fine-tuned VLM model train: found through the model's structure (each model's
+``_parts()``), declared by its config (``train_<part>``, ``use_lora``), summarised per component (STYLE:
+trainable parameters are declared, not discovered)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,14 @@ from torch import nn
 
 class TrainablePartsMixin:
     def _parts(self) -> dict[str, nn.Module]:
-        """Every part that can train besides LoRA, found through the model's structure (not by
-        matching parameter names). SAM's two positional-embedding copies are one tied tensor, so
-        the prompt encoder covers both."""
+        """Every part that can train besides LoRA, by the name of its ``train_<name>`` switch."""
+        raise NotImplementedError
+
+    def _vlm_parts(self) -> dict[str, nn.Module]:
+        """The VLM's parts, found through its structure (not by matching parameter names)."""
         base = self._base_vlm()
-        return {
-            "language_model": base.model.language_model,
-            "lm_head": base.get_output_embeddings(),
-            "embed_tokens": base.get_input_embeddings(),
-            "projection": self.projection,
-            "sam_mask_decoder": self.sam.mask_decoder,
-            "vision_tower": base.model.visual,
-            "sam_image_encoder": self.sam.vision_encoder,
-            "sam_prompt_encoder": self.sam.prompt_encoder,
-        }
+        return {"language_model": base.model.language_model, "lm_head": base.get_output_embeddings(),
+                "embed_tokens": base.get_input_embeddings(), "vision_tower": base.model.visual}
 
     @staticmethod
     def _own(part: str, key: str) -> bool:

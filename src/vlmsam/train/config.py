@@ -1,7 +1,8 @@
 """The training config: a YAML file plus ``key=value`` overrides, saved resolved with the run.
 
-Sections mirror what they configure: ``model`` is the [SEG] model's own config
-(:class:`SegTokenConfig`), ``data`` the datasets and mixture, ``train`` the optimisation, and
+Sections mirror what they configure: ``model`` is the trained design's own config (the
+``config_class`` of its :class:`~vlmsam.engine.spec.TrainingSpec`, chosen by ``model.model_type``), ``data``
+the datasets and mixture, ``train`` the optimisation, and
 ``eval`` validation. An override names a key as ``section.key=value`` or, where unambiguous, as
 ``key=value``; values are parsed as YAML (``true``/``false``, numbers, lists).
 """
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from vlmsam.errors import first_line, VlmsamError
+from vlmsam.engine.registry import DEFAULT_DESIGN, trainable
+from vlmsam.errors import CheckpointError, VlmsamError, first_line
 from vlmsam.io.files import read_text
-from vlmsam.seg_token.config import SegTokenConfig
 
 
 class ConfigError(VlmsamError):
@@ -76,13 +77,21 @@ class EvalConfig:
     max_new_tokens: int = 32
 
 
+def model_section(name: str):
+    """The default ``model`` section of the design ``name`` (its training spec's config class)."""
+    try:
+        return trainable(name).config_class()
+    except CheckpointError as exc:
+        raise ConfigError(f"model.model_type: {exc}") from None
+
+
 @dataclass
 class TrainConfig:
-    model: SegTokenConfig = field(default_factory=SegTokenConfig)
+    model: object = field(default_factory=lambda: model_section(DEFAULT_DESIGN))  # a dataclass of the design's
     data: DataConfig = field(default_factory=DataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    model_type: str = "seg_token"  # which design trains; it chooses the model section's class
+    model_type: str = DEFAULT_DESIGN  # which design trains; it chooses the model section's class
 
     SECTIONS = ("model", "data", "train", "eval")
 
@@ -93,17 +102,9 @@ class TrainConfig:
 
     def set_model_type(self, name: str) -> None:
         """Choose the design (``model.model_type``); its config class replaces the model section."""
-        from vlmsam.engine.registry import trainable
-        from vlmsam.errors import CheckpointError
-
         name = str(name)
-        if name == self.model_type:
-            return
-        try:
-            config_class = trainable(name).config_class
-        except CheckpointError as exc:
-            raise ConfigError(f"model.model_type: {exc}") from None
-        self.model_type, self.model = name, config_class()
+        if name != self.model_type:
+            self.model_type, self.model = name, model_section(name)
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

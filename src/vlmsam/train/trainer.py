@@ -217,11 +217,6 @@ def _build(cfg: TrainConfig, info):
     collator = spec.collator(model)
     frame = spec.answer_frame(model) if spec.answer_frame is not None else None
     mixture = build_mixture(cfg, info.rank, collator.prepare, frame)
-    if t.sam_embedding_cache:
-        from vlmsam.train.sam_cache import attach_sam_cache
-
-        attach_sam_cache(model, Path(t.sam_embedding_cache), mixture, info, progress=t.progress)
-        collator.sam_processor = None  # SAM's pixels are not needed any more
     if spec.prepare is not None:
         spec.prepare(model, PrepareContext(cfg, mixture, info, collator))
     return spec, model, mixture, collator
