@@ -6,22 +6,25 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from vlmsam.seg_token.model import SegTokenModel
+from vlmsam.engine.registry import trainable
 from vlmsam.train.config import TrainConfig
 from vlmsam.distributed import init_distributed, shutdown
 from vlmsam.train.trainer import build_mixture, seed_everything
 
 
 def batch_of(model, cfg, rank):
-    mixture = build_mixture(cfg, rank, model.collator.prepare)
-    return model.collator([mixture[k] for k in range(cfg.train.batch_size)])
+    spec = trainable(cfg.model_type)
+    collator = spec.collator(model)
+    frame = spec.answer_frame(model) if spec.answer_frame is not None else None
+    mixture = build_mixture(cfg, rank, collator.prepare, frame)
+    return collator([mixture[k] for k in range(cfg.train.batch_size)])
 
 
 def main(out, overrides):
     cfg = TrainConfig.load(None, overrides)
     info = init_distributed()
     seed_everything(cfg.train.seed)
-    model = SegTokenModel.build(cfg.model)
+    model = trainable(cfg.model_type).build(cfg.model)  # any design that trains
     model.train()
     if info.enabled:  # each rank its own batch; DDP averages the gradients
         ddp = DistributedDataParallel(model, find_unused_parameters=True)
