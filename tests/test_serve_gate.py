@@ -157,14 +157,14 @@ def test_a_failure_inside_a_batch_is_isolated():
     from vlmsam.serve.queue import RequestQueue, ServeOptions
 
     real = load_segmenter().engine
-    engine = RequestQueue({"seg_token": _FailsOn(real, "poison")}, ServeOptions(max_queue=32))
+    queue = RequestQueue({"seg_token": _FailsOn(real, "poison")}, ServeOptions(max_queue=32))
 
     async def scenario():
-        await engine.start()
-        encoded = await engine.encode("seg_token", EXAMPLE)
+        await queue.start()
+        encoded = await queue.encode("seg_token", EXAMPLE)
         prompts = [REQUEST] * 5 + ["poison"] + [REQUEST] * 5
-        outcomes = await asyncio.gather(*(engine.segment("seg_token", encoded, p) for p in prompts), return_exceptions=True)
-        await engine.stop()
+        outcomes = await asyncio.gather(*(queue.submit("seg_token", encoded, p) for p in prompts), return_exceptions=True)
+        await queue.stop()
         return outcomes
 
     outcomes = asyncio.run(scenario())
