@@ -131,23 +131,16 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     import json
     import shutil
 
-    from vlmsam.box_prompt.segmenter import BoxPromptSegmenter
-    from vlmsam.sam.backend import SamBackend
-    from vlmsam.seg_token import SegTokenModel
-    from vlmsam.vlm.runtime import VlmRuntime
+    from vlmsam.engine.registry import load
 
     run = Path(run)
     checkpoint = _run_checkpoint(run, which)
     out = Path(out_dir) if out_dir else DEFAULT_MODEL_DIR.parent / BOX_PROMPT_DIR_NAME
-    model = SegTokenModel.from_pretrained(checkpoint).merge_lora()
+    # A box_prompt run's checkpoint is itself a box_prompt checkpoint (its config carries the SAM prompt
+    # settings: multimask off and points alone, see configs/box_prompt_tiny.yaml for why).
+    segmenter = load(checkpoint)
     if out.exists():
         shutil.rmtree(out)
-    # multimask off: vlmsam-tiny's SAM was pre-trained on its single output only (its three multimask
-    # tokens and IoU head are untrained); with multimask on, the same weights score gIoU 0.146. Points
-    # alone: that SAM was pre-trained on points (IoU 0.88 from a centre point), and the tiny VLM's points
-    # are better than its boxes (the point is inside the target's box 65 % of the time, the box's IoU
-    # averages 0.36): 0.627 on the 500 test scenes against 0.588 with box and point.
-    segmenter = BoxPromptSegmenter(VlmRuntime(model.vlm, model.processor), SamBackend(model.sam), multimask=False, prompt="point")
     segmenter.save_pretrained(out)
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     import yaml

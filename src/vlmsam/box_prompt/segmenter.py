@@ -16,7 +16,7 @@ import numpy as np
 
 from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase
 from vlmsam.engine.contract import is_sentence as guess_sentence
-from vlmsam.engine.registry import CONFIG_NAME, read_config
+from vlmsam.engine.registry import CONFIG_NAME, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
 from vlmsam.grounding import parse_grounding
@@ -146,8 +146,8 @@ def build(spec: BuildSpec) -> BoxPromptSegmenter:
     if path is not None:
         path = Path(path)
         settings = read_config(path)
-        vlm = vlm or str(path / settings.get("vlm", "vlm"))
-        sam = sam or str(path / settings.get("sam", "sam"))
+        vlm = vlm or part(path, settings, "vlm")
+        sam = sam or part(path, settings, "sam")
         label = label or str(path)
     if not sam:
         raise CheckpointError("box_prompt needs a SAM: name one with --sam (hub id, directory or Meta .pth)")

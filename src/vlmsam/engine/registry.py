@@ -89,6 +89,14 @@ def read_config(path: str | Path) -> dict:
     return data
 
 
+def part(path: str | Path, settings: dict, name: str) -> str:
+    """Where a checkpoint's part ``name`` (``vlm``, ``sam``, ``detector``) is: recorded relative to the
+    checkpoint (a bundle may name another bundle's, ``../vlmsam-tiny/sam``), or a hub id / absolute path."""
+    recorded = str(settings.get(name, name))
+    local = Path(path) / recorded
+    return str(local) if not Path(recorded).is_absolute() and local.exists() else recorded
+
+
 def model_type(path: Path) -> str:
     """The design a checkpoint directory records (``seg_token`` for checkpoints that predate the field)."""
     return str(read_config(path).get("model_type", "seg_token")).removeprefix("vlmsam_")  # written as "vlmsam_<design>"

@@ -18,7 +18,7 @@ import numpy as np
 
 from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
 from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, SegmentOptions
-from vlmsam.engine.registry import CONFIG_NAME, read_config
+from vlmsam.engine.registry import CONFIG_NAME, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.result import SegmentationResult
@@ -164,8 +164,8 @@ def _parts(path, sam, detector, device, dtype, settings):
     from vlmsam.sam import load_sam_backend
 
     if path is not None:
-        sam = sam or str(Path(path) / settings.get("sam", "sam"))
-        detector = detector or str(Path(path) / settings.get("detector", "detector"))
+        sam = sam or part(path, settings, "sam")
+        detector = detector or part(path, settings, "detector")
     if not sam or not detector:
         raise CheckpointError("name a SAM (--sam) and a Grounding DINO (--detector, e.g. IDEA-Research/grounding-dino-tiny)")
     thresholds = {k: settings[k] for k in ("box_threshold", "text_threshold", "multimask") if k in settings}
@@ -189,7 +189,7 @@ def build_gsam(spec: BuildSpec) -> GsamSegmenter:
     path, vlm = spec.path or None, spec.vlm
     settings = read_config(path) if path is not None else {}
     if path is not None:
-        vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
+        vlm = vlm or part(path, settings, "vlm")
     if not vlm:
         raise CheckpointError("gsam needs a VLM that answers <gsam> tags: name one with --vlm (or --vlm-endpoint)")
     runtime = RemoteVlm(spec.vlm_endpoint, vlm) if spec.vlm_endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from vlmsam.data import prompts
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
-from vlmsam.engine.registry import CONFIG_NAME, bundled_default, read_config
+from vlmsam.engine.registry import CONFIG_NAME, bundled_default, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
 from vlmsam.result import SegmentationResult
@@ -204,8 +204,8 @@ def build(spec: BuildSpec) -> ProposalSelectSegmenter:
         settings = read_config(path)
         if settings.get("selector") == "llmseg":
             return _build_llmseg(path, spec, label)
-        vlm = vlm or str(Path(path) / settings.get("vlm", "vlm"))
-        sam = sam or str(Path(path) / settings.get("sam", "sam"))
+        vlm = vlm or part(path, settings, "vlm")
+        sam = sam or part(path, settings, "sam")
     if not vlm or not sam:
         raise CheckpointError("proposal_select needs both a VLM (--vlm or --vlm-endpoint) and a SAM (--sam), or neither "
                               f"(the bundled {DEFAULT_DIR_NAME})")

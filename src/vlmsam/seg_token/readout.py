@@ -12,9 +12,6 @@ from vlmsam.sam.backend import ImageEmbedding
 
 class ReadoutMixin:
 
-    def vlm_inputs(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        return dict(input_ids=input_ids, mm_token_type_ids=self.processor.mm_token_type_ids(input_ids), **kwargs)
-
     def masks_from_states(self, states: torch.Tensor, embedding: ImageEmbedding):
         """``(N, hidden)`` [SEG] states -> ``(N, H, W)`` mask logits in original pixels and ``(N,)`` predicted IoU."""
         if states.shape[0] == 0:
