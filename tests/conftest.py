@@ -12,12 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-# One thread per core in all: pytest-xdist runs a worker per core, and a worker that also asked for every
-# core made the tiny models' token-by-token generation 20-40x slower through oversubscription. The
-# processes the tests start (the CLI, the server, torchrun) inherit the limit through OMP_NUM_THREADS.
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
-torch.set_num_threads(_THREADS)
+# One thread per core in each pytest-xdist worker: a worker that also asked for every core made the tiny
+# models' token-by-token generation many times slower through oversubscription. The processes tests start
+# (a CLI run, a training) keep torch's default: their worker waits on them meanwhile.
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
 def pytest_collection_modifyitems(config, items):
