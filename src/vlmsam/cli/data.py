@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="dataset directory to write (use it as --dataset-dir)")
     s.add_argument("--n", type=positive, required=True, help="number of scenes")
     s.add_argument("--seed", type=seed, default=0, help="random seed (use a seed not used in training for a fresh test set)")
+    s.add_argument("--phrasing", choices=("original", "rich", "heldout"), default="original",
+                   help="how requests are worded: original (the generator's own templates; the bundled defaults "
+                   "were trained on them), rich (many wordings, for training) or heldout (only wordings rich never "
+                   "uses, for testing) (default: original)")
     s.set_defaults(run=run_synth_command)
 
     c = data_sub.add_parser(
@@ -76,7 +80,7 @@ def run_synth_command(args: argparse.Namespace) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise VlmsamError(f"{args.out}: is a file; --out names the dataset directory to write")
-    counts = write_synth(args.out, args.n, args.seed)
+    counts = write_synth(args.out, args.n, args.seed, phrasing=args.phrasing)
     print(f"wrote {sum(counts.values())} scenes to {args.out}/reason_seg/ReasonSeg ("
           + ", ".join(f"{k}: {v}" for k, v in counts.items()) + ")")
     return 0

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from vlmsam.data import prompts
+from vlmsam.data import phrasings, prompts
 from vlmsam.data.masks import fill_polygon
 from vlmsam.data.reason_seg import find_root
+from vlmsam.engine.contract import is_sentence as looks_like_sentence
 from vlmsam.errors import DatasetError
 
 COLORS = {
@@ -208,17 +209,22 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
     return out
 
 
-def _request(kind: str, fields: dict, n_targets: int, rng: random.Random) -> tuple[str, bool, str]:
-    """(request text, is_sentence, answer) for one candidate of ``kind``."""
-    is_sentence = rng.random() < 0.5
-    template = rng.choice((SENTENCE if is_sentence else PHRASE)[kind])
+def _request(kind: str, fields: dict, n_targets: int, rng: random.Random,
+             phrasing: str = "original") -> tuple[str, bool, str, str]:
+    """(request text, is_sentence, answer, wording family) for one candidate of ``kind``."""
+    if phrasing == "original":  # the generator's own templates, drawn exactly as before
+        is_sentence = rng.random() < 0.5
+        text, family = rng.choice((SENTENCE if is_sentence else PHRASE)[kind]).format(**fields), "original"
+    else:
+        text, family = phrasings.word(kind, fields, rng, phrasing)
+        is_sentence = looks_like_sentence(text)
     if kind == "none":
         answer = f"There is no {fields['name']} in this image."
     elif n_targets == 1:
         answer = prompts.EVAL_ANSWER
     else:
         answer = prompts.multi_answer(n_targets)
-    return template.format(**fields), is_sentence, answer
+    return text, is_sentence, answer, family
 
 
 def kind_weights(spec: str | None) -> tuple[float, ...]:
@@ -237,8 +243,8 @@ def kind_weights(spec: str | None) -> tuple[float, ...]:
     return tuple(weights[k] for k in KINDS)
 
 
-def more_requests(scene: list[dict], n: int, rng: random.Random,
-                  weights: tuple[float, ...] = KIND_WEIGHTS) -> list[tuple[str, bool, str, list[int]]]:
+def more_requests(scene: list[dict], n: int, rng: random.Random, weights: tuple[float, ...] = KIND_WEIGHTS,
+                  phrasing: str = "original") -> list[tuple[str, bool, str, list[int]]]:
     """``n`` further requests about a stored scene (its json ``scene`` list), drawn like the
     scene's own (or with other kind ``weights``): (text, is_sentence, answer, target indices
     into ``scene``, left to right)."""
@@ -251,12 +257,13 @@ def more_requests(scene: list[dict], n: int, rng: random.Random,
         kind = rng.choices(kinds, weights=[weights[KINDS.index(k)] for k in kinds])[0]
         fields, targets = rng.choice(cands[kind])
         targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))
-        out.append((*_request(kind, fields, len(targets), rng), targets))
+        out.append((*_request(kind, fields, len(targets), rng, phrasing)[:3], targets))
     return out
 
 
-def make_scene(rng: random.Random, kind: str | None = None) -> dict | None:
-    """One scene and request, or None when the drawn layout allows no request of ``kind``."""
+def make_scene(rng: random.Random, kind: str | None = None, phrasing: str = "original") -> dict | None:
+    """One scene and request, or None when the drawn layout allows no request of ``kind``; ``phrasing``
+    chooses the request's wordings (:mod:`vlmsam.data.phrasings`)."""
     w, h = rng.choice([(128, 128), (160, 120), (120, 160), (144, 112), (112, 144), (176, 132)])
     shapes = _layout(rng, w, h)
     cands = _candidates(shapes, rng)
@@ -265,14 +272,15 @@ def make_scene(rng: random.Random, kind: str | None = None) -> dict | None:
         return None
     fields, targets = rng.choice(cands[kind])
     targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))  # answer order: left to right
-    text, is_sentence, answer = _request(kind, fields, len(targets), rng)
+    text, is_sentence, answer, family = _request(kind, fields, len(targets), rng, phrasing)
     others = [k for k in range(len(shapes)) if k not in targets]
     rng.shuffle(others)
     order = others + targets
     jpeg = render(shapes, order, rng, w, h)
     labelme = [{"label": f"target_{i}", "points": [[round(x, 2), round(y, 2)] for x, y in shapes[k].polygon()],
                 "shape_type": "polygon"} for i, k in enumerate(targets)]
-    return {"jpeg": jpeg, "json": {"text": [text], "is_sentence": is_sentence, "shapes": labelme, "kind": kind,
+    wording = {} if phrasing == "original" else {"phrasing": family}  # original scenes stay byte-identical
+    return {"jpeg": jpeg, "json": {"text": [text], "is_sentence": is_sentence, "shapes": labelme, "kind": kind, **wording,
                                     "answer": answer, "imageWidth": w, "imageHeight": h,
                                     # Every shape, in painting order, so each one's visible region can be
                                     # rebuilt (SAM's promptable pre-training uses all of them).
@@ -302,8 +310,12 @@ def scene_files(data_dir: str | Path, split: str) -> list[Path]:
     return files
 
 
-def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float] | None = None, progress: bool = True) -> dict[str, int]:
-    """Write ``n`` scenes split into train/val/test; returns the count per split."""
+def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float] | None = None, progress: bool = True,
+                phrasing: str = "original") -> dict[str, int]:
+    """Write ``n`` scenes split into train/val/test, their requests worded as ``phrasing`` says
+    (``original``, ``rich`` or ``heldout``: :mod:`vlmsam.data.phrasings`); returns the count per split."""
+    if phrasing != "original":
+        phrasings.families(phrasing)  # an unknown name fails before anything is written
     from tqdm import tqdm
 
     splits = splits or SPLITS
@@ -322,7 +334,7 @@ def write_synth(out: str | Path, n: int, seed: int = 0, splits: dict[str, float]
             kind = rng.choices(KINDS, weights=KIND_WEIGHTS)[0]
             scene = None
             for _ in range(30):  # keep the kinds balanced: redraw the layout, not the kind
-                scene = make_scene(rng, kind)
+                scene = make_scene(rng, kind, phrasing)
                 if scene is not None:
                     break
             if scene is None:

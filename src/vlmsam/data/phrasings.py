@@ -1,0 +1,74 @@
+"""Request wordings for synthetic scenes: families of templates per request kind (``phrasings.json``).
+
+``vlmsam data synth --phrasing`` chooses the wordings: ``original`` (the generator's own two or three
+templates per kind; the bundled defaults were trained on them), ``rich`` (every family not held out:
+imperative and question forms, several verbs, synonyms, politeness, casing and typos) or ``heldout``
+(only the held-out families, which ``rich`` never uses: a test of wordings a model has not seen). A
+wording never changes what a request means: the slots (the shape's name, the relation, the
+superlative, the group) take synonyms, and typos touch only the template's own words.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from pathlib import Path
+
+from vlmsam.errors import DatasetError
+
+PHRASINGS = ("original", "rich", "heldout")
+TYPO_RATE = 0.1  # share of requests with two letters of one template word swapped
+LOWER_RATE = 0.1  # share written all in lower case
+
+
+@functools.cache
+def grammar() -> dict:
+    return json.loads(Path(__file__).with_name("phrasings.json").read_text())
+
+
+def families(phrasing: str) -> list[str]:
+    """The template families ``phrasing`` draws from."""
+    found = grammar()["families"]
+    if phrasing not in ("rich", "heldout"):
+        raise DatasetError(f"unknown phrasing '{phrasing}'; choose from {', '.join(PHRASINGS)}")
+    return [name for name, family in found.items() if family["heldout"] == (phrasing == "heldout")]
+
+
+def _slots(fields: dict, rng: random.Random) -> dict:
+    """The template's slots from the generator's fields, each through a synonym where one exists."""
+    synonyms = grammar()["synonyms"]
+    slots = dict(fields)
+    if "rel" in fields:
+        slots["rel"] = rng.choice(synonyms["rel"][fields["rel"]])
+    if "sup" in fields:
+        word, _, noun = fields["sup"].partition(" ")
+        slots["sup"] = f"{rng.choice(synonyms['sup'].get(word, [word]))} {noun}"
+    if "what" in fields:
+        slots["what"] = rng.choice(synonyms["what"][fields["what"]])
+    if "group" in fields:
+        slots["each"] = fields["group"].removesuffix("es" if fields["group"].endswith("xes") else "s")
+    return slots
+
+
+def _typo(template: str, rng: random.Random) -> str:
+    """Two neighbouring letters of one of the template's own words swapped (never a slot's word)."""
+    words = template.split(" ")
+    plain = [k for k, w in enumerate(words) if "{" not in w and w.isalpha() and len(w) >= 5]
+    if not plain:
+        return template
+    k = rng.choice(plain)
+    i = rng.randrange(len(words[k]) - 1)
+    w = words[k]
+    words[k] = w[:i] + w[i + 1] + w[i] + w[i + 2:]
+    return " ".join(words)
+
+
+def word(kind: str, fields: dict, rng: random.Random, phrasing: str) -> tuple[str, str]:
+    """``(request text, family)`` for one request of ``kind`` with the generator's ``fields``."""
+    family = rng.choice(families(phrasing))
+    template = rng.choice(grammar()["families"][family][kind])
+    if rng.random() < TYPO_RATE:
+        template = _typo(template, rng)
+    text = template.format(**_slots(fields, rng))
+    return (text.lower() if rng.random() < LOWER_RATE else text), family

@@ -1,0 +1,83 @@
+"""The request grammar of `vlmsam data synth --phrasing`: every kind in every family, held-out families
+kept out of training scenes, and a wording that never changes what a request means."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from vlmsam.data import phrasings
+from vlmsam.data.synth import KINDS, make_scene, write_synth
+
+
+def test_every_family_words_every_kind():
+    families = phrasings.grammar()["families"]
+    assert set(phrasings.families("rich")).isdisjoint(phrasings.families("heldout"))
+    assert set(phrasings.families("rich")) | set(phrasings.families("heldout")) == set(families)
+    fields = {"attribute": {"name": "red circle"}, "relation": {"name": "red circle", "rel": "left of"},
+              "superlative": {"sup": "largest star"}, "uniqueness": {"what": "colour"},
+              "multiple": {"group": "blue shapes"}, "none": {"name": "green star"}}
+    for name, family in families.items():
+        for kind in KINDS:
+            assert family[kind], (name, kind)
+            for template in family[kind]:  # every template takes the slots its kind has
+                template.format(**phrasings._slots(fields[kind], random.Random(0)))
+
+
+def test_heldout_wordings_never_reach_training_scenes():
+    rng = random.Random(0)
+    heldout = {t for f in phrasings.families("heldout") for kind in KINDS for t in phrasings.grammar()["families"][f][kind]}
+    drawn = Counter()
+    for _ in range(10_000):
+        kind = rng.choice(KINDS)
+        _, family = phrasings.word(kind, {"name": "red circle", "rel": "above", "sup": "smallest shape",
+                                          "what": "type", "group": "circles"}, rng, "rich")
+        drawn[family] += 1
+    assert set(drawn) == set(phrasings.families("rich"))
+    assert not set(drawn) & set(phrasings.families("heldout"))
+    assert len(heldout) >= 20  # enough distinct held-out wordings to be a test of their own
+
+
+def test_a_wording_keeps_the_request_s_meaning():
+    """The same scene and targets whatever the wording: only the text differs, and it keeps the slot words."""
+    for seed in range(40):
+        kind = KINDS[seed % len(KINDS)]
+        scenes = {p: make_scene(random.Random(seed), kind, p) for p in ("original", "rich", "heldout")}
+        if scenes["original"] is None:
+            continue
+        base = scenes["original"]["json"]
+        for phrasing in ("rich", "heldout"):
+            got = scenes[phrasing]["json"]
+            assert got["phrasing"] in phrasings.families(phrasing)
+            # painting order may differ (the wording draws other random numbers); the shapes and targets do not
+            assert sorted(map(str, got["scene"])) == sorted(map(str, base["scene"]))
+            assert [t["points"] for t in got["shapes"]] == [t["points"] for t in base["shapes"]]
+            assert got["answer"] == base["answer"] and got["kind"] == base["kind"] == kind
+            if kind in ("attribute", "relation", "none"):
+                name = re.findall(r"\w+ (?:circle|square|triangle|star|hexagon)", base["text"][0])[-1]
+                assert name in got["text"][0].lower(), (base["text"], got["text"])
+
+
+def test_synth_writes_the_phrasing_it_was_asked_for(tmp_path):
+    write_synth(tmp_path / "h", 12, seed=3, splits={"test": 1.0}, progress=False, phrasing="heldout")
+    records = [json.loads(p.read_text()) for p in (tmp_path / "h" / "reason_seg" / "ReasonSeg" / "test").glob("*.json")]
+    assert len(records) == 12 and {r["phrasing"] for r in records} <= set(phrasings.families("heldout"))
+    write_synth(tmp_path / "o", 12, seed=3, splits={"test": 1.0}, progress=False)
+    assert not any("phrasing" in json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json"))
+    with pytest.raises(Exception, match="unknown phrasing 'fancy'"):
+        write_synth(tmp_path / "x", 2, phrasing="fancy", progress=False)
+
+
+def test_the_cli_writes_held_out_wordings(tmp_path):
+    from tests.conftest import run_cli
+
+    done = run_cli("data", "synth", "--out", tmp_path, "--n", "10", "--seed", "5", "--phrasing", "heldout")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json")]
+    assert len(records) == 10 and all(r["phrasing"] in phrasings.families("heldout") for r in records)
+    bad = run_cli("data", "synth", "--out", tmp_path / "x", "--n", "2", "--phrasing", "fancy")
+    assert bad.returncode == 2 and "--phrasing" in bad.stderr
