@@ -96,3 +96,22 @@ def test_every_bundled_default_segments_from_the_wheel(venv, segmenter, tmp_path
     assert "answer: " in proc.stdout, proc.stdout
     assert (out / "scene_mask_0.png").is_file() and (out / "scene_overlay.jpg").is_file(), sorted(os.listdir(out))
     assert json.loads((out / "scene.json").read_text())
+
+
+def test_every_data_file_of_the_package_is_in_the_wheel(wheel):
+    """A file the code reads beside its modules (the request grammar, the page's example) ships too."""
+    src = Path(__file__).resolve().parent.parent / "src"
+    wanted = {p.relative_to(src).as_posix() for p in (src / "vlmsam").rglob("*") if p.is_file()
+              and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+              and not p.name.startswith(("predictions", "summary"))}
+    with zipfile.ZipFile(wheel) as z:
+        assert not wanted - set(z.namelist()), sorted(wanted - set(z.namelist()))
+
+
+def test_the_wheel_registers_its_designs_and_words_requests(venv, tmp_path):
+    refused = subprocess.run([venv / "bin" / "vlmsam", "segment", SCENE, "x", "--segmenter", "grounded", "--vlm", "m",
+                              "--out", tmp_path / "o"], env=_clean_env(), cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--vlm does not apply to the grounded design" in refused.stderr
+    _run(venv / "bin" / "vlmsam", "data", "synth", "--out", tmp_path / "synth", "--n", "3", "--phrasing", "rich",
+         env=_clean_env(), cwd=tmp_path)
+    assert len(list((tmp_path / "synth").rglob("*.json"))) == 3
