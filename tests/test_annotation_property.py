@@ -84,7 +84,7 @@ def _check(root: Path, content: str | bytes) -> None:
         assert isinstance(sample, Sample) and sample.masks.shape == (1, 40, 50) and sample.meta["queries"]
         load_checked(ds, 0, random.Random(0))  # the training form accepts what evaluation accepts
         scorer = Scorer(split_by_length=True)  # and what evaluate and score then do with it works
-        for _, target, _, is_sentence, kind in _requests(sample):
+        for _, target, _, is_sentence, kind, _ in _requests(sample):
             scorer.update(target[None] == 1, target, is_sentence, kind)
         assert scorer.metrics()["n"] == len(sample.masks)
     except DatasetError as exc:

@@ -81,3 +81,24 @@ def test_the_cli_writes_held_out_wordings(tmp_path):
     assert len(records) == 10 and all(r["phrasing"] in phrasings.families("heldout") for r in records)
     bad = run_cli("data", "synth", "--out", tmp_path / "x", "--n", "2", "--phrasing", "fancy")
     assert bad.returncode == 2 and "--phrasing" in bad.stderr
+
+
+def test_scores_are_reported_per_wording_family(tmp_path):
+    """Held-out scenes scored with no mask anywhere: each family's gIoU is its share of no-target requests
+    (an empty answer is right exactly there), computed here from the scene files alone."""
+    from vlmsam.data.registry import build_eval_dataset
+    from vlmsam.evaluation.score import score_predictions
+
+    write_synth(tmp_path / "d", 30, seed=11, splits={"test": 1.0}, progress=False, phrasing="heldout")
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "d").rglob("*.json")}
+    lines = [json.dumps({"image": stem, "query": r["text"][0], "answer": "", "masks": []}) for stem, r in records.items()]
+    (tmp_path / "preds.jsonl").write_text("\n".join(lines) + "\n")
+    metrics = score_predictions(tmp_path / "preds.jsonl", build_eval_dataset("reason_seg:test", tmp_path / "d"), progress=False)
+    expected = {}
+    for r in records.values():
+        hits, n = expected.get(r["phrasing"], (0, 0))
+        expected[r["phrasing"]] = (hits + (r["kind"] == "none"), n + 1)
+    assert set(metrics["by_phrasing"]) == set(expected) <= set(phrasings.families("heldout"))
+    for family, (hits, n) in expected.items():
+        assert metrics["by_phrasing"][family]["n"] == n
+        assert metrics["by_phrasing"][family]["giou"] == pytest.approx(hits / n, abs=1e-6)

@@ -54,6 +54,7 @@ class Annotation:
     is_sentence: bool
     shapes: list
     kind: str | None
+    phrasing: str | None = None  # synthetic scenes: the wording family of the request
 
 
 def parse_annotation(anno: dict, path: Path) -> Annotation:
@@ -81,10 +82,11 @@ def parse_annotation(anno: dict, path: Path) -> Annotation:
     shapes = anno["shapes"]
     if not isinstance(shapes, list):
         raise BadSample(path, f"field 'shapes' must be a list of {{label, points}}, not {_shown(shapes)}")
-    kind = anno.get("kind")
-    if kind is not None and not isinstance(kind, str):
-        raise BadSample(path, f"field 'kind' must be a string, not {_shown(kind)}")
-    return Annotation(texts, is_sentence, shapes, kind)
+    kind, phrasing = anno.get("kind"), anno.get("phrasing")
+    for name, value in (("kind", kind), ("phrasing", phrasing)):
+        if value is not None and not isinstance(value, str):
+            raise BadSample(path, f"field '{name}' must be a string, not {_shown(value)}")
+    return Annotation(texts, is_sentence, shapes, kind, phrasing)
 
 
 def _shown(value) -> str:
@@ -200,4 +202,4 @@ class ReasonSegDataset(SegDataset):
         conversations = [[(prompts.eval_question(t, is_sentence), prompts.EVAL_ANSWER)] for t in texts]
         return Sample(self.image_path(i), conversations, np.repeat(mask[None], len(texts), axis=0), self.source,
                       self.items[i].stem, {"queries": texts, "is_sentence": [is_sentence] * len(texts),
-                                           "kinds": [kind] * len(texts)})
+                                           "kinds": [kind] * len(texts), "phrasings": [anno.phrasing] * len(texts)})

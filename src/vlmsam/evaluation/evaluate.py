@@ -31,10 +31,11 @@ from vlmsam.distributed import DistInfo, barrier, gather_objects
 
 
 def _requests(sample):
-    """(prompt, target, raw query, is_sentence, kind) for each request of an evaluation sample."""
-    kinds = sample.meta.get("kinds") or [None] * len(sample.masks)
+    """(prompt, target, raw query, is_sentence, kind, phrasing) for each request of an evaluation sample
+    (kind and phrasing: what synthetic scenes record, else None)."""
+    unknown = [None] * len(sample.masks)
     return list(zip([c[0][0] for c in sample.conversations], sample.masks, sample.meta["queries"],
-                    sample.meta["is_sentence"], kinds))
+                    sample.meta["is_sentence"], sample.meta.get("kinds") or unknown, sample.meta.get("phrasings") or unknown))
 
 
 def saved_masks(line: dict, shape: tuple[int, int]) -> np.ndarray:
@@ -112,9 +113,9 @@ def evaluate(segmenter, ds: SegDataset, *, info: DistInfo = DistInfo(), out_dir:
             if log is not None:
                 log.append([new[j][0] for j in sorted(new)])  # flushed: a kill keeps this sample
             answered.update(new)
-            for j, (_, target, _, is_sentence, kind) in enumerate(requests):
+            for j, (_, target, _, is_sentence, kind, phrasing) in enumerate(requests):
                 line, masks = answered[j]
-                iou = scorer.update(masks, target, is_sentence, kind)
+                iou = scorer.update(masks, target, is_sentence, kind, phrasing)
                 cases.append({"order": (i, j), "iou": iou, "image_path": str(sample.image), "line": line})
     finally:
         if log is not None:

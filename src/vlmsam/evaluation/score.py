@@ -37,7 +37,7 @@ def score_predictions(path: str | Path, ds: SegDataset, out_dir: Path | None = N
             skipped.add(exc)
             continue
         stem = Path(sample.image).stem
-        for j, (_, target, query, is_sentence, kind) in enumerate(_requests(sample)):
+        for j, (_, target, query, is_sentence, kind, phrasing) in enumerate(_requests(sample)):
             queue = predictions.get((stem, query))
             if queue:
                 line = queue.pop(0)
@@ -48,7 +48,7 @@ def score_predictions(path: str | Path, ds: SegDataset, out_dir: Path | None = N
             else:
                 missing += 1
                 line, masks = {"image": stem, "query": query, "answer": "", "masks": []}, np.zeros((0, *target.shape), bool)
-            iou = scorer.update(masks, target, is_sentence, kind)
+            iou = scorer.update(masks, target, is_sentence, kind, phrasing)
             cases.append({"order": (i, j), "iou": iou, "image_path": str(sample.image), "line": line})
     metrics = scorer.metrics()
     if metrics["n"] == 0:
