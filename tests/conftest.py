@@ -18,6 +18,16 @@ from PIL import Image
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models, also outside pytest-xdist: a second thread only
+    adds synchronisation (about 10x slower per generated token on a busy two-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_weights = pytest.mark.skip(reason="needs real weights (set VLMSAM_WEIGHTS_DIR)")

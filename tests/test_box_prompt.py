@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from transformers import LogitsProcessorList
 
 from tests.helpers.forcing import force_text
@@ -42,14 +41,7 @@ def compact(objects) -> str:
     return json.dumps(objects, separators=(",", ":"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation (about 10x slower
-    per generated token on a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 @pytest.fixture(scope="module")

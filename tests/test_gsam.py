@@ -13,7 +13,6 @@ import random
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.conftest import run_cli
@@ -28,14 +27,7 @@ from vlmsam.gsam.segmenter import tool_phrases
 SAM_SCALE = 64 / 80  # the tiny SAM's input side over the image's longest side
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation (about 10x slower
-    per generated token on a busy two-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -69,15 +69,14 @@ def test_full_run_writes_everything_and_the_checkpoint_serves(setup, tmp_path):
     assert (out / "summary.png").stat().st_size > 1000
 
 
-def _run_until(args, path, timeout=240):
-    """Start `vlmsam train` and SIGKILL it as soon as ``path`` exists."""
+def _run_until(args, path):
+    """Start `vlmsam train` and SIGKILL it as soon as ``path`` exists (no wall-clock deadline: a run that
+    ends without writing ``path`` is the failure)."""
     proc = subprocess.Popen([sys.executable, "-m", "vlmsam", "train", *map(str, args)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
     while not path.exists():
         if proc.poll() is not None:
             raise AssertionError(f"training ended before {path.name}: {proc.stderr.read().decode()[-2000:]}")
-        assert time.time() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -114,10 +113,11 @@ def test_a_used_run_directory_is_not_mixed_with_another_run(setup, tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
     other = run_cli("train", *overrides(setup, run, **{**common, "train.lr": 1e-2}), "--resume", "auto")
     assert other.returncode == 2 and "train.lr" in other.stderr and "another config" in other.stderr
-    before = time.time()
+    old = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns) for c in ckpt.list_checkpoints(run)}
     fresh = run_cli("train", *overrides(setup, run, **{**common, "train.steps_per_epoch": 2}), "--overwrite")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert all(c.stat().st_mtime >= before for c in ckpt.list_checkpoints(run))  # the old run's are gone
+    new = {c.name: (c.stat().st_ino, c.stat().st_mtime_ns) for c in ckpt.list_checkpoints(run)}
+    assert new and not set(new.items()) & set(old.items())  # none of the old run's checkpoints is kept
     assert TrainConfig.load(run / "config.yaml").train.steps_per_epoch == 2
 
 

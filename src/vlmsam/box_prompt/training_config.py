@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vlmsam.seg_vlm.config import DeclaredParts
+
 
 @dataclass
-class BoxPromptTrainConfig:
+class BoxPromptTrainConfig(DeclaredParts):
     """The VLM is taught to answer the box_prompt request in its grounding format (``data.synth_answer_format:
     grounding``); SAM is not trained (it draws the answers at validation and in the checkpoint)."""
 
@@ -40,6 +42,3 @@ class BoxPromptTrainConfig:
     train_lm_head: bool = True
     train_embed_tokens: bool = True
     train_vision_tower: bool = False
-
-    def trainable(self, component: str) -> bool:
-        return self.use_lora if component == "lora" else bool(getattr(self, f"train_{component}"))

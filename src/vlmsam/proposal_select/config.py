@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from vlmsam.errors import CheckpointError
+from vlmsam.seg_vlm.config import DeclaredParts
 
 
 @dataclass
-class LlmSegConfig:
+class LlmSegConfig(DeclaredParts):
     """The ``model`` section of a ``proposal_select`` training config (and the checkpoint's config)."""
 
     vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -39,9 +40,6 @@ class LlmSegConfig:
     train_lm_head: bool = True
     train_embed_tokens: bool = True
     train_head: bool = True
-
-    def trainable(self, component: str) -> bool:
-        return self.use_lora if component == "lora" else bool(getattr(self, f"train_{component}"))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps({"model_type": "vlmsam_proposal_select", "selector": "llmseg", **asdict(self)}, indent=2))

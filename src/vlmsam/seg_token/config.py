@@ -6,8 +6,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from vlmsam.seg_vlm.config import DeclaredParts
+
+
 @dataclass
-class SegTokenConfig:
+class SegTokenConfig(DeclaredParts):
     """Defaults follow LISA / Qwen-SAM; every switch can be turned either way.
 
     ``vlm`` and ``sam`` name the base models (hub id or path; a relative path is taken relative
@@ -61,9 +64,6 @@ class SegTokenConfig:
     train_vision_tower: bool = False
     train_sam_image_encoder: bool = False
     train_sam_prompt_encoder: bool = False
-
-    def trainable(self, component: str) -> bool:
-        return self.use_lora if component == "lora" else bool(getattr(self, f"train_{component}"))
 
     def to_dict(self) -> dict:
         return asdict(self)
