@@ -8,15 +8,12 @@ Errors are reported as ``vlmsam``'s are: one line, exit code 2."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import warnings
 from pathlib import Path
 
-from vlmsam.cli.main import EXIT_USER_ERROR, Parser
+from vlmsam.cli.main import Parser, quiet_libraries, run_command
 from vlmsam.cli.types import number, positive
 from vlmsam.cli.types import seed as seed_value
-from vlmsam.errors import VlmsamError
 
 PROG = "python -m tools.pretrain"
 
@@ -117,19 +114,8 @@ def run_pretrain_vision(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # quiet as `vlmsam` is: library chatter on stderr would bury the one-line error
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        return int(args.run(args) or 0)
-    except VlmsamError as e:
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    quiet_libraries(verbose=False)  # quiet as `vlmsam` is: library chatter would bury the one-line error
+    return run_command(args, PROG)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def quiet_libraries(verbose: bool) -> None:
     """Quiet transformers and the hub through the environment: importing transformers here would cost
     seconds before a command could report a bad argument."""
     level = logging.DEBUG if verbose else logging.WARNING
@@ -58,13 +58,18 @@ class Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
+    return run_command(args, "vlmsam")
+
+
+def run_command(args: argparse.Namespace, prog: str) -> int:
+    """``args.run(args)`` with a user's error as one line (``<prog> <command>: error: ...``) and exit 2;
+    also the entry point of the workshop commands in tools/."""
     try:
         return int(args.run(args) or 0)
     except VlmsamError as e:
-        print(f"vlmsam {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:  # a full disk, a read-only or forbidden place, a file-size limit: the user's to fix
         from vlmsam.io.result_set import USER_ERRNOS, os_error_text
@@ -72,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in USER_ERRNOS:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"vlmsam {args.command}: error: {where}{os_error_text(e)}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {where}{os_error_text(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"vlmsam {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
