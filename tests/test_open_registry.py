@@ -87,3 +87,12 @@ def test_an_unknown_design_names_the_available_ones():
 
     with pytest.raises(CheckpointError, match="unknown segmenter 'nope'; available: .*seg_token"):
         registry.design("nope")
+
+
+def test_reading_the_designs_imports_nothing_heavy():
+    """Every design's spec (and so a flag it does not take) is read before torch or transformers load."""
+    code = ("import sys\nfrom vlmsam.engine import registry\nfor n in registry.available(): registry.design(n)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
