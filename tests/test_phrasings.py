@@ -102,3 +102,35 @@ def test_scores_are_reported_per_wording_family(tmp_path):
     for family, (hits, n) in expected.items():
         assert metrics["by_phrasing"][family]["n"] == n
         assert metrics["by_phrasing"][family]["giou"] == pytest.approx(hits / n, abs=1e-6)
+
+
+def _patterns(templates) -> list[re.Pattern]:
+    """Each template as a whole-text pattern, its slots as wildcards (case-insensitive: some texts are lowered)."""
+    return [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)), re.IGNORECASE) for t in templates]
+
+
+def test_training_scenes_and_their_further_requests_never_use_held_out_wordings(tmp_path):
+    """10,000 training requests: 2,000 scenes written with ``--phrasing rich`` and four further requests about
+    each as the trainer draws them (``synth_extra_phrasing: mixed``). None is a held-out wording; most are
+    recognisably the rich grammar's or the generator's own (the rest carry a typo), so the check can see."""
+    from vlmsam.data.synth import PHRASE, SENTENCE
+    from vlmsam.data.synth_dataset import SynthDataset
+
+    grammar = phrasings.grammar()["families"]
+    heldout = _patterns(t for f in phrasings.families("heldout") for k in KINDS for t in grammar[f][k])
+    known = _patterns([t for f in phrasings.families("rich") for k in KINDS for t in grammar[f][k]]
+                      + [t for table in (PHRASE, SENTENCE) for k in KINDS for t in table[k]])
+    write_synth(tmp_path, 2000, seed=4, splits={"train": 1.0}, progress=False, phrasing="rich")
+    ds = SynthDataset(tmp_path, "train", extra_requests=4, extra_phrasing="mixed")
+    files = [json.loads(p.read_text()) for p in ds.items]
+    assert {r["phrasing"] for r in files} == set(phrasings.families("rich"))
+    rng = random.Random(0)
+    texts = [text for r in files for text, *_ in ds._more_requests(r["scene"], rng)]
+    assert len(files) + len(texts) == 10_000
+    assert not [t for t in texts if any(p.fullmatch(t) for p in heldout)]
+    assert sum(any(p.fullmatch(t) for p in known) for t in texts) > 0.8 * len(texts)
+    originals = sum(any(p.fullmatch(t) for p in _patterns(t for tb in (PHRASE, SENTENCE) for k in KINDS for t in tb[k]))
+                    for t in texts)
+    assert 0.35 * len(texts) < originals < 0.65 * len(texts)  # mixed: half in the generator's own words
+    with pytest.raises(Exception, match="synth extra phrasing must be one of"):
+        SynthDataset(tmp_path, "train", extra_phrasing="fancy")

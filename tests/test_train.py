@@ -298,3 +298,30 @@ def test_stop_at_step_ends_early_on_the_same_schedule(setup, tmp_path):
     assert log[-1]["lr"] == pytest.approx(3e-4 * (4 - 2) / (4 - 2))  # still the 4-step schedule
     assert not (run / "curves.png").exists()  # the run is not finished
     assert ckpt.list_checkpoints(run)[-1].name == "step_000003"  # but where it stopped is saved
+
+
+def test_init_from_starts_a_fresh_run_from_trained_weights(setup, tmp_path):
+    """``train.init_from``: a new run (its own schedule and optimizer) whose weights start as another run's
+    checkpoint left them; with lr 0 they are still exactly those after a step, LoRA adapter included."""
+    first = tmp_path / "first"
+    proc = run_cli("train", *overrides(setup, first, **{"train.epochs": 1, "eval.val_dataset": "", "train.stop_at_step": 2}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    source = ckpt.list_checkpoints(first)[-1]
+    second = tmp_path / "second"
+    proc = run_cli("train", *overrides(setup, second, **{"train.epochs": 1, "eval.val_dataset": "", "train.stop_at_step": 1,
+                                                          "train.init_from": source, "train.lr": 0.0}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starting from the trained weights of {source}" in proc.stdout
+    log = [json.loads(x) for x in (second / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]  # a run of its own, not a resumption at step 3
+    started, trained = weights(ckpt.list_checkpoints(second)[-1]), weights(source)
+    assert started.keys() == trained.keys()
+    assert all(torch.equal(started[k], trained[k]) for k in trained)
+    fresh = tmp_path / "fresh"
+    proc = run_cli("train", *overrides(setup, fresh, **{"train.epochs": 1, "eval.val_dataset": "", "train.stop_at_step": 1,
+                                                         "train.lr": 0.0}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    untouched = weights(ckpt.list_checkpoints(fresh)[-1])
+    assert not all(torch.equal(untouched[k], trained[k]) for k in trained)  # the test can tell the two apart
+    bad = run_cli("train", *overrides(setup, tmp_path / "bad", **{"train.init_from": tmp_path / "nowhere"}))
+    assert bad.returncode == 2 and "train.init_from" in bad.stderr and "Traceback" not in bad.stderr

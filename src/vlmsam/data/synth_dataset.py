@@ -13,6 +13,8 @@ from vlmsam.data.sample import BadSample, Sample
 from vlmsam.data.synth import CAPTION_QUESTION, caption, kind_weights, more_requests
 from vlmsam.errors import DatasetError
 
+EXTRA_PHRASINGS = ("original", "rich", "heldout", "mixed")
+
 
 class SynthDataset(ReasonSegDataset):
     """Synthetic scenes for training: one mask per target, in answer order, and the request's answer.
@@ -33,7 +35,7 @@ class SynthDataset(ReasonSegDataset):
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
                  extra_requests: int = 0, extra_kind_weights: str | None = None, answer_format: str = "seg",
-                 frame=None):
+                 frame=None, extra_phrasing: str = "original"):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
         if answer_format not in ("seg", "grounding"):
@@ -42,6 +44,17 @@ class SynthDataset(ReasonSegDataset):
             raise DatasetError("grounding answers need the VLM's resized frame (frame=processor.resized_size)")
         self.answer_format, self.frame = answer_format, frame
         self.extra_weights = kind_weights(extra_kind_weights)
+        if extra_phrasing not in EXTRA_PHRASINGS:
+            raise DatasetError(f"synth extra phrasing must be one of {', '.join(EXTRA_PHRASINGS)}, not '{extra_phrasing}'")
+        self.extra_phrasing = extra_phrasing
+
+    def _more_requests(self, scene: list[dict], rng: random.Random) -> list:
+        """The further requests about a scene. ``mixed``: each in the generator's own words or the rich
+        grammar's, half and half, so a model taught new wordings keeps the old ones."""
+        if self.extra_phrasing != "mixed":  # one call, drawn exactly as before the grammar existed
+            return more_requests(scene, self.extra_requests, rng, self.extra_weights, self.extra_phrasing)
+        return [r for _ in range(self.extra_requests)
+                for r in more_requests(scene, 1, rng, self.extra_weights, rng.choice(("original", "rich")))]
 
     def _question(self, rng: random.Random):
         """``(text, is_sentence) -> question``: LISA's [SEG] wording, or the box_prompt segmenter's own."""
@@ -81,7 +94,7 @@ class SynthDataset(ReasonSegDataset):
         no_target = [0] if anno.get("kind") == "none" else []  # conversations whose answer is "There is no ..."
         if self.extra_requests and anno.get("scene"):
             # More requests about the same image: the image is encoded once for all of them.
-            extra = more_requests(anno["scene"], self.extra_requests, rng, self.extra_weights)
+            extra = self._more_requests(anno["scene"], rng)
             no_target += [len(conversations) + j for j, (*_, targets) in enumerate(extra) if not targets]
             conversations += [[(ask(t, sentence), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]

@@ -39,6 +39,7 @@ class DataConfig:
     synth_extra_requests: int = 0  # further requests drawn about each synthetic scene (one image encoding)
     synth_answer_format: str = "seg"  # "grounding": answer with Qwen2.5-VL JSON boxes/points instead of [SEG]
     synth_extra_kind_weights: str = ""  # how those are drawn, e.g. "uniqueness=0.3" (others: the generator's)
+    synth_extra_phrasing: str = "original"  # their wording: original, rich, heldout or mixed (original or rich)
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
@@ -64,6 +65,7 @@ class OptimConfig:
     sam_embedding_cache: str = ""  # a directory: precompute frozen SAM embeddings once
     deepspeed: str = ""  # a DeepSpeed JSON config (ZeRO-2/3) instead of DDP
     resume: str = ""  # "auto", a checkpoint directory, or "" (start fresh)
+    init_from: str = ""  # a trained checkpoint of this design whose trained weights start a fresh run (fine-tuning)
     stop_at_step: int = 0  # end the run early at this step, schedule unchanged (0 = run to the end)
     overwrite: bool = False  # start over in a run directory that holds another run (its checkpoints are deleted)
     progress: bool = True

@@ -134,7 +134,7 @@ def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
         kwargs = {"reason_seg": {"explanatory": d.explanatory},
                   "synth": {"describe_first": d.synth_describe_first, "extra_requests": d.synth_extra_requests,
                             "extra_kind_weights": d.synth_extra_kind_weights, "answer_format": d.synth_answer_format,
-                            "frame": frame}}.get(family, {})
+                            "frame": frame, "extra_phrasing": d.synth_extra_phrasing}}.get(family, {})
         built[family] = build_family(family, d.dataset_dir, lists.get(family), **kwargs)
     return Mixture(built, dict(zip(families, rates)), seed=t.seed, rank=rank,
                    samples_per_epoch=t.steps_per_epoch * t.batch_size * t.grad_accumulation_steps,
@@ -241,6 +241,18 @@ def _validate(design, model, eval_ds, cfg: TrainConfig, info, logger, step: int,
     return metrics
 
 
+def start_from(model, path: str, info, print_fn) -> None:
+    """``train.init_from``: a trained checkpoint's weights (the parts it trained, LoRA included) as this
+    fresh run's starting point; the optimizer and the schedule start anew. A resumed run reads its own
+    checkpoint instead."""
+    source = Path(path)
+    if not source.is_dir():
+        raise ConfigError(f"train.init_from: {path} is not a checkpoint directory")
+    model.load_trainable(source)  # copied into the parameters in place, on their device
+    if info.is_main:
+        print_fn(f"starting from the trained weights of {source}")
+
+
 def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) -> dict:
     """Run (or resume) training as configured. ``stop_after`` ends the loop after that many global
     steps without finishing the run (tests use it to simulate an interruption)."""
@@ -250,6 +262,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     run_dir, resume_from, moved = _prepare_run_dir(cfg, info, print_fn)
     design, model, mixture, collator = _build(cfg, info)
+    if resume_from is None and t.init_from:
+        start_from(model, t.init_from, info, print_fn)
     opt = build_optimization(model, cfg, info.device, info.world_size)
     progress = Progress()
     if resume_from is not None:
