@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 # `torch` requirement would otherwise pull several GB of CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model
+.PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model \
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing fresh
 
 setup: $(STAMP)
 
@@ -50,7 +51,18 @@ demo: $(STAMP)
 # The bundles' workshop (tools/, outside the installed package): an evaluation's metrics.json goes into the
 # bundle (its model card), its predictions.jsonl and summary.png into docs/bundled/<bundle>/ (the record).
 WEIGHTS := src/vlmsam/weights
-file_eval = $(PY) -c "from tools.bundles import file_evaluation; file_evaluation('build/eval/$(1)', '$(WEIGHTS)/$(1)')"
+# The 500 test scenes of each wording split (seed 7, never trained on): the generator's own words (original), the
+# request grammar's training families (rich) and its held-out families (heldout); `vlmsam data synth --phrasing`.
+PHRASINGS := original rich heldout
+build/fresh-%: | $(STAMP)
+	$(PY) -m vlmsam data synth --out $@ --n 5000 --seed 7 $(if $(filter original,$*),,--phrasing $*)
+fresh: build/fresh-original build/fresh-rich build/fresh-heldout
+# $(1) a bundle's name, $(2) its model directory: evaluated on every split, then each evaluation filed in the
+# installed bundle (eval/metrics.json for original, eval/metrics-<split>.json for the others).
+eval_splits = for p in $(PHRASINGS); do $(PY) -m vlmsam evaluate --model $(2) --dataset reason_seg:test \
+	--dataset-dir build/fresh-$$p --out build/eval/$(1)-$$p || exit 1; done
+file_evals = for p in $(PHRASINGS); do $(PY) -c "from tools.bundles import file_evaluation; \
+	file_evaluation('build/eval/$(1)-$$p', '$(WEIGHTS)/$(1)', split='' if '$$p' == 'original' else '$$p')" || exit 1; done
 # A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice.
 share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WEIGHTS)/$(1)', ('$(2)',))"
 
@@ -61,7 +73,7 @@ share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WE
 TINY_SAM_STEPS := 3000
 TINY_VISION_STEPS := 5000
 tiny-model: $(STAMP)
-	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny build/synth-fresh build/eval/vlmsam-tiny
+	rm -rf build/synth build/vlmsam-tiny-base build/runs/vlmsam-tiny
 	$(PY) -m vlmsam data synth --out build/synth --n 25000 --seed 0
 	$(PY) -c "from tools.default_model import build_base; build_base('build/vlmsam-tiny-base')"
 	$(PY) -m tools.pretrain sam build/vlmsam-tiny-base/sam --data build/synth --out build/vlmsam-tiny-base/sam-pretrained \
@@ -71,10 +83,24 @@ tiny-model: $(STAMP)
 	$(PY) -m vlmsam train configs/vlmsam_tiny.yaml
 	# the run's last checkpoint (earlier recipes validated best mid-run on checkpoints that refused every "the <colour> <kind>")
 	$(PY) -c "from tools.default_model import export; export('build/runs/vlmsam-tiny', which='last')"
-	$(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
-	$(PY) -m vlmsam evaluate --dataset reason_seg:test --dataset-dir build/synth-fresh --out build/eval/vlmsam-tiny \
-		--model $(WEIGHTS)/vlmsam-tiny
-	$(call file_eval,vlmsam-tiny)
+	$(MAKE) tiny-model-phrasing
+
+# Stage 6 of vlmsam-tiny (about 35 minutes on 2 cores): the installed vlmsam-tiny fine-tuned on requests in the
+# rich grammar's wordings (configs/vlmsam_tiny_phrasing.yaml), exported, evaluated on the three wording splits
+# and installed. Its SAM is unchanged, so vlmsam-tiny-grounding shares it again; vlmsam-tiny-llmseg keeps a copy
+# of the VLM its head was trained on until `make llmseg-model-phrasing` retrains the head on the new one.
+tiny-model-phrasing: $(STAMP) fresh
+	rm -rf build/synth-rich build/vlmsam-tiny-start build/runs/vlmsam-tiny-phrasing build/vlmsam-tiny
+	$(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(PY) -c "from tools.default_model import start_point; start_point('$(WEIGHTS)/vlmsam-tiny', 'build/vlmsam-tiny-start')"
+	$(PY) -m vlmsam train configs/vlmsam_tiny_phrasing.yaml --overwrite
+	$(PY) -c "from tools.default_model import export_phrasing; \
+		export_phrasing('build/runs/vlmsam-tiny-phrasing', 'build/vlmsam-tiny-start', 'build/vlmsam-tiny')"
+	$(call eval_splits,vlmsam-tiny,build/vlmsam-tiny)
+	$(PY) -c "from tools.bundles import unshare_dependents; unshare_dependents('$(WEIGHTS)/vlmsam-tiny')"
+	rm -rf $(WEIGHTS)/vlmsam-tiny && cp -r build/vlmsam-tiny $(WEIGHTS)/
+	$(call file_evals,vlmsam-tiny)
+	$(call share_parts,vlmsam-tiny-grounding,sam)
 
 # The box_prompt design's offline default (about 90 minutes on 2 cores): vlmsam-tiny's VLM, merged, with one
 # token per whole number 10..256, taught to answer in Qwen2.5-VL's grounding JSON with the grounding head
@@ -91,11 +117,20 @@ box-prompt-model: $(STAMP)
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny', 'build/box-prompt-stage1', which='step_001500')"
 	$(PY) -m vlmsam train configs/box_prompt_tiny_stage2.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-stage2', 'build/vlmsam-tiny-grounding')"
-	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
-	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-grounding --dataset reason_seg:test --dataset-dir build/synth-fresh \
-		--out build/eval/vlmsam-tiny-grounding
+	$(MAKE) box-prompt-model-phrasing
+
+# Stage 3 of vlmsam-tiny-grounding (about 30 minutes on 2 cores): the installed bundle fine-tuned on requests in the
+# rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.
+box-prompt-model-phrasing: $(STAMP) fresh
+	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	rm -rf build/grounding-start build/runs/box-prompt-tiny-phrasing build/vlmsam-tiny-grounding
+	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-start')"
+	$(PY) -m vlmsam train configs/box_prompt_tiny_phrasing.yaml --overwrite
+	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-phrasing', \
+		'build/vlmsam-tiny-grounding')"
+	$(call eval_splits,vlmsam-tiny-grounding,build/vlmsam-tiny-grounding)
 	rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/
-	$(call file_eval,vlmsam-tiny-grounding)
+	$(call file_evals,vlmsam-tiny-grounding)
 	$(call share_parts,vlmsam-tiny-grounding,sam)
 
 # The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores): vlmsam-tiny's SAM
@@ -106,7 +141,7 @@ box-prompt-model: $(STAMP)
 # docs/vlmsam-tiny.md has the runs.
 LLMSEG_ENV := OMP_NUM_THREADS=1
 llmseg-model: $(STAMP)
-	rm -rf build/llmseg build/runs/llmseg-tiny build/eval/vlmsam-tiny-llmseg
+	rm -rf build/llmseg build/runs/llmseg-tiny
 	$(PY) -m vlmsam data synth --out build/llmseg/synth --n 2500 --seed 11
 	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/llmseg/vlm')"
 	$(PY) -m tools.pretrain sam $(WEIGHTS)/vlmsam-tiny/sam --data build/synth --out build/llmseg/sam-multimask \
@@ -119,11 +154,26 @@ llmseg-model: $(STAMP)
 	# the single best proposal per [SEG]: chosen on the 250 validation scenes of build/llmseg/synth (gIoU 0.808 against
 	# 0.793 for LLM-Seg's union of proposals above 0.5), never on the test scenes
 	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny', 'build/vlmsam-tiny-llmseg', select_single=True)"
-	test -d build/synth-fresh || $(PY) -m vlmsam data synth --out build/synth-fresh --n 5000 --seed 7
-	$(PY) -m vlmsam evaluate --model build/vlmsam-tiny-llmseg --dataset reason_seg:test --dataset-dir build/synth-fresh \
-		--out build/eval/vlmsam-tiny-llmseg
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
-	$(call file_eval,vlmsam-tiny-llmseg)
+	$(call share_parts,vlmsam-tiny-llmseg,vlm)
+	$(MAKE) llmseg-model-phrasing
+
+# Stage 2 of vlmsam-tiny-llmseg (about 30 minutes on 2 cores): the installed selection head trained further over
+# vlmsam-tiny's VLM as installed now (after its wording stage), on scenes in the rich grammar's wordings, with their
+# automatic proposals (configs/llmseg_tiny_phrasing.yaml); exported, evaluated on the three splits, installed.
+llmseg-model-phrasing: $(STAMP) fresh
+	rm -rf build/llmseg-phrasing build/runs/llmseg-tiny-phrasing build/vlmsam-tiny-llmseg
+	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-llmseg', 'build/llmseg-phrasing/start')"
+	$(PY) -m vlmsam data synth --out build/llmseg-phrasing/synth --n 2500 --seed 11 --phrasing rich
+	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/llmseg-phrasing/vlm')"
+	$(LLMSEG_ENV) $(VENV)/bin/torchrun --nproc_per_node=2 -m vlmsam proposals --dataset-dir build/llmseg-phrasing/synth \
+		--datasets reason_seg:train --out build/llmseg-phrasing/proposals --sam build/llmseg-phrasing/start/sam \
+		--points-per-side 16 --pred-iou-thresh 0.7 --stability-score-thresh 0.85
+	$(PY) -m vlmsam train configs/llmseg_tiny_phrasing.yaml --overwrite
+	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny-phrasing', 'build/vlmsam-tiny-llmseg', select_single=True)"
+	$(call eval_splits,vlmsam-tiny-llmseg,build/vlmsam-tiny-llmseg)
+	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
+	$(call file_evals,vlmsam-tiny-llmseg)
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).

@@ -77,6 +77,23 @@ def unshare(bundle: str | Path) -> list[str]:
     return copied
 
 
+def standalone_copy(bundle: str | Path, out: str | Path) -> Path:
+    """``bundle`` copied to ``out`` (its evaluation left behind) with every part it shares with another bundle
+    copied in: a starting point for a run that will not move with its source."""
+    bundle, out = Path(bundle), Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("eval"))
+    config = json.loads((out / CONFIG_NAME).read_text())
+    for part in PARTS:
+        named = config.get(part)
+        if isinstance(named, str) and named.startswith(".."):
+            shutil.copytree((bundle / named).resolve(), out / part)
+            config[part] = part
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return out
+
+
 def unshare_dependents(base: str | Path) -> list[Path]:
     """Before ``base`` is rebuilt: every sibling bundle that names a part of it gets its own copy."""
     base = Path(base).resolve()
@@ -89,13 +106,14 @@ def unshare_dependents(base: str | Path) -> list[Path]:
     return changed
 
 
-def file_evaluation(eval_dir: str | Path, bundle: str | Path, records: str | Path = EVAL_RECORDS) -> None:
+def file_evaluation(eval_dir: str | Path, bundle: str | Path, records: str | Path = EVAL_RECORDS, split: str = "") -> None:
     """``vlmsam evaluate --out eval_dir`` of ``bundle``: metrics.json into the bundle's ``eval/``,
-    predictions.jsonl and summary.png into ``records/<bundle name>/``."""
+    predictions.jsonl and summary.png into ``records/<bundle name>/``. ``split`` names a wording split of
+    the test scenes (``rich``, ``heldout``): ``eval/metrics-<split>.json`` and ``records/<bundle>/<split>/``."""
     eval_dir, bundle = Path(eval_dir), Path(bundle)
     (bundle / "eval").mkdir(parents=True, exist_ok=True)
-    shutil.copy(eval_dir / "metrics.json", bundle / "eval" / "metrics.json")
-    record = Path(records) / bundle.name
+    shutil.copy(eval_dir / "metrics.json", bundle / "eval" / (f"metrics-{split}.json" if split else "metrics.json"))
+    record = Path(records) / bundle.name / split
     record.mkdir(parents=True, exist_ok=True)
     for name in ("predictions.jsonl", "summary.png"):
         shutil.copy(eval_dir / name, record / name)

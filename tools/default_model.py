@@ -230,3 +230,48 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
         "inference": {"select_single": model.config.select_single},
     }, indent=2))
     return out
+
+
+def start_point(bundle: str | Path, out_dir: str | Path) -> Path:
+    """A trained vlmsam-tiny as the start of a fine-tuning run: merged (``vlm/``, ``sam/``, the projection),
+    with its provenance and training config kept beside it as ``base_*`` for the export after the run."""
+    import shutil
+
+    from vlmsam.seg_token import SegTokenModel
+
+    bundle, out = Path(bundle), Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    SegTokenModel.from_pretrained(bundle).save_merged(out)
+    for name in ("provenance.json", "train_config.yaml"):
+        shutil.copy(bundle / name, out / f"base_{name}")
+    return out
+
+
+def export_phrasing(run: str | Path, start: str | Path, out_dir: str | Path, *, which: str = "last") -> Path:
+    """vlmsam-tiny after its wording stage (configs/vlmsam_tiny_phrasing.yaml): the run's checkpoint merged into
+    a standalone directory, its training config, the base's training config and a provenance that holds the
+    base's own (the five stages before)."""
+    import json
+    import shutil
+
+    from vlmsam.seg_token import SegTokenModel
+
+    run, start, out = Path(run), Path(start), Path(out_dir)
+    checkpoint = _run_checkpoint(run, which)
+    if out.exists():
+        shutil.rmtree(out)
+    SegTokenModel.from_pretrained(checkpoint).save_merged(out)
+    shutil.copy(run / "config.yaml", out / "train_config.yaml")
+    shutil.copy(start / "base_train_config.yaml", out / "train_config_base.yaml")
+    (out / "provenance.json").write_text(json.dumps({
+        "trained_from": "vlmsam-tiny as configs/vlmsam_tiny.yaml made it (make tiny-model, stages 1-5: 'base' below), "
+                        "then fine-tuned on requests in the rich grammar's wordings (configs/vlmsam_tiny_phrasing.yaml)",
+        "checkpoint_step": int(checkpoint.name.split("_")[-1]),
+        "checkpoint_choice": "the run's last checkpoint" if which == "last" else f"{which}, as named to export",
+        "data": "vlmsam data synth --n 25000 --seed 0 --phrasing rich (train split); each scene's further requests "
+                "in the generator's own words or the rich grammar's, half and half",
+        "evaluation": "vlmsam data synth --n 5000 --seed 7 [--phrasing rich|heldout] (test split) -> eval/metrics[-rich|-heldout].json",
+        "base": json.loads((start / "base_provenance.json").read_text()),
+    }, indent=2))
+    return out

@@ -1,0 +1,48 @@
+"""The bundles' workshop (tools/bundles.py): a standalone copy of a bundle that shares a part, and evaluations
+filed per wording split. Plain files stand in for weights: these functions only move files."""
+
+from __future__ import annotations
+
+import json
+
+from tools.bundles import file_evaluation, share_parts, standalone_copy
+from vlmsam.engine.registry import CONFIG_NAME
+
+
+def _bundle(root, name, config, parts):
+    for part in parts:
+        (root / name / part).mkdir(parents=True)
+        (root / name / part / "model.safetensors").write_text(f"{name} {part}")
+    (root / name / CONFIG_NAME).write_text(json.dumps(config))
+    return root / name
+
+
+def test_a_standalone_copy_holds_the_parts_its_source_shares(tmp_path):
+    base = _bundle(tmp_path / "weights", "base", {"vlm": "vlm", "sam": "sam"}, ("vlm", "sam"))
+    other = _bundle(tmp_path / "weights", "other", {"vlm": "vlm", "sam": "../base/sam"}, ("vlm",))
+    (other / "eval").mkdir()
+    (other / "eval" / "metrics.json").write_text("{}")
+    out = standalone_copy(other, tmp_path / "elsewhere" / "start")
+    config = json.loads((out / CONFIG_NAME).read_text())
+    assert config == {"vlm": "vlm", "sam": "sam"}
+    assert (out / "sam" / "model.safetensors").read_text() == "base sam"  # the shared part, copied in
+    assert (out / "vlm" / "model.safetensors").read_text() == "other vlm"
+    assert not (out / "eval").exists()  # an evaluation belongs to the bundle evaluated, not to its copies
+    assert json.loads((other / CONFIG_NAME).read_text())["sam"] == "../base/sam"  # the source is untouched
+    assert share_parts(out, ("sam",), base) == ["sam"]  # and the copy is the very part it came from
+    assert json.loads((out / CONFIG_NAME).read_text())["sam"] == "../../weights/base/sam"
+
+
+def test_evaluations_are_filed_per_split(tmp_path):
+    bundle = _bundle(tmp_path / "weights", "b", {"vlm": "vlm"}, ("vlm",))
+    for split in ("", "heldout"):
+        ev = tmp_path / f"eval{split}"
+        ev.mkdir()
+        (ev / "metrics.json").write_text(json.dumps({"split": split}))
+        (ev / "predictions.jsonl").write_text(split)
+        (ev / "summary.png").write_bytes(b"png" + split.encode())
+        file_evaluation(ev, bundle, tmp_path / "records", split=split)
+    assert json.loads((bundle / "eval" / "metrics.json").read_text()) == {"split": ""}
+    assert json.loads((bundle / "eval" / "metrics-heldout.json").read_text()) == {"split": "heldout"}
+    assert (tmp_path / "records" / "b" / "heldout" / "predictions.jsonl").read_text() == "heldout"
+    assert (tmp_path / "records" / "b" / "summary.png").read_bytes() == b"png"
