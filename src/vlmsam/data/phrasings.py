@@ -2,7 +2,8 @@
 
 ``vlmsam data synth --phrasing`` chooses the wordings: ``original`` (the generator's own two or three
 templates per kind; the bundled defaults were trained on them), ``rich`` (every family not held out:
-imperative and question forms, several verbs, synonyms, politeness, casing and typos) or ``heldout``
+imperatives, instructions, questions, polite and context-setting sentences, terse phrases; synonyms,
+casing and typos) or ``heldout``
 (only the held-out families, which ``rich`` never uses: a test of wordings a model has not seen). A
 wording never changes what a request means: the slots (the shape's name, the relation, the
 superlative, the group) take synonyms, and typos touch only the template's own words.
