@@ -21,16 +21,23 @@ def test_every_family_words_every_kind():
     fields = {"attribute": {"name": "red circle"}, "relation": {"name": "red circle", "rel": "left of"},
               "superlative": {"sup": "largest star"}, "uniqueness": {"what": "colour"},
               "multiple": {"group": "blue shapes"}, "none": {"name": "green star"}}
-    for name, family in families.items():
+    rng = random.Random(0)
+    for name in families:
         for kind in KINDS:
-            assert family[kind], (name, kind)
-            for template in family[kind]:  # every template takes the slots its kind has
-                template.format(**phrasings._slots(fields[kind], random.Random(0)))
+            drawn = {phrasings.template(name, kind, rng) for _ in range(200)}
+            assert drawn, (name, kind)
+            for template in drawn:  # every template takes the slots its kind has, and names what it asks for
+                text = template.format(**phrasings._slots(fields[kind], rng))
+                assert text.strip() and ("{" not in text), (name, kind, text)
+    composed = families["composed"]  # hundreds of wordings from a few lines: 200 draws are mostly distinct
+    assert len({phrasings.template("composed", "attribute", rng) for _ in range(200)}) > 150
+    assert len(composed["verb"]) >= 20 and set(composed["object"]) == set(KINDS)
 
 
 def test_heldout_wordings_never_reach_training_scenes():
     rng = random.Random(0)
     heldout = {t for f in phrasings.families("heldout") for kind in KINDS for t in phrasings.grammar()["families"][f][kind]}
+    assert not [f for f in phrasings.families("heldout") if "object" in phrasings.grammar()["families"][f]]
     drawn = Counter()
     for _ in range(10_000):
         kind = rng.choice(KINDS)
@@ -109,6 +116,18 @@ def _patterns(templates) -> list[re.Pattern]:
     return [re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)), re.IGNORECASE) for t in templates]
 
 
+def _family_patterns(name: str) -> list[re.Pattern]:
+    """Every wording of a family as whole-text patterns; a composed family as one pattern of its parts."""
+    family = phrasings.grammar()["families"][name]
+    if "object" not in family:
+        return _patterns(t for k in KINDS for t in family[k] if re.sub(r"\{\w+\}", "", t).strip())  # a bare slot matches anything
+    alternatives = lambda parts: "(?:" + "|".join(sorted((re.escape(x) for x in parts), key=len, reverse=True)) + ")"
+    objects = [t for k in KINDS for t in family["object"][k]]
+    pattern = (alternatives(family["prefix"]) + alternatives(family["verb"]) + " " + alternatives(objects)
+               + alternatives(family["suffix"]))
+    return [re.compile(re.sub(r"\\\{\w+\\\}", ".+", pattern), re.IGNORECASE)]
+
+
 def test_training_scenes_and_their_further_requests_never_use_held_out_wordings(tmp_path):
     """10,000 training requests: 2,000 scenes written with ``--phrasing rich`` and four further requests about
     each as the trainer draws them (``synth_extra_phrasing: mixed``). None is a held-out wording; most are
@@ -116,11 +135,9 @@ def test_training_scenes_and_their_further_requests_never_use_held_out_wordings(
     from vlmsam.data.synth import PHRASE, SENTENCE
     from vlmsam.data.synth_dataset import SynthDataset
 
-    grammar = phrasings.grammar()["families"]
-    heldout = _patterns(t for f in phrasings.families("heldout") for k in KINDS for t in grammar[f][k])
-    known = _patterns([t for f in phrasings.families("rich") for k in KINDS for t in grammar[f][k]
-                       if re.sub(r"\{\w+\}", "", t).strip()]  # not a bare slot, which any text would match
-                      + [t for table in (PHRASE, SENTENCE) for k in KINDS for t in table[k]])
+    heldout = [p for f in phrasings.families("heldout") for p in _family_patterns(f)]
+    known = ([p for f in phrasings.families("rich") for p in _family_patterns(f)]
+             + _patterns(t for table in (PHRASE, SENTENCE) for k in KINDS for t in table[k]))
     write_synth(tmp_path, 2000, seed=4, splits={"train": 1.0}, progress=False, phrasing="rich")
     ds = SynthDataset(tmp_path, "train", extra_requests=4, extra_phrasing="mixed")
     files = [json.loads(p.read_text()) for p in ds.items]

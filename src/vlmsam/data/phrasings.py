@@ -65,11 +65,21 @@ def _typo(template: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def template(family: str, kind: str, rng: random.Random) -> str:
+    """One template of ``family`` for ``kind``: drawn from its list, or composed from its parts (a verb and
+    what the kind asks for, with an optional prefix and suffix: hundreds of wordings from a few lines)."""
+    found = grammar()["families"][family]
+    if "object" not in found:
+        return rng.choice(found[kind])
+    text = f"{rng.choice(found['prefix'])}{rng.choice(found['verb'])} {rng.choice(found['object'][kind])}{rng.choice(found['suffix'])}"
+    return text[0].upper() + text[1:] if text[0].islower() and rng.random() < 0.5 else text
+
+
 def word(kind: str, fields: dict, rng: random.Random, phrasing: str) -> tuple[str, str]:
     """``(request text, family)`` for one request of ``kind`` with the generator's ``fields``."""
     family = rng.choice(families(phrasing))
-    template = rng.choice(grammar()["families"][family][kind])
+    drawn = template(family, kind, rng)
     if rng.random() < TYPO_RATE:
-        template = _typo(template, rng)
-    text = template.format(**_slots(fields, rng))
+        drawn = _typo(drawn, rng)
+    text = drawn.format(**_slots(fields, rng))
     return (text.lower() if rng.random() < LOWER_RATE else text), family
