@@ -262,6 +262,8 @@ def export_phrasing(run: str | Path, start: str | Path, out_dir: str | Path, *, 
     if out.exists():
         shutil.rmtree(out)
     SegTokenModel.from_pretrained(checkpoint).save_merged(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        (out / "vlm" / name).unlink()  # the same files as at the bundle's root, where every loader reads them
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     shutil.copy(start / "base_train_config.yaml", out / "train_config_base.yaml")
     (out / "provenance.json").write_text(json.dumps({
