@@ -119,7 +119,7 @@ box-prompt-model: $(STAMP)
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-stage2', 'build/vlmsam-tiny-grounding')"
 	$(MAKE) box-prompt-model-phrasing
 
-# Stage 3 of vlmsam-tiny-grounding (about 30 minutes on 2 cores): the installed bundle fine-tuned on requests in the
+# Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.
 box-prompt-model-phrasing: $(STAMP) fresh
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich

@@ -149,7 +149,9 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     (out / "provenance.json").write_text(json.dumps({
         "design": "box_prompt",
         "made_by": "make box-prompt-model: configs/box_prompt_tiny.yaml (vlmsam-tiny's VLM merged, one token per number "
-                   "10..256) stopped at step 1,500, exported, then configs/box_prompt_tiny_stage2.yaml",
+                   "10..256) stopped at step 1,500, exported, then configs/box_prompt_tiny_stage2.yaml"
+                   + (", exported, then configs/box_prompt_tiny_phrasing.yaml (make box-prompt-model-phrasing)"
+                      if run.name.endswith("-phrasing") else ""),
         "run": str(run), "checkpoint": checkpoint.name, "this_run_started_from": started,
         "sam": "vlmsam-tiny's pre-trained SAM, unchanged",
         "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
@@ -218,9 +220,11 @@ def export_llmseg(run: str | Path, out_dir: str | Path | None = None, *, which: 
     sam_log, dino_log = _pretrain_record(parts["sam"]) or {}, _pretrain_record(parts["dinov2"]) or {}
     (out / "provenance.json").write_text(json.dumps({
         "design": "proposal_select", "selector": "llmseg",
-        "made_by": "make llmseg-model: configs/llmseg_tiny.yaml over `vlmsam proposals` of build/llmseg/synth",
+        "made_by": "make llmseg-model: configs/llmseg_tiny.yaml over `vlmsam proposals` of build/llmseg/synth"
+                   + (", exported, then configs/llmseg_tiny_phrasing.yaml over vlmsam-tiny after its wording stage "
+                      "(make llmseg-model-phrasing)" if run.name.endswith("-phrasing") else ""),
         "run": str(run), "checkpoint": checkpoint.name, "started_from": {k: started.get(k) for k in ("vlm", "sam", "dinov2")},
-        "vlm": "vlmsam-tiny's VLM, merged, frozen (unchanged)",
+        "vlm": "vlmsam-tiny's VLM as installed when the run started, merged, frozen (unchanged)",
         "sam": "vlmsam-tiny's SAM after `python -m tools.pretrain sam --multimask` (multimask outputs and IoU head trained)",
         "sam_pretrain": {k: sam_log.get(k) for k in ("steps", "lr", "val_iou", "val_multimask_best_iou", "background_share",
                                                      "point_share", "freeze_image_encoder")},
