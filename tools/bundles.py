@@ -62,15 +62,17 @@ def share_parts(bundle: str | Path, parts: tuple[str, ...] = PARTS, base: str | 
     return shared
 
 
-def unshare(bundle: str | Path) -> list[str]:
-    """Give ``bundle`` its own copy of each part it names in another bundle; returns those parts."""
+def unshare(bundle: str | Path, named_from: str | Path | None = None) -> list[str]:
+    """Give ``bundle`` its own copy of each part it names in another bundle; returns those parts.
+    ``named_from``: where the relative names were written (a bundle copied elsewhere names them from there)."""
     bundle = Path(bundle)
+    base = Path(named_from) if named_from is not None else bundle
     config = json.loads((bundle / CONFIG_NAME).read_text())
     copied = []
     for part in PARTS:
         named = config.get(part)
         if isinstance(named, str) and named.startswith(".."):
-            shutil.copytree((bundle / named).resolve(), bundle / part)
+            shutil.copytree((base / named).resolve(), bundle / part)
             config[part] = part
             copied.append(part)
     (bundle / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -84,13 +86,7 @@ def standalone_copy(bundle: str | Path, out: str | Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundle, out, ignore=shutil.ignore_patterns("eval"))
-    config = json.loads((out / CONFIG_NAME).read_text())
-    for part in PARTS:
-        named = config.get(part)
-        if isinstance(named, str) and named.startswith(".."):
-            shutil.copytree((bundle / named).resolve(), out / part)
-            config[part] = part
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    unshare(out, named_from=bundle)
     return out
 
 
