@@ -80,16 +80,17 @@ class Segmenter:
 
 def load_segmenter(name_or_path: str | Path | None = None, segmenter: str | None = None, *, vlm: str | None = None,
                    sam: str | None = None, device=None, dtype=None, max_new_tokens: int | None = None,
-                   vlm_endpoint: str | None = None, detector: str | None = None) -> Segmenter:
+                   vlm_endpoint: str | None = None, detector: str | None = None, style: str | None = None) -> Segmenter:
     """Load a segmenter. With no arguments: the bundled ``vlmsam-tiny``. A checkpoint directory names
     its own design; ``segmenter`` is needed only for base models (``vlm``/``sam``) or a design's own
     bundled default (``load_segmenter(segmenter="box_prompt")``). ``vlm_endpoint``: an OpenAI-compatible
     server that serves the model named ``vlm`` (grounding designs). An argument the design does not take
-    is a one-line :class:`~vlmsam.engine.spec.UsageError`."""
+    is a one-line :class:`~vlmsam.engine.spec.UsageError`. ``style``: how a grounding VLM is asked (box_prompt;
+    ``seg_zero`` / ``vision_reasoner`` run those models' published inference)."""
     from vlmsam.devices import resolve_device, resolve_dtype
     from vlmsam.engine.spec import BuildSpec
 
     spec = BuildSpec(path=name_or_path or None, vlm=vlm, sam=sam, detector=detector, vlm_endpoint=vlm_endpoint,
-                     device=resolve_device(device), dtype=resolve_dtype(dtype), max_new_tokens=max_new_tokens)
+                     device=resolve_device(device), dtype=resolve_dtype(dtype), max_new_tokens=max_new_tokens, style=style)
     engine = registry.load(spec, segmenter)
     return Segmenter(engine, engine.label)

@@ -45,7 +45,7 @@ def _checkpointing(model, enabled: bool) -> None:
     set_gradient_checkpointing(model.vlm, enabled)
 
 
-DESIGN = Design(name="box_prompt", build=_build, accepts=frozenset({"path", "vlm", "sam", "vlm_endpoint", "max_new_tokens"}),
+DESIGN = Design(name="box_prompt", build=_build, accepts=frozenset({"path", "vlm", "sam", "vlm_endpoint", "max_new_tokens", "style"}),
                 summary="the VLM answers boxes and points in its grounding format; SAM draws them (Qwen-VL + SAM, Seg-Zero)",
                 training=TrainingSpec(config_class=BoxPromptTrainConfig, build=_model, collator=_collator,
                                       segmenter=_segmenter, prepare=_prepare, answer_frame=_answer_frame,

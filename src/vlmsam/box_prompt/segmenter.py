@@ -20,10 +20,13 @@ from vlmsam.engine.registry import CONFIG_NAME, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
 from vlmsam.grounding import parse_grounding
+from vlmsam.grounding import published
 from vlmsam.grounding.prompts import grounding_prompt
 from vlmsam.result import SegmentationResult
 
-CONVENTION_OF_STYLE = {"qwen2_5_vl": "qwen2_5_vl", "seg_zero": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen_vl": "qwen_vl"}
+CONVENTION_OF_STYLE = {"qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl", "qwen_vl": "qwen_vl",
+                       # the published pipelines (vlmsam.grounding.published): their own resize, template and parse
+                       "seg_zero": "published", "vision_reasoner": "published"}
 
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -33,8 +36,10 @@ class BoxPromptSegmenter(SegmenterBase):
     """Args:
         vlm: a :class:`~vlmsam.vlm.runtime.VlmRuntime` or :class:`~vlmsam.vlm.remote.RemoteVlm`.
         sam: a :class:`~vlmsam.sam.backend.SamBackend`.
-        style: how the VLM is asked (``qwen2_5_vl``, ``seg_zero``, ``qwen3_vl``, ``qwen_vl``); it
-            decides the coordinate convention of the answer.
+        style: how the VLM is asked (``qwen2_5_vl``, ``qwen3_vl``, ``qwen_vl``); it decides the
+            coordinate convention of the answer. ``seg_zero`` and ``vision_reasoner`` run those models'
+            published inference end to end (840 x 840 input, their template, parse and SAM prompts, the
+            objects' masks joined): see :mod:`vlmsam.grounding.published`.
         union: one mask (the union of the objects) instead of one per object.
 
     Options of ``segment``: ``is_sentence``, ``history`` (earlier ``(user, answer)`` turns, kept in
@@ -46,7 +51,7 @@ class BoxPromptSegmenter(SegmenterBase):
     options_type = HistoryOptions
 
     def __init__(self, vlm, sam, *, style: str = "qwen2_5_vl", union: bool = False, multimask: bool = True,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, label: str = "", prompt: str = "box+point"):
+                 max_new_tokens: int | None = None, label: str = "", prompt: str = "box+point"):
         super().__init__(label)
         if prompt not in ("box+point", "point"):
             raise CheckpointError(f"unknown SAM prompt '{prompt}'; choose 'box+point' or 'point'")
@@ -55,18 +60,30 @@ class BoxPromptSegmenter(SegmenterBase):
             raise CheckpointError(f"unknown grounding style '{style}'; choose from {', '.join(CONVENTION_OF_STYLE)}")
         self.vlm, self.sam = vlm, sam
         self.style, self.convention = style, CONVENTION_OF_STYLE[style]
-        self.union, self.multimask, self.max_new_tokens = union, multimask, max_new_tokens
+        self.published = published.RECIPES.get(style)
+        # the published pipelines reason before they answer: 1024 new tokens, as their scripts
+        default_tokens = published.MAX_NEW_TOKENS if self.published else DEFAULT_MAX_NEW_TOKENS
+        self.union, self.multimask, self.max_new_tokens = union, multimask, max_new_tokens or default_tokens
 
     def _encode(self, image, key: str) -> EncodedImage:
+        if self.published:  # the VLM sees the 840 x 840 image, SAM the original
+            handle = self.encode_parts(image, key, sam=self.sam)
+            t0 = time.perf_counter()
+            prefix = self.vlm.encode_image(published.vlm_image(image))
+            timings = {**handle.timings, "encode_vlm": time.perf_counter() - t0}
+            return self.handle(image, key, sam=handle.sam, vlm=prefix, timings=timings)
         return self.encode_parts(image, key, sam=self.sam, vlm=self.vlm,
                                  extras=lambda prefix: {"model_input_size": self.vlm.model_input_size(prefix)})
+
+    def ask(self, request: str, is_sentence: bool | None = None) -> str:
+        """The words the VLM is given for ``request`` in this segmenter's style."""
+        return grounding_prompt(request, guess_sentence(request) if is_sentence is None else is_sentence, self.style)
 
     def _segment_many(self, encoded: EncodedImage, requests: list[str], options: dict) -> list[SegmentationResult]:
         t0 = time.perf_counter()
         flags = self.sentence_flags(options, len(requests))
         history = list(options.get("history") or [])
-        conversations = [[*history, (grounding_prompt(r, guess_sentence(r) if s is None else s, self.style), None)]
-                         for r, s in zip(requests, flags)]
+        conversations = [[*history, (self.ask(r, s), None)] for r, s in zip(requests, flags)]
         texts = self.vlm.chat_many(encoded.vlm, conversations, **self.generation(options))
         t1 = time.perf_counter()
         results = [self._result(encoded, text) for text in texts]
@@ -77,10 +94,15 @@ class BoxPromptSegmenter(SegmenterBase):
 
     def _result(self, encoded: EncodedImage, text: str) -> SegmentationResult:
         h, w = encoded.size
-        g = parse_grounding(text, (w, h), encoded.extras["model_input_size"], self.convention)
+        if self.published:
+            g = published.parse_published(self.style, text, (w, h))
+        else:
+            g = parse_grounding(text, (w, h), encoded.extras["model_input_size"], self.convention)
         info = {"reason": g.reason} if g.reason else {}
         if not len(g):
             return SegmentationResult.empty((h, w), text=text, info=info)
+        if self.published:
+            return self._published_masks(encoded, g, text, info)
         masks = np.zeros((len(g), h, w), bool)
         scores = np.zeros(len(g), np.float32)
         with_points = [k for k, p in enumerate(g.points) if len(p)]
@@ -106,6 +128,16 @@ class BoxPromptSegmenter(SegmenterBase):
             return SegmentationResult(masks=union, scores=scores.mean(keepdims=True), text=text,
                                       labels=[", ".join(lab for lab in g.labels if lab)], info=info)
         return SegmentationResult(masks=masks, boxes=g.boxes, scores=scores, text=text, labels=g.labels, info=info)
+
+    def _published_masks(self, encoded, g, text: str, info: dict) -> SegmentationResult:
+        """As published: each object's box and point(s) (all positive) in one SAM call, three candidates,
+        the best-scored kept, the objects joined by OR into one mask."""
+        points = np.stack(g.points)  # (N, P, 2): Seg-Zero one object with two points, VisionReasoner one point each
+        pred = self.sam.predict(boxes=g.boxes, points=points, multimask_output=True, embedding=encoded.sam).best()
+        union = pred.masks[:, 0].cpu().numpy().any(axis=0, keepdims=True)
+        info = {**info, "objects": len(g), "boxes": g.boxes.tolist(), "points": points.tolist()}
+        return SegmentationResult(masks=union, scores=pred.iou_scores[:, 0].mean(0, keepdim=True).cpu().numpy(), text=text,
+                                  info=info)
 
     @property
     def device(self):
@@ -160,7 +192,10 @@ def build(spec: BuildSpec) -> BoxPromptSegmenter:
     else:
         raise CheckpointError("box_prompt needs a VLM: name one with --vlm (hub id or path) or --vlm-endpoint")
     backend = load_sam_backend(sam, device=device, dtype=dtype)
-    return BoxPromptSegmenter(runtime, backend, style=settings.get("style", "qwen2_5_vl"), union=settings.get("union", False),
+    style = spec.style or settings.get("style", "qwen2_5_vl")
+    # a checkpoint's own limit stands only for the style it was saved with
+    saved_tokens = settings.get("max_new_tokens") if style == settings.get("style", "qwen2_5_vl") else None
+    return BoxPromptSegmenter(runtime, backend, style=style, union=settings.get("union", False),
                               multimask=settings.get("multimask", True), prompt=settings.get("prompt", "box+point"),
-                              max_new_tokens=spec.max_new_tokens or settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
+                              max_new_tokens=spec.max_new_tokens or saved_tokens,
                               label=label or f"{vlm} + {sam}")

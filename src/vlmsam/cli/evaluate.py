@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vlmsam.cli.types import non_negative, tokens
+from vlmsam.grounding.prompts import STYLES
 from vlmsam.errors import VlmsamError
 
 
@@ -30,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--max-new-tokens", type=tokens, help="generation stops at the end of the answer or here (default: the design's)")
+    e.add_argument("--style", choices=STYLES, help="how the grounding VLM is asked (box_prompt); seg_zero and vision_reasoner "
+                   "run those models' published inference")
     e.add_argument("--limit", type=non_negative, default=0, help="evaluate only the first N images (0 = all)")
     e.add_argument("--multi-part", choices=["sum", "or"], default="sum",
                    help="how a refer target annotated in several parts is built: 'sum' as the published evaluation "
@@ -87,7 +90,7 @@ def check_resumable(args: argparse.Namespace, write: bool = True) -> None:
     run = {"dataset": args.dataset, "dataset_dir": str(Path(args.dataset_dir).resolve()), "multi_part": args.multi_part,
            "model": str(Path(args.model).resolve()) if args.model else None, "segmenter": args.segmenter, "vlm": args.vlm,
            "sam": args.sam, "detector": args.detector, "vlm_endpoint": args.vlm_endpoint, "dtype": args.dtype,
-           "max_new_tokens": args.max_new_tokens}
+           "max_new_tokens": args.max_new_tokens, "style": args.style}
     path = Path(args.out) / RUN_FILE
     if args.resume and path.is_file():
         saved = read_json(path, "the settings of an earlier evaluation", dict)
@@ -119,7 +122,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_resumable(args, write=info.is_main)  # every rank refuses alike; before any model loads
         seg = load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam,
                              device=device or info.device, dtype=args.dtype, vlm_endpoint=args.vlm_endpoint,
-                             detector=args.detector, max_new_tokens=args.max_new_tokens)
+                             detector=args.detector, max_new_tokens=args.max_new_tokens, style=args.style)
         metrics = evaluate(seg.engine, ds, info=info, out_dir=Path(args.out), max_new_tokens=args.max_new_tokens,
                            limit=args.limit, on_bad_sample=args.on_bad_sample, resume=args.resume, print_fn=_note)
         if info.is_main:

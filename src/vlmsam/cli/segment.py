@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from vlmsam.cli.types import tokens
+from vlmsam.grounding.prompts import STYLES
 
 MODEL_HELP = (
     "With no --model the bundled vlmsam-tiny is used. It was trained only on synthetic scenes of "
@@ -33,6 +34,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA where available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
     p.add_argument("--max-new-tokens", type=tokens, help="the generation limit of the answer (default: the design's)")
+    p.add_argument("--style", choices=STYLES, help="how the grounding VLM is asked (box_prompt; default: the checkpoint's, "
+                   "else qwen2_5_vl); seg_zero and vision_reasoner run those models' published inference")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +72,7 @@ def build_spec(args):
     from vlmsam.engine.spec import BuildSpec
 
     return BuildSpec(path=args.model or None, vlm=args.vlm, sam=args.sam, detector=args.detector,
-                     vlm_endpoint=args.vlm_endpoint, max_new_tokens=args.max_new_tokens)
+                     vlm_endpoint=args.vlm_endpoint, max_new_tokens=args.max_new_tokens, style=args.style)
 
 
 def design_of(args) -> str:
@@ -90,7 +93,8 @@ def _load(args):
 
     design_of(args)
     return load_segmenter(args.model, args.segmenter, vlm=args.vlm, sam=args.sam, device=args.device, dtype=args.dtype,
-                          max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint, detector=args.detector)
+                          max_new_tokens=args.max_new_tokens, vlm_endpoint=args.vlm_endpoint, detector=args.detector,
+                          style=args.style)
 
 
 def _report(result, written, elapsed: float) -> None:

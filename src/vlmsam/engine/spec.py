@@ -22,7 +22,7 @@ class UsageError(VlmsamError):
 
 # How each build field is spelled on the command line (errors name the flag a user typed).
 FLAGS = {"path": "--model", "vlm": "--vlm", "sam": "--sam", "detector": "--detector",
-         "vlm_endpoint": "--vlm-endpoint", "max_new_tokens": "--max-new-tokens"}
+         "vlm_endpoint": "--vlm-endpoint", "max_new_tokens": "--max-new-tokens", "style": "--style"}
 ALWAYS = frozenset({"device", "dtype"})  # every design is placed on a device and a dtype
 
 
@@ -36,6 +36,7 @@ class BuildSpec:
         vlm_endpoint: an OpenAI-compatible server that serves ``vlm``.
         device, dtype: where and in which precision the models run.
         max_new_tokens: the generation limit of the design's answers.
+        style: how a grounding VLM is asked and answers (box_prompt: ``qwen2_5_vl``, ``seg_zero``, ...).
     """
 
     path: str | Path | None = None
@@ -46,6 +47,7 @@ class BuildSpec:
     device: Any = None
     dtype: Any = None
     max_new_tokens: int | None = None
+    style: str | None = None
 
     def given(self) -> set[str]:
         """The fields that were set (not ``None`` and not empty)."""

@@ -3,21 +3,18 @@ the training data of its offline default, so that both ask in the same words).""
 
 from __future__ import annotations
 
+from vlmsam.grounding.published import RECIPES
+
 JSON_TAIL = "output the bbox_2d and point_2d of each match in JSON format."
-SEG_ZERO = (
-    'Please find "{request}" with bboxes and points. Compare the difference between objects and find the most '
-    "closely matched object(s). Output the thinking process in <think> </think> and the final answer in "
-    "<answer> </answer> tags. Output the bbox(es) and point(s) inside the matched object(s) in JSON format, i.e. "
-    '<think> thinking process here </think><answer>[{{"bbox_2d": [10,100,200,210], "point_2d": [30,110]}}]</answer>'
-)
-STYLES = ("qwen2_5_vl", "seg_zero", "qwen3_vl", "qwen_vl")
+STYLES = ("qwen2_5_vl", "qwen3_vl", "qwen_vl", *RECIPES)
 
 
 def grounding_prompt(request: str, is_sentence: bool = False, style: str = "qwen2_5_vl") -> str:
-    """The request to a VLM: locate what ``request`` names (a phrase) or answers (a sentence)."""
+    """The request to a VLM: locate what ``request`` names (a phrase) or answers (a sentence).
+    ``seg_zero`` and ``vision_reasoner`` use their published template, character for character."""
+    if style in RECIPES:
+        return RECIPES[style].prompt(request)
     request = request.strip()
-    if style == "seg_zero":
-        return SEG_ZERO.format(request=request)
     if style == "qwen_vl":  # Qwen-VL answers <ref>...</ref><box>(x1,y1),(x2,y2)</box> on a 0-1000 grid
         return f"{request} Frame it with <ref> and <box>." if is_sentence else f"Frame the {request} in the image."
     if style not in STYLES:

@@ -101,11 +101,10 @@ class Sam2Backend:
         kwargs = {}
         n = None
         if boxes is not None:
-            b = torch.as_tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)
+            # not clipped to the image, as SAM 2's own SAM2ImagePredictor (a copy: the caller's array stays as given)
+            b = torch.tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)
             if not torch.isfinite(b).all():
                 raise PromptError("boxes must have finite coordinates")
-            b[:, 0::2] = b[:, 0::2].clamp(0, w)
-            b[:, 1::2] = b[:, 1::2].clamp(0, h)
             kwargs["input_boxes"] = self._scale(b.reshape(-1, 2, 2), embedding).reshape(1, -1, 4).to(self.device, self.dtype)
             n = len(b)
         if points is not None:
