@@ -69,6 +69,23 @@ class OptimConfig:
     stop_at_step: int = 0  # end the run early at this step, schedule unchanged (0 = run to the end)
     overwrite: bool = False  # start over in a run directory that holds another run (its checkpoints are deleted)
     progress: bool = True
+    method: str = "sft"  # "grpo": reinforcement learning of a grounding VLM through trl (the grpo section)
+
+
+@dataclass
+class GrpoConfig:
+    """``train.method: grpo`` (vlmsam/train/grpo.py): group-relative policy optimisation through trl's GRPOTrainer."""
+
+    reward: str = "vision_reasoner"  # seg_zero | vision_reasoner | mask_iou (SAM-R1; SAM draws each completion)
+    num_generations: int = 8  # completions per request (the group)
+    prompts_per_step: int = 2  # requests per optimizer step (per rank)
+    temperature: float = 1.0
+    beta: float = 0.01  # KL coefficient against the reference policy (0: none is kept)
+    epsilon: float = 0.2  # clip range of the policy ratio
+    max_completion_length: int = 256
+    rollouts: str = "shared"  # "shared": one image prefix per group (vlmsam); "trl": trl's own generation
+    use_vllm: bool = False  # trl's vLLM rollouts (needs vllm and a GPU; never required)
+    max_requests: int = 0  # use only the first N requests of the data (0 = all)
 
 
 @dataclass
@@ -93,9 +110,10 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
     model_type: str = DEFAULT_DESIGN  # which design trains; it chooses the model section's class
 
-    SECTIONS = ("model", "data", "train", "eval")
+    SECTIONS = ("model", "data", "train", "eval", "grpo")
 
     def to_dict(self) -> dict:
         out = {name: asdict(getattr(self, name)) for name in self.SECTIONS}

@@ -49,3 +49,16 @@ def plot_curves(records: list[dict], out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out
+
+
+def plot_panels(records: list[dict], out: Path, panels: list[tuple[str, list[str]]]) -> Path:
+    """One panel per ``(title, keys)``: each key's value over the steps of ``records`` that have it."""
+    img = Image.new("RGB", (900, 40 + 310 * len(panels)), "white")
+    draw = ImageDraw.Draw(img)
+    for k, (title, keys) in enumerate(panels):
+        y0 = 40 + 310 * k
+        _panel(draw, (40, y0, 820, y0 + 250), title,
+               {key: [(r["step"], r[key]) for r in records if key in r] for key in keys})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out

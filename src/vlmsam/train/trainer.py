@@ -324,6 +324,18 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
 
 def run_from_cli(config_path: str | None, overrides: list[str]) -> int:
     cfg = TrainConfig.load(config_path, overrides)
+    if cfg.train.method not in ("sft", "grpo"):
+        raise VlmsamError(f"train.method: 'sft' (supervised) or 'grpo' (reinforcement learning), not '{cfg.train.method}'")
+    if cfg.train.method == "grpo":
+        from vlmsam.train.grpo import train_grpo
+
+        if cfg.train.resume == "auto" and config_path and not any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir")
+                                                                  for o in overrides):
+            here = Path(config_path).parent
+            if (here / "trl").is_dir():
+                cfg.train.run_dir = str(here)
+        train_grpo(cfg)
+        return 0
     named = any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir") for o in overrides)
     here = Path(config_path).parent if config_path else None
     if cfg.train.resume == "auto" and here is not None and not named and (here / "checkpoints").is_dir():

@@ -1,4 +1,4 @@
-"""Greedy generation for every design: one image prefix, any number of requests, in one batch.
+"""Generation for every design: one image prefix, any number of requests, in one batch.
 
 Every request about an image starts with the same tokens (system prompt, user head, the vision
 tokens). :func:`encode_prefix` runs the language model over them once and keeps their key/value
@@ -67,8 +67,10 @@ class Generated:
 
 
 def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *, stop_id: int, pad_id: int,
-                  state_token: int | None = None, max_new_tokens: int = 128, logits_processor=None) -> list[Generated]:
-    """Greedy answers to k encoded requests (full prompts, each starting with ``prefix.ids``)."""
+                  state_token: int | None = None, max_new_tokens: int = 128, logits_processor=None,
+                  sampler=None) -> list[Generated]:
+    """Greedy answers to k encoded requests (full prompts, each starting with ``prefix.ids``); ``sampler``
+    (``scores (k, vocab) -> tokens (k,)``) draws instead of the argmax (RL rollouts)."""
     p = len(prefix.ids)
     device = prefix.ids.device
     for ids in request_ids:
@@ -105,7 +107,7 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         scores = lm_head(hidden).float()
         if logits_processor is not None:
             scores = logits_processor(seen, scores)
-        chosen = scores.argmax(-1)
+        chosen = scores.argmax(-1) if sampler is None else sampler(scores)
         feed = torch.full((k,), pad_id, dtype=torch.long, device=device)
         for r in range(k):
             if done[r]:
