@@ -176,3 +176,14 @@ def test_a_group_shares_one_image_prefix(scenes):
     torch.manual_seed(0)
     sampled = shared_rollouts(vlm.base, vlm.processor, [prompt] * 8, 8, max_new_tokens=40, temperature=1.5)
     assert len({tuple(c) for c in sampled["completion_ids"]}) > 1  # sampling, not eight copies
+
+
+def test_shipped_grpo_configs_pass_the_checks():
+    from vlmsam.train.grpo import check
+
+    configs = [p for p in sorted((Path(__file__).parents[1] / "configs").glob("*grpo*.yaml"))]
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = TrainConfig.load(path)
+        assert cfg.train.method == "grpo"
+        check(cfg)

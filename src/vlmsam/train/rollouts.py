@@ -47,12 +47,13 @@ def policy_model(trainer):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def shared_rollouts(model, processor, prompts: list, group: int, *, max_new_tokens: int, temperature: float) -> dict:
+def shared_rollouts(model, processor, prompts: list, group: int, *, max_new_tokens: int, temperature: float,
+                    draw=None) -> dict:
     """``prompt_ids``, ``completion_ids`` (ending with ``<|im_end|>`` where the answer ended) for ``prompts``,
-    whose consecutive runs of ``group`` are one request each."""
+    whose consecutive runs of ``group`` are one request each; ``draw`` replaces the temperature sampler."""
     device = next(model.parameters()).device
     prompt_ids, completion_ids = [], []
-    draw = sampler(temperature)
+    draw = draw or sampler(temperature)
     for start in range(0, len(prompts), group):
         image, text = image_and_text(prompts[start])
         n = len(prompts[start:start + group])
