@@ -100,11 +100,12 @@ class GrpoRequests(torch.utils.data.Dataset):
                 if step == len(self.items) - 1:
                     raise BadSample(getattr(ds, "source", "data"), f"no usable request ({exc})") from None
                 continue
-            return self._row(sample, image)
+            return self._row(sample, image, k)
         raise IndexError(k)
 
-    def _row(self, sample, image) -> dict:
-        query, is_sentence, mask = sample.meta["queries"][0], sample.meta["is_sentence"][0], sample.masks[0]
+    def _row(self, sample, image, k: int) -> dict:
+        j = (k * 7919) % len(sample.meta["queries"])  # an image with several requests (RefCOCO): one of them, fixed per row
+        query, is_sentence, mask = sample.meta["queries"][j], sample.meta["is_sentence"][j], sample.masks[j]
         if self.style in published.RECIPES:
             frame, vlm_image, exact = (published.RESIZE, published.RESIZE), published.vlm_image(image), True
         else:
