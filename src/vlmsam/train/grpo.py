@@ -20,8 +20,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-
 from vlmsam.errors import VlmsamError
 from vlmsam.grounding import published, rewards
 from vlmsam.train.config import ConfigError, TrainConfig
@@ -190,6 +188,10 @@ def train_grpo(cfg: TrainConfig, *, print_fn=print, callbacks=()) -> dict:
     resume = resume_point(cfg, run_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and resume is None and not t.overwrite:
         raise VlmsamError(f"{run_dir}: holds another run; resume it (--resume auto) or start over (--overwrite)")
+    if resume is None and t.overwrite:  # another run's checkpoints must not be resumed into this one
+        import shutil
+
+        shutil.rmtree(run_dir / "trl", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     seed_everything(t.seed)
@@ -237,7 +239,3 @@ def export(model, processor, cfg: TrainConfig, out: Path) -> Path:
     (out / CONFIG_NAME).write_text(json.dumps(settings, indent=2))
     return out
 
-
-def mean(values) -> float:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else float("nan")
