@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
 .PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model \
-	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing fresh
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing box-prompt-model-grpo fresh
 
 setup: $(STAMP)
 
@@ -118,6 +118,17 @@ box-prompt-model: $(STAMP)
 	$(PY) -m vlmsam train configs/box_prompt_tiny_stage2.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-stage2', 'build/vlmsam-tiny-grounding')"
 	$(MAKE) box-prompt-model-phrasing
+
+# Stage 4 of vlmsam-tiny-grounding: GRPO of the installed bundle with SAM-R1's reward (configs/box_prompt_tiny_grpo.yaml,
+# docs/rl.md), evaluated on the three splits; installed only if it beats the bundle on the fresh test scenes.
+box-prompt-model-grpo: $(STAMP) fresh
+	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	rm -rf build/grounding-rl-start build/eval/grounding-grpo-*
+	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
+	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml --overwrite
+	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/final)
+	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/box-prompt-tiny-grpo', \
+		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original')" 
 
 # Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.
