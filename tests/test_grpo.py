@@ -158,7 +158,7 @@ def test_settings_grpo_cannot_take_are_one_line_errors(scenes, tmp_path, overrid
 def test_a_group_shares_one_image_prefix(scenes):
     """Eight completions of one request: the vision tower runs once, and at temperature 0 each equals greedy."""
     from vlmsam.train.grpo_data import GrpoRequests
-    from vlmsam.train.rollouts import shared_rollouts
+    from vlmsam.train.rollouts import shared_rollouts, vision_token_ids
     from vlmsam.vlm.runtime import VlmRuntime
 
     vlm = VlmRuntime.load(WEIGHTS / "vlmsam-tiny-grounding/vlm")
@@ -176,6 +176,9 @@ def test_a_group_shares_one_image_prefix(scenes):
     torch.manual_seed(0)
     sampled = shared_rollouts(vlm.base, vlm.processor, [prompt] * 8, 8, max_new_tokens=40, temperature=1.5)
     assert len({tuple(c) for c in sampled["completion_ids"]}) > 1  # sampling, not eight copies
+    wild = shared_rollouts(vlm.base, vlm.processor, [prompt] * 8, 8, max_new_tokens=40, temperature=50.0)
+    banned = set(vision_token_ids(vlm.processor))
+    assert len(banned) >= 3 and not banned & {t for c in wild["completion_ids"] for t in c}  # ~3 expected unsuppressed
 
 
 def test_shipped_grpo_configs_pass_the_checks():

@@ -226,8 +226,11 @@ def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
 
 
-def mask_iou_reward(text: str, iou: float) -> dict[str, float]:
-    """SAM-R1: the think format plus the tiered IoU of SAM's mask from the answer's prompts."""
+def mask_iou_reward(text: str, iou: float, *, tiers: bool = True) -> dict[str, float]:
+    """SAM-R1: the think format plus the tiered IoU of SAM's mask from the answer's prompts (``tiers=False``:
+    4 x the IoU itself, a finer signal for the group's comparison)."""
+    if not tiers:
+        return _total({"think_format": think_format(text), "mask_iou": 4.0 * float(iou)})
     tier = 4.0 if iou > 0.8 else 3.0 if iou > 0.7 else 2.0 if iou > 0.5 else 0.0
     return _total({"think_format": think_format(text), "mask_iou": tier})
 

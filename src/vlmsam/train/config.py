@@ -77,6 +77,7 @@ class GrpoConfig:
     """``train.method: grpo`` (vlmsam/train/grpo.py): group-relative policy optimisation through trl's GRPOTrainer."""
 
     reward: str = "vision_reasoner"  # seg_zero | vision_reasoner | mask_iou (SAM-R1; SAM draws each completion)
+    iou_tiers: bool = True  # mask_iou: SAM-R1's tiers 4/3/2/0 (false: 4 x the IoU)
     num_generations: int = 8  # completions per request (the group)
     prompts_per_step: int = 2  # requests per optimizer step (per rank)
     temperature: float = 1.0

@@ -57,12 +57,13 @@ class RewardTerms:
     ``tagged``: the style asks for ``<think>`` / ``<answer>`` (the published ones). Otherwise (``qwen2_5_vl``)
     the answer is read as :func:`as_tagged` puts it and the think-format term is left out."""
 
-    def __init__(self, reward: str, mask_scorer=None, *, tagged: bool = True):
+    def __init__(self, reward: str, mask_scorer=None, *, tagged: bool = True, iou_tiers: bool = True):
         if reward not in TERMS:
             raise ConfigError(f"grpo.reward: '{reward}' is not one of {', '.join(TERMS)}")
         if reward == "mask_iou" and mask_scorer is None:
             raise ConfigError("grpo.reward: mask_iou needs model.sam (SAM draws each completion's prompts)")
         self.reward, self.mask_scorer, self.tagged, self.failures = reward, mask_scorer, tagged, 0
+        self.iou_tiers = iou_tiers
         self._cache: dict = {}
 
     def functions(self) -> list:
@@ -85,7 +86,7 @@ class RewardTerms:
             truth = rewards.Truth.of(data["boxes"], data["points"])
             text = text if self.tagged else as_tagged(text)
             if self.reward == "mask_iou":
-                return rewards.mask_iou_reward(text, self.mask_scorer(text, row))
+                return rewards.mask_iou_reward(text, self.mask_scorer(text, row), tiers=self.iou_tiers)
             return rewards.REWARDS[self.reward](text, truth)
         except Exception:  # noqa: BLE001 -- a reward never ends a run; the failure is counted and logged
             self.failures += 1
@@ -124,8 +125,9 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("grpo.use_vllm takes trl's vLLM rollouts: set grpo.rollouts: trl")
 
 
-def trl_arguments(cfg: TrainConfig, run_dir: Path):
-    """trl's GRPOConfig from ours (the names users know from trl, the values from the YAML)."""
+def trl_arguments(cfg: TrainConfig, run_dir: Path, suppressed: list[int] = ()):
+    """trl's GRPOConfig from ours (the names users know from trl, the values from the YAML); ``suppressed``: token
+    ids trl's own generation must never draw (the vision tokens)."""
     import torch
     from trl import GRPOConfig
 
@@ -145,7 +147,8 @@ def trl_arguments(cfg: TrainConfig, run_dir: Path):
         use_vllm=g.use_vllm, seed=t.seed, data_seed=t.seed, logging_steps=t.log_every, save_steps=t.save_every,
         save_total_limit=t.keep_last, bf16=t.precision == "bf16", fp16=t.precision == "fp16",
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, dataloader_num_workers=0,
-        gradient_checkpointing=t.gradient_checkpointing, disable_tqdm=not t.progress, log_completions=False)
+        gradient_checkpointing=t.gradient_checkpointing, disable_tqdm=not t.progress, log_completions=False,
+        generation_kwargs={"suppress_tokens": suppressed} if suppressed else None)
 
 
 def lora_config(m):
@@ -208,10 +211,13 @@ def train_grpo(cfg: TrainConfig, *, print_fn=print, callbacks=()) -> dict:
         from vlmsam.train.grpo_masks import MaskScorer
 
         scorer = MaskScorer(m.sam, m.style, prompt=m.prompt, multimask=m.multimask)
-    terms = RewardTerms(g.reward, scorer, tagged=m.style in published.RECIPES)
+    tiers = g.iou_tiers
+    terms = RewardTerms(g.reward, scorer, tagged=m.style in published.RECIPES, iou_tiers=g.reward != "mask_iou" or tiers)
     log = RunLog(run_dir, terms, resume=resume is not None)
     rollout = SharedPrefixRollouts(processor, g) if g.rollouts == "shared" else None
-    args = trl_arguments(cfg, run_dir)  # once: a second TrainingArguments resets accelerate's state
+    from vlmsam.train.rollouts import vision_token_ids
+
+    args = trl_arguments(cfg, run_dir, vision_token_ids(processor))  # once: a second one resets accelerate's state
     trainer = GRPOTrainer(model=model, reward_funcs=terms.functions(), args=args, train_dataset=data.as_hf(),
                           processing_class=TrlVlmProcessor.of(processor), peft_config=lora_config(m) if m.use_lora else None,
                           callbacks=[log, *callbacks], rollout_func=rollout)

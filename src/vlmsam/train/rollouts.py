@@ -47,13 +47,29 @@ def policy_model(trainer):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def vision_token_ids(processor) -> list[int]:
+    """Tokens a completion must never hold: an image placeholder drawn by the policy would not match the
+    image's features when trl runs the model over prompt and completion."""
+    tok = processor.tokenizer
+    names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+    ids = {tok.convert_tokens_to_ids(n) for n in names}
+    return sorted(i for i in ids if i is not None and i != tok.unk_token_id)
+
+
 def shared_rollouts(model, processor, prompts: list, group: int, *, max_new_tokens: int, temperature: float,
                     draw=None) -> dict:
     """``prompt_ids``, ``completion_ids`` (ending with ``<|im_end|>`` where the answer ended) for ``prompts``,
-    whose consecutive runs of ``group`` are one request each; ``draw`` replaces the temperature sampler."""
+    whose consecutive runs of ``group`` are one request each; ``draw`` replaces the temperature sampler.
+    The vision tokens are never drawn (:func:`vision_token_ids`)."""
     device = next(model.parameters()).device
     prompt_ids, completion_ids = [], []
-    draw = draw or sampler(temperature)
+    banned = torch.tensor(vision_token_ids(processor), dtype=torch.long)
+    base_draw = draw or sampler(temperature)
+
+    def draw(scores):
+        scores[:, banned.to(scores.device)] = -float("inf")
+        return base_draw(scores)
+
     for start in range(0, len(prompts), group):
         image, text = image_and_text(prompts[start])
         n = len(prompts[start:start + group])
