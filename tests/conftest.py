@@ -13,9 +13,13 @@ import torch
 from PIL import Image
 
 # One thread per core in each pytest-xdist worker: a worker that also asked for every core made the tiny
-# models' token-by-token generation many times slower through oversubscription. The processes tests start
-# (a CLI run, a training) keep torch's default: their worker waits on them meanwhile.
+# models' token-by-token generation many times slower through oversubscription.
 torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+# Under pytest-xdist the other worker keeps running while a test waits on its process, so that process (a CLI
+# run, an evaluation, a training) gets this worker's share too: with two threads each, a CLI evaluation
+# beside a busy worker ran 10-20x slower than alone (spinning OpenMP threads on two cores).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")
