@@ -57,8 +57,9 @@ def plot_panels(records: list[dict], out: Path, panels: list[tuple[str, list[str
     draw = ImageDraw.Draw(img)
     for k, (title, keys) in enumerate(panels):
         y0 = 40 + 310 * k
+        short = {key: key.removeprefix("rewards_").removesuffix("_mean") for key in keys}  # legends fit side by side
         _panel(draw, (40, y0, 820, y0 + 250), title,
-               {key: [(r["step"], r[key]) for r in records if key in r] for key in keys})
+               {short[key]: [(r["step"], r[key]) for r in records if key in r] for key in keys})
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
     return out
