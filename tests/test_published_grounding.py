@@ -16,13 +16,14 @@ from PIL import Image
 
 from tests.helpers.forcing import force_text
 from tests.helpers.tiny_segmenters import save_tiny_sam2
-from tests.reference.published_grounding import ChatProcessor, Sam2ImagePredictor, run_published
+from tests.reference.published_grounding import Sam2ImagePredictor, run_published
 from tests.test_sam2 import reference_pixels
 from vlmsam.box_prompt.segmenter import BoxPromptSegmenter
 from vlmsam.grounding.published import parse_published
 from vlmsam.sam import load_sam_backend
 from vlmsam.vlm.runtime import VlmRuntime
 from vlmsam.vlm.tiny import build_tiny_vlm
+from vlmsam.vlm.trl_processor import TrlVlmProcessor
 
 VERSIONS = ("seg_zero", "vision_reasoner")
 REQUEST = "The red rectangle, left of the blue disc?"
@@ -32,7 +33,7 @@ REQUEST = "The red rectangle, left of the blue disc?"
 def parts(tmp_path_factory):
     model, processor = build_tiny_vlm("qwen2_5_vl", image_pixels=84 * 84)
     sam = load_sam_backend(save_tiny_sam2(tmp_path_factory.mktemp("sam2") / "sam2"))
-    reference = (ChatProcessor(processor.image_processor, processor.tokenizer), model,
+    reference = (TrlVlmProcessor.of(processor), model,
                  Sam2ImagePredictor(sam.model, reference_pixels))
     return VlmRuntime(model, processor), sam, reference
 

@@ -6,9 +6,10 @@ The functions marked VERBATIM are copied unchanged from dvlab-research/Seg-Zero 
 ``main()`` loop for one sample, with the lines kept as published and only the batch/dataset plumbing removed.
 
 Two stand-ins, because their packages cannot run here (torchvision, a CUDA build):
-* ``ChatProcessor``: what ``AutoProcessor`` (Qwen2_5_VLProcessor) does with their call: the Qwen2-VL chat
-  template rendered by jinja, each ``<|image_pad|>`` expanded to the image's token count, the tokenizer.
-  ``qwen_vl_utils.process_vision_info`` leaves their 840 x 840 RGB image as it is (840 is a multiple of 28
+* for ``AutoProcessor`` (Qwen2_5_VLProcessor), vlmsam's torchvision-free ``TrlVlmProcessor``, which does what
+  it does with their call: the Qwen2-VL chat template rendered by jinja, each ``<|image_pad|>`` expanded to the
+  image's token count, the tokenizer (the test compares its ids and pixels with VlmProcessor's, so it is
+  checked too). ``qwen_vl_utils.process_vision_info`` leaves their 840 x 840 RGB image as it is (840 is a multiple of 28
   inside its pixel limits, and PIL's resize to the same size is a copy), so the image goes in directly.
 * ``Sam2ImagePredictor``: ``sam2.sam2_image_predictor.SAM2ImagePredictor`` over transformers' Sam2Model, written
   from sam2's source: coordinates normalised by the original size onto 1024, the box as two corner points
@@ -25,19 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
-
-# The chat template of Qwen2-VL / Qwen2.5-VL (chat_template.json of Qwen/Qwen2.5-VL-7B-Instruct).
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
-    "{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}"
-    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 resize_size = 840
 
@@ -163,31 +151,6 @@ def run_published(version, image, text, processor, reasoning_model, segmentation
         mask = masks[0].astype(bool)
         mask_all = np.logical_or(mask_all, mask)
     return inputs, output_text, bboxes, [[p] for p in points], mask_all
-
-
-class ChatProcessor:
-    """The part of Qwen2_5_VLProcessor their scripts use (see the module docstring)."""
-
-    def __init__(self, image_processor, tokenizer):
-        self.image_processor, self.tokenizer = image_processor, tokenizer
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return self.tokenizer.apply_chat_template(messages, chat_template=QWEN2_VL_CHAT_TEMPLATE, tokenize=tokenize,
-                                                  add_generation_prompt=add_generation_prompt)
-
-    def __call__(self, text, images, padding=True, return_tensors="pt"):
-        from transformers import BatchFeature
-
-        image_inputs = self.image_processor(images=images, return_tensors="pt")
-        merge = self.image_processor.merge_size ** 2
-        n = int(image_inputs["image_grid_thw"][0].prod()) // merge
-        text = [t.replace("<|image_pad|>", "<|placeholder|>" * n, 1).replace("<|placeholder|>", "<|image_pad|>") for t in text]
-        ids = self.tokenizer(text, padding=padding, return_tensors=return_tensors)
-        pad = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-        return BatchFeature({**ids, **image_inputs, "mm_token_type_ids": (ids["input_ids"] == pad).to(torch.int32)})
-
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids, **kwargs)
 
 
 class Sam2ImagePredictor:

@@ -326,20 +326,16 @@ def run_from_cli(config_path: str | None, overrides: list[str]) -> int:
     cfg = TrainConfig.load(config_path, overrides)
     if cfg.train.method not in ("sft", "grpo"):
         raise VlmsamError(f"train.method: 'sft' (supervised) or 'grpo' (reinforcement learning), not '{cfg.train.method}'")
+    named = any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir") for o in overrides)
+    here = Path(config_path).parent if config_path else None
+    checkpoints = "trl" if cfg.train.method == "grpo" else "checkpoints"
+    if cfg.train.resume == "auto" and here is not None and not named and (here / checkpoints).is_dir():
+        cfg.train.run_dir = str(here)  # a run's own config.yaml, given where the run is now (it may have moved)
     if cfg.train.method == "grpo":
         from vlmsam.train.grpo import train_grpo
 
-        if cfg.train.resume == "auto" and config_path and not any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir")
-                                                                  for o in overrides):
-            here = Path(config_path).parent
-            if (here / "trl").is_dir():
-                cfg.train.run_dir = str(here)
         train_grpo(cfg)
         return 0
-    named = any(o.split("=", 1)[0].strip() in ("train.run_dir", "run_dir") for o in overrides)
-    here = Path(config_path).parent if config_path else None
-    if cfg.train.resume == "auto" and here is not None and not named and (here / "checkpoints").is_dir():
-        cfg.train.run_dir = str(here)  # a run's own config.yaml, given where the run is now (it may have moved)
     try:
         train(cfg)
     except FileNotFoundError as exc:
