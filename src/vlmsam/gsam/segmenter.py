@@ -4,6 +4,9 @@
 * ``gsam``: the VLM answers the request; every ``<gsam>noun phrase</gsam>`` in its answer (the tool tag
   a LLaVA-Plus-style model is taught, see ``vlmsam data convert-llava-plus``) goes to the detector,
   and each detected box to SAM. An answer without a tag has no mask.
+
+With SAM 3 as the SAM and no detector, SAM 3 is the one model: each phrase goes to its concept head,
+which returns every instance with its mask; a phrase its presence head rejects has no mask.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, 
 from vlmsam.engine.registry import CONFIG_NAME, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError, PromptError
+from vlmsam.sam.sam3_backend import SCORE_THRESHOLD
 from vlmsam.result import SegmentationResult
 
 TAG = re.compile(r"<gsam>(.*?)</gsam>", re.S)
@@ -38,10 +42,11 @@ class DetectorOptions(SegmentOptions):
 
     box_threshold: float | None = None
     text_threshold: float | None = None
+    score_threshold: float | None = None  # SAM 3's confidence (class x presence), when SAM 3 is the detector
 
     def check(self) -> None:
         super().check()
-        for name in ("box_threshold", "text_threshold"):
+        for name in ("box_threshold", "text_threshold", "score_threshold"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
                 raise PromptError(f"option {name} must be a number from 0 to 1, not {v!r}")
@@ -53,16 +58,22 @@ class GsamOptions(DetectorOptions, HistoryOptions):
 
 
 class GroundedSegmenter(SegmenterBase):
-    """A phrase straight to the detector and SAM. Options: ``box_threshold`` (0.3), ``text_threshold`` (0.25)."""
+    """A phrase straight to the detector and SAM. Options: ``box_threshold`` (0.3), ``text_threshold`` (0.25);
+    with SAM 3 and no detector, ``score_threshold`` (0.5)."""
 
     name = "grounded"
     options_type = DetectorOptions
 
-    def __init__(self, detector: GroundingDino, sam, *, box_threshold: float = BOX_THRESHOLD,
-                 text_threshold: float = TEXT_THRESHOLD, multimask: bool = True, label: str = ""):
+    def __init__(self, detector: GroundingDino | None, sam, *, box_threshold: float = BOX_THRESHOLD,
+                 text_threshold: float = TEXT_THRESHOLD, multimask: bool = True, score_threshold: float = SCORE_THRESHOLD,
+                 label: str = ""):
         super().__init__(label)
+        if detector is None and not hasattr(sam, "segment_phrases"):
+            raise CheckpointError("without a detector the SAM must be a SAM 3 (it finds phrases itself): "
+                                  "name a Grounding DINO with --detector or a SAM 3 with --sam")
         self.detector, self.sam = detector, sam
         self.box_threshold, self.text_threshold, self.multimask = box_threshold, text_threshold, multimask
+        self.score_threshold = score_threshold
 
     @property
     def device(self):
@@ -72,6 +83,8 @@ class GroundedSegmenter(SegmenterBase):
         return self.encode_parts(image, key, sam=self.sam, extras={"image": image})
 
     def _masks_for(self, encoded: EncodedImage, phrases: list[str], options: dict, text: str) -> SegmentationResult:
+        if self.detector is None:
+            return self._sam3_masks(encoded, phrases, options, text)
         h, w = encoded.size
         boxes, scores, labels = [], [], []
         for phrase in phrases:
@@ -94,6 +107,18 @@ class GroundedSegmenter(SegmenterBase):
         return SegmentationResult(masks=pred.masks[:, 0].cpu().numpy(), boxes=boxes,
                                   scores=pred.iou_scores[:, 0].cpu().numpy(), text=text, labels=labels, info=info)
 
+    def _sam3_masks(self, encoded: EncodedImage, phrases: list[str], options: dict, text: str) -> SegmentationResult:
+        """Every instance of every phrase from SAM 3's concept head (one batched call for all phrases)."""
+        threshold = options.get("score_threshold", self.score_threshold)
+        found = self.sam.segment_phrases(encoded.sam, phrases, threshold=threshold)
+        info = {"phrases": phrases, "presence": [round(f.presence, 4) for f in found]}
+        masks = [m for f in found for m in f.masks][:MAX_BOXES]
+        if not masks:
+            return SegmentationResult.empty(encoded.size, text=text, info={**info, "reason": "SAM 3 found no instance above the threshold"})
+        return SegmentationResult(masks=np.stack(masks), boxes=np.concatenate([f.boxes for f in found])[:MAX_BOXES],
+                                  scores=np.concatenate([f.scores for f in found])[:MAX_BOXES], text=text,
+                                  labels=[f.phrase for f in found for _ in range(len(f))][:MAX_BOXES], info=info)
+
     def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
         t0 = time.perf_counter()
         result = self._masks_for(encoded, [request], options, text="")
@@ -101,19 +126,28 @@ class GroundedSegmenter(SegmenterBase):
         return result
 
     def to(self, device):
-        self.detector.model.to(device)
-        self.sam.model.to(device)
+        if self.detector is not None:
+            self.detector.model.to(device)
+        if hasattr(self.sam, "to"):
+            self.sam.to(device)
+        else:
+            self.sam.model.to(device)
         return self
 
     def _config(self) -> dict:
-        return {"model_type": f"vlmsam_{self.name}", "detector": "detector", "sam": "sam",
-                "box_threshold": self.box_threshold, "text_threshold": self.text_threshold, "multimask": self.multimask}
+        return {"model_type": f"vlmsam_{self.name}", "detector": "detector" if self.detector is not None else None,
+                "sam": "sam", "box_threshold": self.box_threshold, "text_threshold": self.text_threshold,
+                "score_threshold": self.score_threshold, "multimask": self.multimask}
 
     def save_pretrained(self, path: str | Path) -> Path:
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.detector.save_pretrained(out / "detector")
-        self.sam.model.save_pretrained(out / "sam")
+        if self.detector is not None:
+            self.detector.save_pretrained(out / "detector")
+        if hasattr(self.sam, "save_pretrained"):
+            self.sam.save_pretrained(out / "sam")
+        else:
+            self.sam.model.save_pretrained(out / "sam")
         (out / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2))
         return out
 
@@ -165,12 +199,16 @@ def _parts(path, sam, detector, device, dtype, settings):
 
     if path is not None:
         sam = sam or part(path, settings, "sam")
-        detector = detector or part(path, settings, "detector")
-    if not sam or not detector:
-        raise CheckpointError("name a SAM (--sam) and a Grounding DINO (--detector, e.g. IDEA-Research/grounding-dino-tiny)")
-    thresholds = {k: settings[k] for k in ("box_threshold", "text_threshold", "multimask") if k in settings}
-    return GroundingDino.from_pretrained(detector, device=device, dtype=dtype), \
-        load_sam_backend(sam, device=device, dtype=dtype), thresholds
+        detector = detector or (part(path, settings, "detector") if settings.get("detector", "detector") else None)
+    if not sam:
+        raise CheckpointError("name a SAM 3 (--sam facebook/sam3), or a SAM (--sam) and a Grounding DINO "
+                              "(--detector, e.g. IDEA-Research/grounding-dino-tiny)")
+    thresholds = {k: settings[k] for k in ("box_threshold", "text_threshold", "score_threshold", "multimask") if k in settings}
+    backend = load_sam_backend(sam, device=device, dtype=dtype)
+    if not detector and not hasattr(backend, "segment_phrases"):
+        raise CheckpointError(f"{sam} is not a SAM 3, so it cannot find phrases itself: name a Grounding DINO with "
+                              "--detector (e.g. IDEA-Research/grounding-dino-tiny) or a SAM 3 with --sam")
+    return (GroundingDino.from_pretrained(detector, device=device, dtype=dtype) if detector else None), backend, thresholds
 
 
 def build_grounded(spec: BuildSpec) -> GroundedSegmenter:
@@ -178,7 +216,7 @@ def build_grounded(spec: BuildSpec) -> GroundedSegmenter:
     path = spec.path or None
     settings = read_config(path) if path is not None else {}
     det, backend, extra = _parts(path, spec.sam, spec.detector, spec.device, spec.dtype, settings)
-    return GroundedSegmenter(det, backend, label=str(path or f"{spec.detector} + {spec.sam}"), **extra)
+    return GroundedSegmenter(det, backend, label=str(path or (f"{spec.detector} + {spec.sam}" if det else spec.sam)), **extra)
 
 
 def build_gsam(spec: BuildSpec) -> GsamSegmenter:
@@ -195,4 +233,4 @@ def build_gsam(spec: BuildSpec) -> GsamSegmenter:
     runtime = RemoteVlm(spec.vlm_endpoint, vlm) if spec.vlm_endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)
     det, backend, extra = _parts(path, spec.sam, spec.detector, spec.device, spec.dtype, settings)
     return GsamSegmenter(runtime, det, backend, max_new_tokens=spec.max_new_tokens or settings.get("max_new_tokens", 128),
-                         label=str(path or f"{vlm} + {spec.detector} + {spec.sam}"), **extra)
+                         label=str(path or " + ".join(str(p) for p in (vlm, spec.detector, spec.sam) if p)), **extra)

@@ -7,8 +7,9 @@ from vlmsam.sam.predictor import SamPredictor
 
 
 def load_sam_backend(name_or_path, *, device=None, dtype=None):
-    """SAM (``SamBackend``: a Meta .pth, a transformers directory or hub id) or SAM 2 (``Sam2Backend``:
-    a ``sam2`` directory or hub id such as ``facebook/sam2.1-hiera-large``), chosen by the model's config."""
+    """SAM (``SamBackend``: a Meta .pth, a transformers directory or hub id), SAM 2 (``Sam2Backend``:
+    a ``sam2`` directory or hub id such as ``facebook/sam2.1-hiera-large``) or SAM 3 (``Sam3Backend``:
+    ``facebook/sam3`` or a directory), chosen by the model's config."""
     import json
     from pathlib import Path
 
@@ -19,8 +20,13 @@ def load_sam_backend(name_or_path, *, device=None, dtype=None):
             model_type = json.loads(config.read_text()).get("model_type")
         except (OSError, ValueError):
             model_type = None
-    elif "sam2" in str(name_or_path).lower() and not Path(str(name_or_path)).exists():
-        model_type = "sam2"  # a hub id like facebook/sam2.1-hiera-large
+    elif not Path(str(name_or_path)).exists():  # a hub id like facebook/sam2.1-hiera-large or facebook/sam3
+        lowered = str(name_or_path).lower()
+        model_type = "sam3" if "sam3" in lowered else "sam2" if "sam2" in lowered else None
+    if model_type in ("sam3", "sam3_video"):
+        from vlmsam.sam.sam3_backend import Sam3Backend
+
+        return Sam3Backend.from_pretrained(name_or_path, device=device, dtype=dtype)
     if model_type in ("sam2", "sam2_video"):
         from vlmsam.sam.sam2_backend import Sam2Backend
 

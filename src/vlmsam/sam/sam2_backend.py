@@ -86,10 +86,6 @@ class Sam2Backend:
         self.encoder_calls += 1
         return Sam2Embedding([f.clone() for f in features], (image.height, image.width), image_key(image))
 
-    def _scale(self, coords: torch.Tensor, embedding: Sam2Embedding) -> torch.Tensor:
-        h, w = embedding.original_size
-        return coords * torch.tensor([self.size / w, self.size / h], dtype=coords.dtype)
-
     def predict(self, embedding: Sam2Embedding, *, boxes=None, points=None, point_labels=None, mask_input=None,
                 multimask_output: bool = False) -> SamPrediction:
         """Masks for ``embedding`` (from :meth:`encode`) from XYXY ``boxes (N, 4)`` and/or ``points (N, P, 2)``
@@ -98,27 +94,7 @@ class Sam2Backend:
         if mask_input is not None:
             raise PromptError("mask prompts are not supported with SAM 2 here")
         h, w = embedding.original_size
-        kwargs = {}
-        n = None
-        if boxes is not None:
-            # not clipped to the image, as SAM 2's own SAM2ImagePredictor (a copy: the caller's array stays as given)
-            b = torch.tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)
-            if not torch.isfinite(b).all():
-                raise PromptError("boxes must have finite coordinates")
-            kwargs["input_boxes"] = self._scale(b.reshape(-1, 2, 2), embedding).reshape(1, -1, 4).to(self.device, self.dtype)
-            n = len(b)
-        if points is not None:
-            p = torch.as_tensor(np.asarray(points, np.float32))
-            p = p[None] if p.ndim == 2 else p
-            if p.ndim != 3 or p.shape[-1] != 2 or (n is not None and len(p) != n):
-                raise PromptError(f"points must be (N, P, 2) with N = the number of boxes, got {tuple(p.shape)}")
-            labels = torch.ones(p.shape[:2], dtype=torch.int32) if point_labels is None else \
-                torch.as_tensor(np.asarray(point_labels, np.int32)).reshape(p.shape[:2])
-            kwargs["input_points"] = self._scale(p, embedding)[None].to(self.device, self.dtype)
-            kwargs["input_labels"] = labels[None].to(self.device)
-            n = len(p)
-        if n is None:
-            raise PromptError("give at least one prompt: a box or a point")
+        kwargs = square_prompts(self.size, embedding.original_size, self.device, self.dtype, boxes, points, point_labels)
         with torch.inference_mode():
             out = self.model(image_embeddings=embedding.features, multimask_output=multimask_output, **kwargs)
             low = out.pred_masks[0].float()  # (N, M, 256, 256)
@@ -127,3 +103,31 @@ class Sam2Backend:
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)
+
+
+def square_prompts(size: int, original_size: tuple[int, int], device, dtype, boxes=None, points=None, point_labels=None) -> dict:
+    """Box and point prompts in original pixels as SAM 2-style models take them: scaled into the square
+    ``size`` x ``size`` input (aspect ratio not kept), boxes ``(1, N, 4)``, points ``(1, N, P, 2)`` with labels.
+    Boxes are not clipped to the image, as SAM 2's own ``SAM2ImagePredictor`` (the caller's array stays as given)."""
+    h, w = original_size
+    scale = torch.tensor([size / w, size / h], dtype=torch.float32)
+    kwargs, n = {}, None
+    if boxes is not None:
+        b = torch.tensor(np.asarray(boxes, np.float32)).reshape(-1, 4)
+        if not torch.isfinite(b).all():
+            raise PromptError("boxes must have finite coordinates")
+        kwargs["input_boxes"] = (b.reshape(-1, 2, 2) * scale).reshape(1, -1, 4).to(device, dtype)
+        n = len(b)
+    if points is not None:
+        p = torch.as_tensor(np.asarray(points, np.float32))
+        p = p[None] if p.ndim == 2 else p
+        if p.ndim != 3 or p.shape[-1] != 2 or (n is not None and len(p) != n):
+            raise PromptError(f"points must be (N, P, 2) with N = the number of boxes, got {tuple(p.shape)}")
+        labels = torch.ones(p.shape[:2], dtype=torch.int32) if point_labels is None else \
+            torch.as_tensor(np.asarray(point_labels, np.int32)).reshape(p.shape[:2])
+        kwargs["input_points"] = (p * scale)[None].to(device, dtype)
+        kwargs["input_labels"] = labels[None].to(device)
+        n = len(p)
+    if n is None:
+        raise PromptError("give at least one prompt: a box or a point")
+    return kwargs
