@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Several --box flags give several masks; --point flags are combined into one prompt, or "
         "paired with a single --box. With --everything, SAM's automatic mask generator finds every object "
         "(Meta's SamAutomaticMaskGenerator: a grid of points, IoU / stability filters, NMS) and writes "
-        "{stem}_proposals.json (COCO RLE, Meta's fields) beside the usual files.",
+        "{stem}_proposals.json (COCO RLE, Meta's fields) beside the usual files. With --phrase (SAM 3), every "
+        "instance of each noun phrase, written as {stem}_instances.json (COCO RLE, phrase, box, score).",
     )
     p.add_argument("image", help="image path or http(s) URL")
     p.add_argument("--sam", required=True, help="Meta .pth file (sam_vit_h_4b8939.pth), transformers directory, or hub id (facebook/sam-vit-huge)")
@@ -29,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=False,
                    help="let SAM propose 3 masks per prompt and keep the best (default: off)")
     p.add_argument("--everything", action="store_true", help="every object: the automatic mask generator (no prompts)")
+    p.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                   help="SAM 3: every instance of this noun phrase, e.g. 'red circle' (repeatable; one vision pass for all)")
+    p.add_argument("--score-threshold", type=fraction, default=0.5,
+                   help="--phrase: keep instances whose score (class x presence) is above this (default 0.5, Meta's)")
     p.add_argument("--points-per-side", type=integer(1, 1024), default=32, help="--everything: grid points per side (default 32)")
     p.add_argument("--points-per-batch", type=integer(1, 1 << 20), default=64, help="--everything: points decoded per batch (default 64)")
     p.add_argument("--pred-iou-thresh", type=fraction, default=0.88, help="--everything: predicted-IoU filter (default 0.88)")
@@ -66,6 +71,8 @@ def run_sam(args: argparse.Namespace) -> int:
     from vlmsam.io.writer import check_out_dir
 
     check_out_dir(args.out)  # before the model loads
+    if args.phrase:
+        return run_phrases(args)
     if args.everything:
         return run_everything(args)
     boxes = [_numbers(b, 4, "box") for b in args.box]
@@ -138,6 +145,43 @@ def run_everything(args: argparse.Namespace) -> int:
     written = write_result(result, image, args.out, stem, files={name: json.dumps([p.to_dict() for p in proposals]).encode()})
     path = written[name]
     print(f"{len(proposals)} mask(s) in {elapsed:.2f}s; {path}")
+    print(f"overlay: {written['overlay']}")
+    return 0
+
+
+def run_phrases(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from vlmsam.devices import resolve_device
+    from vlmsam.io import load_image, write_result
+    from vlmsam.io.writer import mask_to_rle
+    from vlmsam.result import SegmentationResult
+    from vlmsam.sam import load_sam_backend
+
+    if args.box or args.point or args.everything:
+        raise PromptError("--phrase takes no --box, --point or --everything")
+    if any(not p.strip() for p in args.phrase):
+        raise PromptError("--phrase is empty: name what to segment, e.g. --phrase 'red circle'")
+    image = load_image(args.image)  # before the model: a bad image should fail fast
+    sam = load_sam_backend(args.sam, device=resolve_device(args.device))
+    if not hasattr(sam, "segment_phrases"):
+        raise PromptError(f"--phrase needs a SAM 3 (e.g. --sam facebook/sam3); {args.sam} takes boxes and points only")
+    t0 = time.perf_counter()
+    found = sam.segment_phrases(sam.encode(image), args.phrase, threshold=args.score_threshold)
+    elapsed = time.perf_counter() - t0
+    records = [{"phrase": f.phrase, "score": round(float(s), 4), "bbox": [round(float(v), 2) for v in b],
+                "segmentation": mask_to_rle(m)} for f in found for m, b, s in zip(f.masks, f.boxes, f.scores)]
+    masks = [m for f in found for m in f.masks]
+    result = SegmentationResult(masks=np.stack(masks) if masks else np.zeros((0, image.height, image.width), bool),
+                                scores=[r["score"] for r in records], labels=[r["phrase"] for r in records],
+                                timings={"segment_phrases": elapsed})
+    stem = Path(args.image.split("?")[0]).stem or "image"
+    name = f"{stem}_instances.json"
+    written = write_result(result, image, args.out, stem, files={name: json.dumps(records).encode()})
+    counts = ", ".join(f"{f.phrase!r}: {len(f)}" for f in found)
+    print(f"{len(records)} instance(s) ({counts}) in {elapsed:.2f}s; {written[name]}")
     print(f"overlay: {written['overlay']}")
     return 0
 

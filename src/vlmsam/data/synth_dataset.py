@@ -99,7 +99,8 @@ class SynthDataset(ReasonSegDataset):
             conversations += [[(ask(t, sentence), a)] for t, sentence, a, _ in extra]
             more = [fill_polygon(anno["scene"][k]["points"], h, w) for *_, targets in extra for k in targets]
             masks = np.concatenate([masks, np.stack(more)]) if more else masks
-        meta = {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target}
+        meta = {"kind": anno.get("kind"), "is_sentence": is_sentence, "no_target": no_target,
+                "scene": anno.get("scene")}  # every shape: phrase samples (SAM 3's training) are made from it
         if self.answer_format == "grounding":
             prefix = f"{caption(anno['scene'])} " if self.describe_first and anno.get("scene") else ""
             from vlmsam.data.grounding_answers import grounding_answers

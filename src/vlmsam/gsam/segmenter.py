@@ -29,6 +29,26 @@ from vlmsam.result import SegmentationResult
 
 TAG = re.compile(r"<gsam>(.*?)</gsam>", re.S)
 MAX_BOXES = 100
+# A request's wrapping around its noun phrase ("Could you segment all the red circles in this image?"):
+# SAM 3's concept head is trained on short noun phrases, so grounded hands it the phrase alone.
+_LEADING = re.compile(r"^(?:please|kindly|(?:can|could|would|will) you|i (?:need|want|would like)(?: you)?(?: to)?|"
+                      r"(?:draw|put|give) (?:a )?(?:mask|outline|box) (?:over|on|around|for|of)|(?:pick|cut|segment) out|"
+                      r"segment|find|show(?: me)?|highlight|mask|detect|locate|outline|select|mark|give me|"
+                      r"point (?:out|to)|where (?:is|are)|which (?:is|are)|what (?:is|are)|"
+                      r"all of the|all the|all|every|each|the|a|an)\s+")
+_TRAILING = re.compile(r"\s+(?:in|from|of|on) (?:this|the) (?:image|picture|photo|scene)$|\s+(?:please|here|"
+                       r"that you can see|(?:shown|visible|present) (?:here|in (?:this|the) (?:image|picture)))$")
+
+
+def concept_phrase(request: str) -> str:
+    """The noun phrase of a request, for SAM 3: lower case, its verbs, politeness, quantifiers and
+    "in this image" removed ("Could you segment all the red circles?" -> "red circles")."""
+    text = " ".join(request.lower().split()).strip(" ?.!,;:")
+    while True:
+        shorter = _TRAILING.sub("", _LEADING.sub("", text)).strip(" ?.!,;:")
+        if shorter == text or not shorter:
+            return text
+        text = shorter
 
 
 def tool_phrases(answer: str) -> list[str]:
@@ -121,7 +141,8 @@ class GroundedSegmenter(SegmenterBase):
 
     def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
         t0 = time.perf_counter()
-        result = self._masks_for(encoded, [request], options, text="")
+        phrase = concept_phrase(request) if self.detector is None else request
+        result = self._masks_for(encoded, [phrase], options, text="")
         result.timings["detect_and_decode"] = time.perf_counter() - t0
         return result
 

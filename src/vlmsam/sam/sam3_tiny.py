@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vlmsam.data.synth import COLORS, SHAPES
-
-WORDS = (*COLORS, *SHAPES, *(s + ("es" if s.endswith("x") else "s") for s in SHAPES), "shape", "shapes", "object",
-         "objects", "all", "the", "every", "each", "visual", "thing", "things")
+WORDS = ("the", "all", "every", "each", "visual", "object", "objects", "red", "circle", "star")  # callers pass their own
 SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -70,13 +67,14 @@ def tiny_sam3_configs(tokenizer, *, image_size: int = 112, patch: int = 14, hidd
     return detector, tracker
 
 
-def build_tiny_sam3(seed: int = 0, *, tracker: bool = True, **sizes):
-    """A random tiny :class:`~vlmsam.sam.sam3_backend.Sam3Backend` (tracker sharing the detector's ViT)."""
+def build_tiny_sam3(seed: int = 0, *, tracker: bool = True, words=WORDS, **sizes):
+    """A random tiny :class:`~vlmsam.sam.sam3_backend.Sam3Backend` (tracker sharing the detector's ViT);
+    ``words`` become single tokens of its tokenizer."""
     from transformers import Sam3Model, Sam3TrackerModel
 
     from vlmsam.sam.sam3_backend import Sam3Backend
 
-    tokenizer = build_sam3_tokenizer()
+    tokenizer = build_sam3_tokenizer(words)
     det_cfg, trk_cfg = tiny_sam3_configs(tokenizer, **sizes)
     torch.manual_seed(seed)
     model = Sam3Model(det_cfg)

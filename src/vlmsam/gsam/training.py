@@ -1,0 +1,172 @@
+"""Fine-tuning SAM 3 on phrase samples through ``vlmsam train`` (``model.model_type: grounded``).
+
+Each training image brings several noun phrases (``vlmsam.data.phrases``: every instance each names,
+and phrases naming nothing); the ViT runs once per image and its features are shared by the image's
+phrases, as at inference. Losses are SAM 3's (``vlmsam.sam.sam3_losses``). A checkpoint is a
+``grounded`` segmenter whose one model is the SAM 3, so ``vlmsam segment --model RUN/checkpoint-N``
+and validation run it through the same contract as every design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmsam.data.phrases import VOCABULARY, phrases_for
+from vlmsam.data.sample import BadSample, Sample
+from vlmsam.data.synth import visible_masks
+from vlmsam.errors import CheckpointError
+from vlmsam.gsam.training_config import Sam3TrainConfig
+from vlmsam.io.images import load_image
+from vlmsam.sam.sam3_backend import TEXT_LENGTH, Sam3Backend, sam3_pixels
+from vlmsam.sam.sam3_losses import masks_to_boxes, sam3_losses
+
+PARTS = {"vision": ("vision_encoder",), "text": ("text_encoder", "text_projection"),
+         "detector": ("geometry_encoder", "detr_encoder", "detr_decoder", "dot_product_scoring"),
+         "mask_decoder": ("mask_decoder",)}
+
+
+@dataclass
+class PhraseItem:
+    """One image ready for SAM 3: its pixels, its phrases and each phrase's targets at the mask head's size."""
+
+    pixels: torch.Tensor
+    phrases: list[str]
+    targets: list[dict]
+    skipped: list = field(default_factory=list)
+
+
+@dataclass
+class PhraseBatch:
+    pixels: torch.Tensor  # (B, 3, S, S)
+    image_of: torch.Tensor  # (P,) the image of each phrase
+    input_ids: torch.Tensor  # (P, 32)
+    attention_mask: torch.Tensor
+    targets: list[dict]
+    skipped: list = field(default_factory=list)
+
+
+class PhraseCollator:
+    """``prepare(sample)`` in the loader's workers (decode, phrases, targets); ``__call__`` tokenizes and stacks."""
+
+    def __init__(self, backend: Sam3Backend, config: Sam3TrainConfig):
+        self.size, self.tokenizer, self.config = backend.size, backend.tokenizer, config
+        self.mask_size = backend.model.config.vision_config.backbone_feature_sizes[0][0]
+
+    def prepare(self, sample: Sample, image=None) -> PhraseItem:
+        scene = sample.meta.get("scene")
+        if not scene:
+            raise BadSample(sample.where, "no 'scene' list: SAM 3 phrase samples are made from synthetic scenes (vlmsam data synth)")
+        image = load_image(sample.image if image is None else image)
+        visible = visible_masks(scene, image.height, image.width)
+        phrases = phrases_for(sample.name or sample.where, scene, self.config.phrases_per_image, self.config.negative_rate)
+        targets = []
+        for phrase in phrases:
+            masks = torch.from_numpy(visible[list(phrase.instances)]) if phrase.instances else torch.zeros((0, *visible.shape[1:]), dtype=torch.bool)
+            masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks  # a shape hidden entirely is not an instance
+            small = F.interpolate(masks[None].float(), size=(self.mask_size, self.mask_size), mode="bilinear",
+                                  align_corners=False, antialias=True)[0] if len(masks) else torch.zeros((0, self.mask_size, self.mask_size))
+            targets.append({"boxes": masks_to_boxes(masks), "masks": small})
+        return PhraseItem(sam3_pixels(image, self.size)[0], [p.text for p in phrases], targets, sample.meta.get("skipped", []))
+
+    def __call__(self, items: list) -> PhraseBatch:
+        items = [it if isinstance(it, PhraseItem) else self.prepare(it) for it in items]
+        texts = [p for it in items for p in it.phrases]
+        enc = self.tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt")
+        image_of = torch.tensor([i for i, it in enumerate(items) for _ in it.phrases], dtype=torch.long)
+        return PhraseBatch(torch.stack([it.pixels for it in items]), image_of, enc["input_ids"], enc["attention_mask"],
+                           [t for it in items for t in it.targets], [s for it in items for s in it.skipped])
+
+
+@dataclass
+class PhraseOutput:
+    named: dict
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        return self.named
+
+
+class Sam3TrainingModel(nn.Module):
+    def __init__(self, backend: Sam3Backend, config: Sam3TrainConfig):
+        super().__init__()
+        self.backend, self.config = backend, config
+        self.sam3 = backend.model  # registered, so .to(), .parameters() and DDP see it
+        for name, modules in PARTS.items():
+            for module in modules:
+                getattr(self.sam3, module).requires_grad_(bool(getattr(config, f"train_{name}")))
+        if backend.tracker is not None:
+            backend.tracker.requires_grad_(False)
+
+    @classmethod
+    def build(cls, config: Sam3TrainConfig) -> Sam3TrainingModel:
+        if config.use_lora:
+            raise CheckpointError("model.use_lora: LoRA is not offered for SAM 3 yet; choose parts with train_vision, "
+                                  "train_text, train_detector and train_mask_decoder")
+        if config.sam == "tiny":
+            from vlmsam.sam.sam3_tiny import build_tiny_sam3
+
+            c = config
+            backend = build_tiny_sam3(seed=0, tracker=False, words=VOCABULARY, image_size=c.tiny_image_size, patch=c.tiny_patch, hidden=c.tiny_hidden,
+                                      vit_layers=c.tiny_vit_layers, text_layers=c.tiny_text_layers, queries=c.tiny_queries,
+                                      decoder_layers=c.tiny_decoder_layers)
+        else:
+            from vlmsam.sam import load_sam_backend
+
+            backend = load_sam_backend(config.sam)
+            if not isinstance(backend, Sam3Backend):
+                raise CheckpointError(f"model.sam: {config.sam} is not a SAM 3 (phrase training needs Sam3Model)")
+        return cls(backend, config)
+
+    @property
+    def collator(self) -> PhraseCollator:
+        return PhraseCollator(self.backend, self.config)
+
+    def forward(self, batch: PhraseBatch) -> PhraseOutput:
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        device = next(self.sam3.parameters()).device
+        vision = self.sam3.vision_encoder(batch.pixels.to(device))
+        pick = batch.image_of.to(device)
+        shared = Sam3VisionEncoderOutput(  # each phrase sees its image's features: one ViT pass per image
+            last_hidden_state=vision.last_hidden_state.index_select(0, pick),
+            fpn_hidden_states=tuple(t.index_select(0, pick) for t in vision.fpn_hidden_states),
+            fpn_position_encoding=tuple(t.index_select(0, pick) for t in vision.fpn_position_encoding))
+        out = self.sam3(vision_embeds=shared, input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
+        return PhraseOutput(sam3_losses(out, batch.targets))
+
+    def segmenter(self):
+        from vlmsam.gsam.segmenter import GroundedSegmenter
+
+        return GroundedSegmenter(None, self.backend, score_threshold=self.config.score_threshold, label="sam3 training")
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        return self.segmenter().save_pretrained(out_dir)
+
+    def load_trainable(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted((Path(path) / "sam").glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"{path}: no sam/*.safetensors (not a SAM 3 phrase-training checkpoint)")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = self.sam3.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: its SAM 3 does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
+                                  "weights); train from the same model.sam")
+
+    def trainable_summary(self) -> str:
+        n = sum(p.numel() for p in self.sam3.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.sam3.parameters())
+        parts = [name for name in PARTS if getattr(self.config, f"train_{name}")]
+        return f"SAM 3: {n:,} of {total:,} weights train ({', '.join(parts) or 'none'})"
+
+
+def segmenter(model: Sam3TrainingModel):
+    return model.segmenter()
+

@@ -1,0 +1,33 @@
+"""The ``model`` section of a SAM 3 phrase-training config (``model.model_type: grounded``); light (no
+torch), so that the design's registration imports nothing heavy. The trained checkpoint is a ``grounded``
+segmenter whose one model is the SAM 3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmsam.seg_vlm.config import DeclaredParts
+
+
+@dataclass
+class Sam3TrainConfig(DeclaredParts):
+    """Fine-tune a SAM 3 (``sam``: hub id or directory; ``tiny``: a fresh tiny one of the sizes below) on
+    (image, noun phrase -> every instance) samples made from the data's annotations."""
+
+    sam: str = "facebook/sam3"
+    phrases_per_image: int = 6  # one vision pass serves them all
+    negative_rate: float = 0.3  # phrases naming nothing: they teach the presence head
+    score_threshold: float = 0.5  # the checkpoint's segmenter keeps instances above it
+    train_vision: bool = True  # the ViT and its FPN
+    train_text: bool = True  # the CLIP text encoder and its projection
+    train_detector: bool = True  # geometry encoder, DETR encoder and decoder, scoring
+    train_mask_decoder: bool = True
+    use_lora: bool = False  # not offered yet: parts are chosen by the flags above
+    # sizes of sam: tiny
+    tiny_image_size: int = 168
+    tiny_patch: int = 14
+    tiny_hidden: int = 64
+    tiny_vit_layers: int = 4
+    tiny_text_layers: int = 2
+    tiny_queries: int = 16
+    tiny_decoder_layers: int = 3
