@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
 .PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model \
-	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing box-prompt-model-grpo fresh
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing box-prompt-model-grpo fresh sam3-model
 
 setup: $(STAMP)
 
@@ -47,6 +47,7 @@ demo: $(STAMP)
 		--out outputs/demo-box-prompt
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter proposal_select \
 		--out outputs/demo-proposal-select
+	$(PY) -m vlmsam segment examples/scene.jpg "all the circles" --segmenter grounded --out outputs/demo-sam3
 
 # The bundles' workshop (tools/, outside the installed package): an evaluation's metrics.json goes into the
 # bundle (its model card), its predictions.jsonl and summary.png into docs/bundled/<bundle>/ (the record).
@@ -186,6 +187,17 @@ llmseg-model-phrasing: $(STAMP) fresh
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
 	$(call file_evals,vlmsam-tiny-llmseg)
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)
+
+# grounded's offline default (weights/sam3-tiny, about an hour on 2 cores): a tiny transformers Sam3Model trained from
+# random weights on noun phrases over synthetic scenes (configs/sam3_tiny.yaml), scored per instance on the 500 fresh
+# test scenes, installed with its figures (tools/sam3_bundle.py).
+sam3-model: $(STAMP) build/fresh-original
+	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(PY) -m vlmsam train configs/sam3_tiny.yaml --overwrite
+	$(PY) -m vlmsam evaluate --model build/runs/sam3-tiny/checkpoints/step_005000 --dataset phrases:test \
+		--dataset-dir build/fresh-original --out build/eval/sam3-tiny
+	$(PY) -m tools.sam3_bundle build/runs/sam3-tiny/checkpoints/step_005000 $(WEIGHTS)/sam3-tiny build/eval/sam3-tiny \
+		docs/bundled/sam3-tiny
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).
 bench: $(STAMP)

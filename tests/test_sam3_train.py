@@ -136,3 +136,45 @@ def test_sam_phrase_cli_writes_instances_and_refuses_a_sam_without_phrases(tmp_p
                       "--out", tmp_path / "out2", "--device", "cpu")
     assert refused.returncode == 2 and "needs a SAM 3" in refused.stderr and "Traceback" not in refused.stderr
     random.seed(0)
+
+
+def _coco_folder(root):
+    """Two images in COCO's layout: polygons of two categories, a crowd region, and a category never present."""
+    from PIL import Image
+
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    rng = np.random.default_rng(1)
+    images, anns = [], []
+    for i in range(2):
+        Image.fromarray((rng.random((60, 80, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{i}.jpg")
+        images.append({"id": i + 1, "file_name": f"{i}.jpg", "height": 60, "width": 80})
+        for k, (cat, x) in enumerate([(1, 5), (1, 40), (2, 20)]):
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0, "area": 200.0,
+                         "bbox": [x, 10, 15, 20], "segmentation": [[x, 10, x + 15, 10, x + 15, 30, x, 30]]})
+        anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 2, "iscrowd": 1, "area": 10.0, "bbox": [0, 0, 5, 5],
+                     "segmentation": {"size": [60, 80], "counts": [0, 25, 4775]}})
+    cats = [{"id": 1, "name": "cup"}, {"id": 2, "name": "knife"}, {"id": 3, "name": "zebra"}]
+    (root / "annotations" / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def test_coco_instances_become_phrases_with_all_their_instances_and_train(tmp_path):
+    from vlmsam.data.coco_instances import CocoInstancesDataset
+
+    root = _coco_folder(tmp_path / "coco")
+    ds = CocoInstancesDataset(root, "annotations/instances.json|images", negatives=1)
+    sample = ds.load(0, random.Random(0))
+    targets = dict(sample.meta["phrase_targets"])
+    assert [len(targets[n]) for n in ("cup", "knife", "zebra")] == [2, 1, 0]  # the crowd region is left out
+    assert targets["cup"][0, 20, 10] and not targets["cup"][0, 5, 10]
+    run = _train(root, tmp_path / "run", "data.datasets=coco_instances",
+                 "data.coco_instances_data=annotations/instances.json|images", "train.steps_per_epoch=2")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "run/checkpoints/step_000002/sam/model.safetensors").is_file()
+    bad = root / "annotations" / "broken.json"
+    bad.write_text('{"images": [')
+    from vlmsam.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="not a COCO instances file"):
+        CocoInstancesDataset(root, "annotations/broken.json|images")

@@ -19,7 +19,7 @@ from vlmsam.data.seg_pp import SegPlusPlusDataset
 from vlmsam.data.sem_seg import SEM_SEG
 from vlmsam.data.vqa import VqaDataset
 
-FAMILIES = ("reason_seg", "refer_seg", "sem_seg", "vqa", "seg_pp", "synth")
+FAMILIES = ("reason_seg", "refer_seg", "sem_seg", "vqa", "seg_pp", "synth", "coco_instances")
 
 # What each family reads when its list is not given (LISA's defaults).
 DEFAULT_DATA = {
@@ -29,6 +29,7 @@ DEFAULT_DATA = {
     "vqa": "llava_instruct_150k",
     "seg_pp": ",".join(SEG_PP_KINDS),
     "synth": "train",
+    "coco_instances": "annotations/instances_train2017.json|train2017",  # SAM 3 phrase training
 }
 
 
@@ -65,6 +66,10 @@ def build_family(family: str, dataset_dir: str | Path, spec: str | None = None, 
         from vlmsam.data.synth_dataset import SynthDataset
 
         return [SynthDataset(dataset_dir, split, **kwargs) for split in split_list(spec)]
+    if family == "coco_instances":
+        from vlmsam.data.coco_instances import CocoInstancesDataset
+
+        return [CocoInstancesDataset(dataset_dir, entry) for entry in split_list(spec)]
     if family in ("seg_pp", "seg++"):
         return [SegPlusPlusDataset(dataset_dir, split_list(spec), **kwargs)]
     raise DatasetError(f"unknown dataset family '{family}'; choose from {', '.join(FAMILIES)}")

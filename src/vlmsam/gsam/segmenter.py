@@ -28,6 +28,7 @@ from vlmsam.sam.sam3_backend import SCORE_THRESHOLD
 from vlmsam.result import SegmentationResult
 
 TAG = re.compile(r"<gsam>(.*?)</gsam>", re.S)
+SAM3_DEFAULT = "sam3-tiny"  # grounded's bundled default: a tiny SAM 3 trained here (make sam3-model)
 MAX_BOXES = 100
 # A request's wrapping around its noun phrase ("Could you segment all the red circles in this image?"):
 # SAM 3's concept head is trained on short noun phrases, so grounded hands it the phrase alone.
@@ -233,8 +234,13 @@ def _parts(path, sam, detector, device, dtype, settings):
 
 
 def build_grounded(spec: BuildSpec) -> GroundedSegmenter:
-    """A grounded checkpoint (``spec.path``) or base models (``spec.sam`` + ``spec.detector``)."""
+    """A grounded checkpoint (``spec.path``), base models (``spec.sam`` + ``spec.detector``, or a SAM 3 alone),
+    or, with none named, the bundled offline tiny SAM 3 (``weights/sam3-tiny``)."""
     path = spec.path or None
+    if path is None and not spec.sam and not spec.detector:
+        from vlmsam.engine.registry import bundled_default
+
+        path = bundled_default(SAM3_DEFAULT, "make sam3-model")
     settings = read_config(path) if path is not None else {}
     det, backend, extra = _parts(path, spec.sam, spec.detector, spec.device, spec.dtype, settings)
     return GroundedSegmenter(det, backend, label=str(path or (f"{spec.detector} + {spec.sam}" if det else spec.sam)), **extra)

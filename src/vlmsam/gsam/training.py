@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,20 +59,28 @@ class PhraseCollator:
         self.mask_size = backend.model.config.vision_config.backbone_feature_sizes[0][0]
 
     def prepare(self, sample: Sample, image=None) -> PhraseItem:
-        scene = sample.meta.get("scene")
-        if not scene:
-            raise BadSample(sample.where, "no 'scene' list: SAM 3 phrase samples are made from synthetic scenes (vlmsam data synth)")
+        """The image's pixels and its phrases' targets: a loader's ``phrase_targets`` (COCO instances), or
+        phrases made from a synthetic scene's ``scene`` list."""
         image = load_image(sample.image if image is None else image)
-        visible = visible_masks(scene, image.height, image.width)
-        phrases = phrases_for(sample.name or sample.where, scene, self.config.phrases_per_image, self.config.negative_rate)
-        targets = []
-        for phrase in phrases:
-            masks = torch.from_numpy(visible[list(phrase.instances)]) if phrase.instances else torch.zeros((0, *visible.shape[1:]), dtype=torch.bool)
-            masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks  # a shape hidden entirely is not an instance
-            small = F.interpolate(masks[None].float(), size=(self.mask_size, self.mask_size), mode="bilinear",
-                                  align_corners=False, antialias=True)[0] if len(masks) else torch.zeros((0, self.mask_size, self.mask_size))
-            targets.append({"boxes": masks_to_boxes(masks), "masks": small})
-        return PhraseItem(sam3_pixels(image, self.size)[0], [p.text for p in phrases], targets, sample.meta.get("skipped", []))
+        if sample.meta.get("phrase_targets") is not None:
+            pairs = [(text, torch.from_numpy(np.asarray(m, bool))) for text, m in sample.meta["phrase_targets"]]
+        elif sample.meta.get("scene"):
+            visible = visible_masks(sample.meta["scene"], image.height, image.width)
+            phrases = phrases_for(sample.name or sample.where, sample.meta["scene"], self.config.phrases_per_image,
+                                  self.config.negative_rate)
+            pairs = [(p.text, torch.from_numpy(visible[list(p.instances)])) for p in phrases]
+        else:
+            raise BadSample(sample.where, "no phrases to train SAM 3 on: use a coco_instances dataset or synthetic scenes "
+                                          "(vlmsam data synth)")
+        targets = [self._target(masks.reshape(-1, image.height, image.width)) for _, masks in pairs]
+        return PhraseItem(sam3_pixels(image, self.size)[0], [text for text, _ in pairs], targets, sample.meta.get("skipped", []))
+
+    def _target(self, masks: torch.Tensor) -> dict:
+        masks = masks[masks.reshape(len(masks), -1).any(1)] if len(masks) else masks  # a shape hidden entirely is none
+        m = self.mask_size
+        small = F.interpolate(masks[None].float(), size=(m, m), mode="bilinear", align_corners=False, antialias=True)[0] \
+            if len(masks) else torch.zeros((0, m, m))
+        return {"boxes": masks_to_boxes(masks), "masks": small}
 
     def __call__(self, items: list) -> PhraseBatch:
         items = [it if isinstance(it, PhraseItem) else self.prepare(it) for it in items]

@@ -34,6 +34,7 @@ class DataConfig:
     sem_seg_data: str = "ade20k,cocostuff,pascal_part,paco_lvis,mapillary"
     vqa_data: str = "llava_instruct_150k"
     seg_pp_data: str = "caption,conversation,cot,instance_seg"
+    coco_instances_data: str = "annotations/instances_train2017.json|train2017"  # ANNOTATIONS.json|IMAGE_DIR (SAM 3)
     explanatory: float = 0.1
     synth_describe_first: bool = False  # synthetic answers first name every shape, then decide
     synth_extra_requests: int = 0  # further requests drawn about each synthetic scene (one image encoding)

@@ -128,7 +128,7 @@ def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
     if len(rates) != len(families):
         raise ConfigError(f"data.sample_rates has {len(rates)} value(s) for {len(families)} dataset famil(ies) {families}")
     lists = {"reason_seg": d.reason_seg_data, "refer_seg": d.refer_seg_data, "sem_seg": d.sem_seg_data,
-             "vqa": d.vqa_data, "seg_pp": d.seg_pp_data}
+             "vqa": d.vqa_data, "seg_pp": d.seg_pp_data, "coco_instances": d.coco_instances_data}
     built = {}
     for family in families:
         kwargs = {"reason_seg": {"explanatory": d.explanatory},
