@@ -197,3 +197,32 @@ def test_grounded_without_a_detector_needs_sam3(tmp_path):
 
     with pytest.raises(CheckpointError, match="not a SAM 3"):
         design("grounded")(BuildSpec(sam=str(save_tiny_sam2(tmp_path / "sam2"))))
+
+
+def test_gsam_tags_go_to_sam3s_concept_head(saved, image, tmp_path):
+    from tests.helpers.forcing import force_text
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    seg = design("gsam")(BuildSpec(vlm=str(save_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl")), sam=str(saved), max_new_tokens=8))
+    encoded = seg.encode(image)
+    answer = "Sure. <gsam>red circle</gsam> and <gsam>star</gsam>"
+    result = seg.segment(encoded, "segment the red circle and the star", logits_processor=force_text(seg.vlm.processor, answer),
+                         max_new_tokens=64, score_threshold=0.0)
+    want = seg.sam.segment_phrases(seg.sam.encode(image), ["red circle", "star"], threshold=0.0)
+    assert result.text == answer and result.info["phrases"] == ["red circle", "star"]
+    assert result.labels == ["red circle"] * len(want[0]) + ["star"] * len(want[1])
+    assert np.array_equal(result.masks, np.concatenate([w.masks for w in want]))
+
+
+@pytest.mark.parametrize("request_text, phrase", [
+    ("Could you segment all the red circles in this image?", "red circles"),
+    ("Please draw a mask over the blue star shown here.", "blue star"),
+    ("Where is the green square?", "green square"),
+    ("Segment each star", "star"),
+    ("red circle", "red circle"),
+    ("all", "all"),  # nothing left after the wrapping: the request itself
+])
+def test_grounded_hands_sam3_the_noun_phrase(request_text, phrase):
+    from vlmsam.gsam.segmenter import concept_phrase
+
+    assert concept_phrase(request_text) == phrase
