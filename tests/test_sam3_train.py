@@ -113,7 +113,7 @@ def test_phrase_training_resumes_exactly_and_writes_a_grounded_checkpoint(scenes
                    "--dataset-dir", scenes, "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["phrases"] > metrics["scenes"] > 0 and 0 <= metrics["instance_recall"] <= 1
+    assert metrics["phrases"] > metrics["images"] > 0 and 0 <= metrics["instance_recall"] <= 1
     assert (out / "summary.png").stat().st_size > 1000
 
 
@@ -172,6 +172,11 @@ def test_coco_instances_become_phrases_with_all_their_instances_and_train(tmp_pa
                  "data.coco_instances_data=annotations/instances.json|images", "train.steps_per_epoch=2")
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "run/checkpoints/step_000002/sam/model.safetensors").is_file()
+    done = run_cli("evaluate", "--model", tmp_path / "run/checkpoints/step_000002", "--dataset",
+                   "coco_instances:annotations/instances.json|images", "--dataset-dir", root, "--out", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert metrics["images"] == 2 and metrics["instances"] == 6 and metrics["no_target_phrases"] == 2
     bad = root / "annotations" / "broken.json"
     bad.write_text('{"images": [')
     from vlmsam.errors import DatasetError

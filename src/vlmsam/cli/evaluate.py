@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the rank's device under torchrun, else cpu)")
     e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="model dtype (default: as saved)")
     e.add_argument("--dataset", required=True, help="reason_seg:val, reason_seg:test, refcoco|unc|val, refcocog|umd|test, ...; "
-                   "phrases:test scores a SAM 3 per instance on synthetic scenes' noun phrases")
+                   "phrases:test scores a SAM 3 per instance on synthetic scenes' noun phrases, "
+                   "coco_instances:ANNOTATIONS.json|IMAGE_DIR on COCO-format instances")
     e.add_argument("--dataset-dir", required=True)
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--max-new-tokens", type=tokens, help="generation stops at the end of the answer or here (default: the design's)")
@@ -105,14 +106,17 @@ def check_resumable(args: argparse.Namespace, write: bool = True) -> None:
 
 
 def run_phrase_evaluation(args: argparse.Namespace) -> int:
-    """``--dataset phrases:SPLIT``: a SAM 3 (``--sam``, or a grounded checkpoint on one) scored per instance."""
+    """``--dataset phrases:SPLIT`` (synthetic scenes) or ``coco_instances:ANN|IMAGES``: a SAM 3 (``--sam``, or a
+    grounded checkpoint on one) scored per instance."""
     from vlmsam.devices import resolve_device
     from vlmsam.evaluation.phrases import evaluate_phrases, phrases_png
     from vlmsam.io.result_set import check_ours, write_set
     from vlmsam.io.writer import prepare_out_dir
     from vlmsam.segmenter import load_segmenter
 
-    split = args.dataset.split(":", 1)[1] if ":" in args.dataset else "test"
+    from vlmsam.evaluation.phrases import coco_cases, synthetic_cases
+
+    kind, _, which = args.dataset.partition(":")
     prepare_out_dir(args.out)
     check_ours(Path(args.out), ("metrics.json", "summary.png"))
     seg = load_segmenter(args.model, args.segmenter or ("grounded" if not args.model else None), sam=args.sam,
@@ -122,7 +126,9 @@ def run_phrase_evaluation(args: argparse.Namespace) -> int:
         raise VlmsamError("--dataset phrases:... scores a SAM 3: name one with --sam (e.g. facebook/sam3) or a grounded "
                           "checkpoint on SAM 3 with --model")
     threshold = getattr(seg.engine, "score_threshold", 0.5)
-    metrics, records = evaluate_phrases(sam3, args.dataset_dir, split, limit=args.limit, threshold=threshold)
+    cases = coco_cases(args.dataset_dir, which, args.limit) if kind == "coco_instances" else \
+        synthetic_cases(args.dataset_dir, which or "test", args.limit)
+    metrics, records = evaluate_phrases(sam3, cases, threshold=threshold)
     files = [("metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())]
     picture = phrases_png(records)
     if picture is not None:
@@ -134,7 +140,7 @@ def run_phrase_evaluation(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.dataset.startswith("phrases"):
+    if args.dataset.startswith(("phrases", "coco_instances")):
         return run_phrase_evaluation(args)
     from vlmsam.devices import resolve_device
     from vlmsam.evaluation.evaluate import evaluate

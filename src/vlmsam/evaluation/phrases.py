@@ -2,7 +2,7 @@
 
 On synthetic scenes (``vlmsam data synth``), every scene's phrases come from its annotation
 (:func:`vlmsam.data.phrases.phrases_for`: the same phrases every run); a phrase's truth is every shape it
-names, as visible in the picture. Predicted and true instances are matched one to one (Hungarian on mask
+names, as visible in the picture. COCO-format instance annotations give one phrase per category. Predicted and true instances are matched one to one (Hungarian on mask
 IoU); figures:
 
 * ``instance_recall``: true instances matched at mask IoU >= 0.5;
@@ -71,29 +71,46 @@ def _coco_ap(gts: list[dict], dts: list[dict], n_images: int) -> tuple[float, fl
     return float(ev.stats[0]), float(ev.stats[1])
 
 
-def evaluate_phrases(sam3, data_dir: str | Path, split: str = "test", *, limit: int = 0, threshold: float = 0.5,
-                     progress: bool = True) -> tuple[dict, list[dict]]:
-    """Figures of a :class:`~vlmsam.sam.sam3_backend.Sam3Backend` on the scenes of ``split``, and the
-    per-phrase records (for pictures)."""
-    from tqdm import tqdm
-
-    files = scene_files(data_dir, split)[: limit or None]
-    matched, n_true, n_pred, empty, n_negative = [], 0, 0, 0, 0
-    gts, dts, records = [], [], []
-    for path in tqdm(files, desc="phrases", unit="scene", disable=not progress):
+def synthetic_cases(data_dir: str | Path, split: str = "test", limit: int = 0):
+    """``(image path, [(phrase, (n, H, W) bool truth)])`` per synthetic scene; the same phrases every run."""
+    for path in scene_files(data_dir, split)[: limit or None]:
         anno = read_json(path, "a synthetic scene", dict)
         h, w = int(anno["imageHeight"]), int(anno["imageWidth"])
         visible = visible_masks(anno["scene"], h, w)
-        phrases = phrases_for(path.stem, anno["scene"])
-        found = sam3.segment_phrases(sam3.encode(path.with_suffix(".jpg")), [p.text for p in phrases], threshold=threshold)
-        for phrase, got in zip(phrases, found):
-            true = visible[list(phrase.instances)] if phrase.instances else np.zeros((0, h, w), bool)
+        yield path.with_suffix(".jpg"), [(p.text, visible[list(p.instances)]) for p in phrases_for(path.stem, anno["scene"])]
+
+
+def coco_cases(data_dir: str | Path, spec: str, limit: int = 0):
+    """The same from COCO-format instance annotations (``ANNOTATIONS.json|IMAGE_DIR``): each category present
+    names all its instances; two absent categories (drawn with a fixed seed) name nothing."""
+    import random
+
+    from vlmsam.data.coco_instances import CocoInstancesDataset
+
+    ds = CocoInstancesDataset(data_dir, spec)
+    for i in range(len(ds) if not limit else min(limit, len(ds))):
+        yield ds.image_path(i), ds.phrase_targets(i, random.Random(i))
+
+
+def evaluate_phrases(sam3, cases, *, threshold: float = 0.5, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Figures of a :class:`~vlmsam.sam.sam3_backend.Sam3Backend` on ``cases`` (:func:`synthetic_cases`,
+    :func:`coco_cases`), and the per-phrase records (for pictures)."""
+    from tqdm import tqdm
+
+    matched, n_true, n_pred, empty, n_negative, n_images = [], 0, 0, 0, 0, 0
+    gts, dts, records = [], [], []
+    for image_path, pairs in tqdm(cases, desc="phrases", unit="image", disable=not progress):
+        n_images += 1
+        found = sam3.segment_phrases(sam3.encode(image_path), [text for text, _ in pairs], threshold=threshold)
+        for (text, true), got in zip(pairs, found):
+            h, w = got.masks.shape[1:]
+            true = np.asarray(true, bool).reshape(-1, h, w)
             true = true[true.reshape(len(true), h * w).any(1)]
             image_id = len(records)
             hits = match_instances(got.masks, true)
-            records.append({"image_path": path.with_suffix(".jpg"), "query": phrase.text, "pred": got.masks, "true": true,
+            records.append({"image_path": image_path, "query": text, "pred": got.masks, "true": true,
                             "recall": len(hits) / len(true) if len(true) else float(len(got) == 0)})
-            if phrase.negative:
+            if not len(true):
                 n_negative += 1
                 empty += len(got) == 0
             matched += hits
@@ -101,7 +118,7 @@ def evaluate_phrases(sam3, data_dir: str | Path, split: str = "test", *, limit: 
             gts += [{"image_id": image_id, "segmentation": mask_to_rle(m), "area": float(m.sum()), "bbox": _bbox(m)} for m in true]
             dts += [{"image_id": image_id, "segmentation": mask_to_rle(m), "score": float(s)} for m, s in zip(got.masks, got.scores)]
     ap, ap50 = _coco_ap(gts, dts, len(records))
-    metrics = {"scenes": len(files), "phrases": len(records), "instances": n_true, "no_target_phrases": n_negative,
+    metrics = {"images": n_images, "phrases": len(records), "instances": n_true, "no_target_phrases": n_negative,
                "instance_recall": round(len(matched) / max(1, n_true), 4),
                "matched_iou": round(float(np.mean(matched)) if matched else 0.0, 4),
                "instance_precision": round(len(matched) / max(1, n_pred), 4),
