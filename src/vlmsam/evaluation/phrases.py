@@ -48,7 +48,7 @@ def match_instances(pred: np.ndarray, true: np.ndarray) -> list[float]:
     return [float(ious[r, c]) for r, c in zip(rows, cols) if ious[r, c] >= MATCH_IOU]
 
 
-def _coco_ap(gts: list[dict], dts: list[dict], n_images: int) -> tuple[float, float]:
+def _coco_ap(gts: list[dict], dts: list[dict], sizes: list[tuple[int, int]]) -> tuple[float, float]:
     import contextlib
 
     from pycocotools.coco import COCO
@@ -57,7 +57,7 @@ def _coco_ap(gts: list[dict], dts: list[dict], n_images: int) -> tuple[float, fl
     if not gts:
         return float("nan"), float("nan")
     coco = COCO()
-    coco.dataset = {"images": [{"id": i} for i in range(n_images)], "categories": [{"id": 1}],
+    coco.dataset = {"images": [{"id": i, "height": h, "width": w} for i, (h, w) in enumerate(sizes)], "categories": [{"id": 1}],
                     "annotations": [{**g, "id": k + 1, "category_id": 1, "iscrowd": 0} for k, g in enumerate(gts)]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
@@ -117,7 +117,7 @@ def evaluate_phrases(sam3, cases, *, threshold: float = 0.5, progress: bool = Tr
             n_true, n_pred = n_true + len(true), n_pred + len(got)
             gts += [{"image_id": image_id, "segmentation": mask_to_rle(m), "area": float(m.sum()), "bbox": _bbox(m)} for m in true]
             dts += [{"image_id": image_id, "segmentation": mask_to_rle(m), "score": float(s)} for m, s in zip(got.masks, got.scores)]
-    ap, ap50 = _coco_ap(gts, dts, len(records))
+    ap, ap50 = _coco_ap(gts, dts, [r["pred"].shape[1:] for r in records])
     metrics = {"images": n_images, "phrases": len(records), "instances": n_true, "no_target_phrases": n_negative,
                "instance_recall": round(len(matched) / max(1, n_true), 4),
                "matched_iou": round(float(np.mean(matched)) if matched else 0.0, 4),
