@@ -226,3 +226,31 @@ def test_grounded_hands_sam3_the_noun_phrase(request_text, phrase):
     from vlmsam.gsam.segmenter import concept_phrase
 
     assert concept_phrase(request_text) == phrase
+
+
+def test_box_prompt_and_the_predictor_run_on_sam3(sam3, image, tmp_path):
+    from tests.helpers.forcing import force_text
+    from tests.helpers.tiny_segmenters import box_prompt
+    from vlmsam.sam import SamPredictor
+
+    seg = box_prompt(tmp_path)
+    seg.sam = sam3
+    answer = '[{"bbox_2d": [10, 10, 40, 30], "label": "red"}]'
+    result = seg.segment(seg.encode(image), "the red box", logits_processor=force_text(seg.vlm.processor, answer), max_new_tokens=64)
+    assert result.num_masks == 1 and result.masks.shape[1:] == (90, 130)
+    predictor = SamPredictor(sam3)
+    emb = predictor.set_image(image)
+    ours = predictor.predict(boxes=[[30, 20, 80, 60]])
+    assert torch.equal(ours.masks, sam3.predict(emb, boxes=[[30, 20, 80, 60]]).masks)
+
+
+def test_proposal_select_proposes_with_sam3s_tracker(sam3, image, tmp_path):
+    from tests.helpers.tiny_segmenters import permissive_amg, proposal_select
+    from vlmsam.sam.amg import AutomaticMaskGenerator
+
+    proposals = AutomaticMaskGenerator(sam3, **vars(permissive_amg())).generate(image)
+    assert proposals and all(p.mask().shape == (90, 130) for p in proposals)
+    seg = proposal_select(tmp_path)
+    seg.sam = sam3
+    result = seg.segment(seg.encode(image), "the red box")
+    assert result.masks.shape[1:] == (90, 130)

@@ -150,10 +150,7 @@ class GroundedSegmenter(SegmenterBase):
     def to(self, device):
         if self.detector is not None:
             self.detector.model.to(device)
-        if hasattr(self.sam, "to"):
-            self.sam.to(device)
-        else:
-            self.sam.model.to(device)
+        self.sam.to(device)
         return self
 
     def _config(self) -> dict:
@@ -166,10 +163,7 @@ class GroundedSegmenter(SegmenterBase):
         out.mkdir(parents=True, exist_ok=True)
         if self.detector is not None:
             self.detector.save_pretrained(out / "detector")
-        if hasattr(self.sam, "save_pretrained"):
-            self.sam.save_pretrained(out / "sam")
-        else:
-            self.sam.model.save_pretrained(out / "sam")
+        self.sam.save_pretrained(out / "sam")
         (out / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2))
         return out
 

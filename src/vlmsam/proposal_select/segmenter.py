@@ -74,7 +74,8 @@ class ProposalSelectSegmenter(SegmenterBase):
 
     Args:
         vlm: a :class:`~vlmsam.vlm.runtime.VlmRuntime` or :class:`~vlmsam.vlm.remote.RemoteVlm`.
-        sam: a :class:`~vlmsam.sam.backend.SamBackend` (its automatic mask generator proposes).
+        sam: a SAM backend (``SamBackend``, ``Sam2Backend`` or ``Sam3Backend``'s tracker): its automatic mask
+            generator proposes.
         amg: the generator's settings; ``max_proposals``: the largest this many are shown.
     """
 
@@ -93,7 +94,7 @@ class ProposalSelectSegmenter(SegmenterBase):
 
     def to(self, device):
         self.vlm.to(device)  # a remote VLM stays where its server runs
-        self.sam.model.to(device)
+        self.sam.to(device)
         return self
 
     def _proposals(self, image) -> dict:
@@ -134,7 +135,7 @@ class MarksSegmenter(ProposalSelectSegmenter):
     def save_pretrained(self, path: str | Path) -> Path:
         out = Path(path)
         self.vlm.save_pretrained(out / "vlm")  # a remote VLM refuses: it has no weights here
-        self.sam.model.save_pretrained(out / "sam")
+        self.sam.save_pretrained(out / "sam")
         config = {"model_type": "vlmsam_proposal_select", "selector": "marks", "vlm": "vlm", "sam": "sam",
                   "amg": asdict(self.amg.config), "max_proposals": self.max_proposals, "max_new_tokens": self.max_new_tokens}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -194,7 +195,7 @@ DEFAULT_DIR_NAME = "vlmsam-tiny-llmseg"
 def build(spec: BuildSpec) -> ProposalSelectSegmenter:
     """A proposal_select checkpoint (either selector), the bundled llmseg default (nothing named), or base
     models (``vlm`` or ``vlm_endpoint`` + ``vlm``, and ``sam``) for the marks selector."""
-    from vlmsam.sam import SamBackend
+    from vlmsam.sam import load_sam_backend
     from vlmsam.vlm.remote import RemoteVlm
 
     path, vlm, sam, label, settings = spec.path or None, spec.vlm, spec.sam, "", {}
@@ -210,7 +211,7 @@ def build(spec: BuildSpec) -> ProposalSelectSegmenter:
         raise CheckpointError("proposal_select needs both a VLM (--vlm or --vlm-endpoint) and a SAM (--sam), or neither "
                               f"(the bundled {DEFAULT_DIR_NAME})")
     runtime = RemoteVlm(spec.vlm_endpoint, vlm) if spec.vlm_endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)
-    return MarksSegmenter(runtime, SamBackend.from_pretrained(sam, device=spec.device, dtype=spec.dtype),
+    return MarksSegmenter(runtime, load_sam_backend(sam, device=spec.device, dtype=spec.dtype),
                           amg=AmgConfig(**settings.get("amg", {})), max_proposals=settings.get("max_proposals", 50),
                           max_new_tokens=spec.max_new_tokens or settings.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS),
                           label=str(path or f"{vlm} + {sam}"))
@@ -233,12 +234,12 @@ _PROPOSERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def llmseg_segmenter(model, *, sam=None, label: str = "", max_new_tokens: int | None = None) -> LlmSegSegmenter:
     """The segmenter of a (training or trained) LlmSegModel; ``sam`` (default: the model config's) proposes."""
-    from vlmsam.sam import SamBackend
+    from vlmsam.sam import load_sam_backend
 
     device = next(model.parameters()).device
     backend = None if sam is not None else _PROPOSERS.get(model)
     if backend is None:
-        backend = SamBackend.from_pretrained(sam or model.config.sam, device=device)
+        backend = load_sam_backend(sam or model.config.sam, device=device)
         if sam is None:
             _PROPOSERS[model] = backend
     return LlmSegSegmenter(model, backend, amg=AmgConfig(**model.config.amg), max_proposals=model.config.max_proposals,

@@ -237,15 +237,19 @@ class AutomaticMaskGenerator:
     def _process_batch(self, points: np.ndarray, crop_box: list[int], orig_size: tuple[int, int], embedding) -> dict:
         c = self.config
         sam = self.sam
-        coords = torch.as_tensor(points, dtype=torch.float32)
-        coords = sam.transform_coords(coords, embedding)[:, None, None].to(sam.device, sam.dtype)
-        labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=sam.device)
         t0 = time.perf_counter()
-        sparse = sam.model.prompt_encoder._embed_points(coords, labels, pad=True)[:, 0]  # a padding point, as Meta's
-        if hasattr(sam, "decode_prompts"):  # SAM: image-side work shared across the batch (sam/fast_decoder.py)
-            low_res, iou = sam.decode_prompts(embedding, sparse, multimask_output=True)
-        else:
-            low_res, iou = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=True)
+        if hasattr(sam, "transform_coords"):
+            coords = torch.as_tensor(points, dtype=torch.float32)
+            coords = sam.transform_coords(coords, embedding)[:, None, None].to(sam.device, sam.dtype)
+            labels = torch.ones(len(points), 1, 1, dtype=torch.long, device=sam.device)
+            sparse = sam.model.prompt_encoder._embed_points(coords, labels, pad=True)[:, 0]  # a padding point, as Meta's
+            if hasattr(sam, "decode_prompts"):  # SAM: image-side work shared across the batch (sam/fast_decoder.py)
+                low_res, iou = sam.decode_prompts(embedding, sparse, multimask_output=True)
+            else:
+                low_res, iou = sam.decode(embedding, sparse_embeddings=sparse, multimask_output=True)
+        else:  # SAM 2 / SAM 3's tracker: one point per prompt through the backend's own predict
+            pred = sam.predict(embedding, points=np.asarray(points, np.float32)[:, None, :], multimask_output=True)
+            low_res, iou = pred.low_res_logits, pred.iou_scores
         t1 = time.perf_counter()
         logits = sam.upscale_logits(low_res, embedding)  # (B, 3, h, w) at the crop's size
         t2 = time.perf_counter()

@@ -102,6 +102,13 @@ class SamBackend:
 
         return cls(load_sam_model(name_or_path, device=device, dtype=dtype))
 
+    def to(self, device) -> SamBackend:
+        self.model.to(device)
+        return self
+
+    def save_pretrained(self, path) -> None:
+        self.model.save_pretrained(path)
+
     @property
     def device(self) -> torch.device:
         return self.model.shared_image_embedding.positional_embedding.device

@@ -68,6 +68,10 @@ class Sam2Backend:
             model.to(device)
         return cls(model)
 
+    def to(self, device) -> Sam2Backend:
+        self.model.to(device)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -100,6 +104,10 @@ class Sam2Backend:
             low = out.pred_masks[0].float()  # (N, M, 256, 256)
             logits = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         return SamPrediction(logits > MASK_THRESHOLD, out.iou_scores[0].float(), low)
+
+    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: Sam2Embedding) -> torch.Tensor:
+        """Low-resolution mask logits resized to the original image (as :meth:`predict` does)."""
+        return F.interpolate(low_res_logits.float(), size=embedding.original_size, mode="bilinear", align_corners=False)
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)

@@ -265,6 +265,10 @@ class Sam3Backend:
             logits = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         return SamPrediction(logits > MASK_THRESHOLD, out.iou_scores[0].float(), low)
 
+    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: Sam3Embedding) -> torch.Tensor:
+        """Low-resolution mask logits resized to the original image (as :meth:`predict` does)."""
+        return F.interpolate(low_res_logits.float(), size=embedding.original_size, mode="bilinear", align_corners=False)
+
     def save_pretrained(self, path) -> None:
         from pathlib import Path
 
