@@ -144,8 +144,30 @@ class Sam3TrainingModel(nn.Module):
             last_hidden_state=vision.last_hidden_state.index_select(0, pick),
             fpn_hidden_states=tuple(t.index_select(0, pick) for t in vision.fpn_hidden_states),
             fpn_position_encoding=tuple(t.index_select(0, pick) for t in vision.fpn_position_encoding))
-        out = self.sam3(vision_embeds=shared, input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
-        return PhraseOutput(sam3_losses(out, batch.targets))
+        mask = batch.attention_mask.to(device)
+        seen: dict = {}
+        hooks = [getattr(self.sam3, name).register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o))
+                 for name in ("detr_encoder", "detr_decoder")]
+        try:
+            out = self.sam3(vision_embeds=shared, input_ids=batch.input_ids.to(device), attention_mask=mask)
+        finally:
+            for h in hooks:
+                h.remove()
+        return PhraseOutput(sam3_losses(out, batch.targets, layers=self._earlier_layers(seen, mask)))
+
+    def _earlier_layers(self, seen: dict, mask: torch.Tensor):
+        """Class logits and boxes of every decoder layer before the last, computed as Sam3Model computes the
+        last one's (box head on the refined reference boxes, dot-product scoring against the text)."""
+        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+        dec, enc = seen["detr_decoder"], seen["detr_encoder"]
+        hidden, ref = dec.intermediate_hidden_states[:-1], dec.reference_boxes[:-1]
+        if not len(hidden):
+            return None
+        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref) + self.sam3.detr_decoder.box_head(hidden)).sigmoid())
+        logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=enc.text_features,
+                                               text_mask=mask.bool()).squeeze(-1)
+        return logits, boxes
 
     def segmenter(self):
         from vlmsam.gsam.segmenter import GroundedSegmenter

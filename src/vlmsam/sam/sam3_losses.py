@@ -1,11 +1,9 @@
-"""SAM 3's training losses for phrase samples: one-to-one matching of the detector's queries to a
-phrase's instances (Hungarian, on class + box L1 + GIoU costs), then focal classification, box L1 and
-GIoU, mask focal + Dice on the matched queries, and the presence head's BCE.
-
-Weights are Meta's (``sam3/train``: matching costs class 2, L1 5, GIoU 2; losses L1 5, GIoU 2,
-classification 20, presence 20; masks focal 200 and Dice 10; focal alpha 0.25, gamma 2). A phrase that
-names nothing trains the presence head only; its classification loss is zero, as in Meta's recipe.
-Only the last decoder layer is supervised here (Meta also supervises every intermediate layer).
+"""SAM 3's training losses for phrase samples, as Meta's ``sam3/train`` defines them: one-to-one matching of
+the detector's queries to a phrase's instances (Hungarian on focal class cost 2, box L1 5, GIoU 2), then
+IoU-aware BCE classification (20; matched queries towards clamp(p^0.25 · IoU^0.75, 0.01) with weight 10,
+the rest towards 0 damped by p^2, mean over queries), box L1 (5) and GIoU (2) at every decoder layer, mask
+focal (200) and Dice (10) on the last layer's matches, and the presence logit's half-BCE (20). A phrase
+that names nothing trains the presence head only. Not here: Meta's one-to-many (DAC) branch.
 """
 
 from __future__ import annotations
@@ -29,6 +27,8 @@ class Sam3LossWeights:
     loss_presence: float = 20.0
     alpha: float = 0.25
     gamma: float = 2.0
+    pos_weight: float = 10.0  # IABCE's weight of matched queries (Meta's Roboflow fine-tuning)
+    iou_alpha: float = 0.25  # IABCE's soft target p^a · IoU^(1-a)
 
 
 def box_area(b: torch.Tensor) -> torch.Tensor:
@@ -84,31 +84,62 @@ def match(logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor,
     return torch.as_tensor(q, dtype=torch.long), torch.as_tensor(t, dtype=torch.long)
 
 
-def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights()) -> dict[str, torch.Tensor]:
+def iou_aware_bce(logits: torch.Tensor, q: torch.Tensor, ious: torch.Tensor, w: Sam3LossWeights) -> torch.Tensor:
+    """Meta's IABCE for one phrase: matched queries learn the soft target clamp(p^0.25 · IoU^0.75, 0.01) (detached)
+    with weight ``pos_weight``, the others BCE towards 0 damped by p^gamma; the mean over queries."""
+    x = logits.float()
+    p = x.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") * p.detach() ** w.gamma
+    if len(q):
+        soft = (p[q].detach() ** w.iou_alpha * ious.detach().clamp(min=0) ** (1 - w.iou_alpha)).clamp(min=0.01)
+        loss = loss.clone()
+        loss[q] = F.binary_cross_entropy_with_logits(x[q], soft, reduction="none") * w.pos_weight
+    return loss.mean()
+
+
+def _box_terms(logits, boxes, target_boxes, w) -> tuple[torch.Tensor, ...]:
+    """Matching, then (class, L1, 1 - GIoU) sums and the matched pairs, for one phrase at one decoder layer."""
+    q, t = match(logits, boxes, target_boxes, w)
+    pb, tb = boxes[q].float(), target_boxes[t]
+    giou = torch.diag(generalized_iou(pb, tb))
+    iou = torch.diag(_iou(pb, tb))
+    return iou_aware_bce(logits, q, iou, w), F.l1_loss(pb, tb, reduction="none").sum(), (1 - giou).sum(), q, t
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    lt, rb = torch.max(a[:, None, :2], b[None, :, :2]), torch.min(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    return inter / (box_area(a)[:, None] + box_area(b)[None] - inter).clamp(min=1e-7)
+
+
+def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(), layers=None) -> dict[str, torch.Tensor]:
     """Named losses (``loss`` is their weighted sum) of a Sam3Model output for a batch of phrases.
-    ``targets[b]``: ``boxes (n, 4)`` XYXY in [0, 1] and ``masks (n, m, m)`` float at the mask head's size."""
+    ``targets[b]``: ``boxes (n, 4)`` XYXY in [0, 1] and ``masks (n, m, m)`` float at the mask head's size.
+    ``layers``: ``(logits (L, B, Q), boxes (L, B, Q, 4))`` of the earlier decoder layers, supervised too (boxes
+    and classes; masks on the last layer only), as Meta's aux losses."""
     device = out.pred_logits.device
     terms = {k: torch.zeros((), device=device) for k in ("class", "bbox", "giou", "mask", "dice", "presence")}
     n_total = max(1, sum(len(t["boxes"]) for t in targets))
+    n_positive = max(1, sum(len(t["boxes"]) > 0 for t in targets))
+    stack = [(out.pred_logits, out.pred_boxes)] + ([(lg, bx) for lg, bx in zip(*layers)] if layers is not None else [])
     for b, target in enumerate(targets):
         has = len(target["boxes"]) > 0
-        terms["presence"] = terms["presence"] + F.binary_cross_entropy_with_logits(
+        # Meta: sigmoid focal with alpha 0.5, gamma 0 on the presence logit, i.e. half a BCE
+        terms["presence"] = terms["presence"] + 0.5 * F.binary_cross_entropy_with_logits(
             out.presence_logits[b].float().reshape(()), torch.tensor(float(has), device=device))
         if not has:
             continue  # Meta: a phrase naming nothing teaches the presence head only
         tb, tm = target["boxes"].to(device), target["masks"].to(device)
-        q, t = match(out.pred_logits[b], out.pred_boxes[b], tb, w)
-        labels = torch.zeros_like(out.pred_logits[b], dtype=torch.float32)
-        labels[q] = 1.0
-        terms["class"] = terms["class"] + focal_loss(out.pred_logits[b].float(), labels, w.alpha, w.gamma).sum()
-        pb = out.pred_boxes[b, q].float()
-        terms["bbox"] = terms["bbox"] + F.l1_loss(pb, tb[t], reduction="none").sum()
-        terms["giou"] = terms["giou"] + (1 - torch.diag(generalized_iou(pb, tb[t]))).sum()
-        pm = out.pred_masks[b, q].float()
-        terms["mask"] = terms["mask"] + focal_loss(pm, tm[t], w.alpha, w.gamma).flatten(1).mean(1).sum()
-        terms["dice"] = terms["dice"] + dice_loss(pm, tm[t]).sum()
+        for k, (logits, boxes) in enumerate(stack):
+            cls, l1, giou, q, t = _box_terms(logits[b], boxes[b], tb, w)
+            terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
+            if k == 0:  # the final layer's matches draw the masks
+                pm = out.pred_masks[b, q].float()
+                terms["mask"] = terms["mask"] + focal_loss(pm, tm[t], w.alpha, w.gamma).flatten(1).mean(1).sum()
+                terms["dice"] = terms["dice"] + dice_loss(pm, tm[t]).sum()
     scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
-    named = {k: terms[k] / n_total for k in scale}
+    named = {k: terms[k] / n_total for k in ("bbox", "giou", "mask", "dice")}
+    named["class"] = terms["class"] / n_positive
     named["presence"] = terms["presence"] / len(targets)
     total = sum(scale[k] * named[k] for k in scale) + w.loss_presence * named["presence"]
     return {"loss": total, **{f"{k}_loss": v.detach() for k, v in named.items()}}
