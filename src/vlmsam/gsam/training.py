@@ -156,18 +156,18 @@ class Sam3TrainingModel(nn.Module):
         return PhraseOutput(sam3_losses(out, batch.targets, layers=self._earlier_layers(seen, mask)))
 
     def _earlier_layers(self, seen: dict, mask: torch.Tensor):
-        """Class logits and boxes of every decoder layer before the last, computed as Sam3Model computes the
-        last one's (box head on the refined reference boxes, dot-product scoring against the text)."""
+        """Class logits, boxes and presence logits of every decoder layer before the last, computed as Sam3Model
+        computes the last one's (box head on the refined reference boxes, dot-product scoring against the text)."""
         from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
 
         dec, enc = seen["detr_decoder"], seen["detr_encoder"]
-        hidden, ref = dec.intermediate_hidden_states[:-1], dec.reference_boxes[:-1]
+        hidden, ref, presence = dec.intermediate_hidden_states[:-1], dec.reference_boxes[:-1], dec.presence_logits[:-1]
         if not len(hidden):
             return None
         boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref) + self.sam3.detr_decoder.box_head(hidden)).sigmoid())
         logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=enc.text_features,
                                                text_mask=mask.bool()).squeeze(-1)
-        return logits, boxes
+        return logits, boxes, presence
 
     def segmenter(self):
         from vlmsam.gsam.segmenter import GroundedSegmenter

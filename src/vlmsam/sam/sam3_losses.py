@@ -1,9 +1,11 @@
 """SAM 3's training losses for phrase samples, as Meta's ``sam3/train`` defines them: one-to-one matching of
 the detector's queries to a phrase's instances (Hungarian on focal class cost 2, box L1 5, GIoU 2), then
 IoU-aware BCE classification (20; matched queries towards clamp(p^0.25 · IoU^0.75, 0.01) with weight 10,
-the rest towards 0 damped by p^2, mean over queries), box L1 (5) and GIoU (2) at every decoder layer, mask
-focal (200) and Dice (10) on the last layer's matches, and the presence logit's half-BCE (20). A phrase
-that names nothing trains the presence head only. Not here: Meta's one-to-many (DAC) branch.
+the rest towards 0 damped by p^2, mean over every phrase's queries), box L1 on (cx, cy, w, h) (5) and GIoU (2),
+and the presence logit's half-BCE (20), at every decoder layer; mask focal (200) and Dice (10) on the last
+layer's matches. A phrase that names nothing trains the presence head only. Not here: Meta's one-to-many
+(DAC) branch, its sqrt(batch) loss scale and its resize / crop augmentation; targets are resized to the mask
+head's size rather than the predictions to the targets'.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class Sam3LossWeights:
     gamma: float = 2.0
     pos_weight: float = 10.0  # IABCE's weight of matched queries (Meta's Roboflow fine-tuning)
     iou_alpha: float = 0.25  # IABCE's soft target p^a · IoU^(1-a)
+
+
+def xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([(b[..., :2] + b[..., 2:]) / 2, b[..., 2:] - b[..., :2]], dim=-1)
 
 
 def box_area(b: torch.Tensor) -> torch.Tensor:
@@ -78,7 +84,8 @@ def match(logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor,
     p = logits.float().sigmoid()
     pos = w.alpha * (1 - p) ** w.gamma * -(p + 1e-8).log()
     neg = (1 - w.alpha) * p ** w.gamma * -(1 - p + 1e-8).log()
-    cost = (w.cost_class * (pos - neg)[:, None] + w.cost_bbox * torch.cdist(boxes.float(), target_boxes, p=1)
+    cost = (w.cost_class * (pos - neg)[:, None]
+            + w.cost_bbox * torch.cdist(xyxy_to_cxcywh(boxes.float()), xyxy_to_cxcywh(target_boxes), p=1)
             - w.cost_giou * generalized_iou(boxes.float(), target_boxes))
     q, t = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(q, dtype=torch.long), torch.as_tensor(t, dtype=torch.long)
@@ -89,7 +96,7 @@ def iou_aware_bce(logits: torch.Tensor, q: torch.Tensor, ious: torch.Tensor, w: 
     with weight ``pos_weight``, the others BCE towards 0 damped by p^gamma; the mean over queries."""
     x = logits.float()
     p = x.sigmoid()
-    loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") * p.detach() ** w.gamma
+    loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") * p ** w.gamma
     if len(q):
         soft = (p[q].detach() ** w.iou_alpha * ious.detach().clamp(min=0) ** (1 - w.iou_alpha)).clamp(min=0.01)
         loss = loss.clone()
@@ -103,7 +110,8 @@ def _box_terms(logits, boxes, target_boxes, w) -> tuple[torch.Tensor, ...]:
     pb, tb = boxes[q].float(), target_boxes[t]
     giou = torch.diag(generalized_iou(pb, tb))
     iou = torch.diag(_iou(pb, tb))
-    return iou_aware_bce(logits, q, iou, w), F.l1_loss(pb, tb, reduction="none").sum(), (1 - giou).sum(), q, t
+    l1 = F.l1_loss(xyxy_to_cxcywh(pb), xyxy_to_cxcywh(tb), reduction="none").sum()  # Meta's L1 is on (cx, cy, w, h)
+    return iou_aware_bce(logits, q, iou, w), l1, (1 - giou).sum(), q, t
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,22 +123,20 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(), layers=None) -> dict[str, torch.Tensor]:
     """Named losses (``loss`` is their weighted sum) of a Sam3Model output for a batch of phrases.
     ``targets[b]``: ``boxes (n, 4)`` XYXY in [0, 1] and ``masks (n, m, m)`` float at the mask head's size.
-    ``layers``: ``(logits (L, B, Q), boxes (L, B, Q, 4))`` of the earlier decoder layers, supervised too (boxes
-    and classes; masks on the last layer only), as Meta's aux losses."""
+    ``layers``: ``(logits (L, B, Q), boxes (L, B, Q, 4), presence (L, B, 1))`` of the earlier decoder layers,
+    supervised too (classes, boxes, presence; masks on the last layer only), as Meta's aux losses."""
     device = out.pred_logits.device
     terms = {k: torch.zeros((), device=device) for k in ("class", "bbox", "giou", "mask", "dice", "presence")}
     n_total = max(1, sum(len(t["boxes"]) for t in targets))
-    n_positive = max(1, sum(len(t["boxes"]) > 0 for t in targets))
-    stack = [(out.pred_logits, out.pred_boxes)] + ([(lg, bx) for lg, bx in zip(*layers)] if layers is not None else [])
+    stack = [(out.pred_logits, out.pred_boxes, out.presence_logits)] + (list(zip(*layers)) if layers is not None else [])
     for b, target in enumerate(targets):
-        has = len(target["boxes"]) > 0
-        # Meta: sigmoid focal with alpha 0.5, gamma 0 on the presence logit, i.e. half a BCE
-        terms["presence"] = terms["presence"] + 0.5 * F.binary_cross_entropy_with_logits(
-            out.presence_logits[b].float().reshape(()), torch.tensor(float(has), device=device))
-        if not has:
+        has = torch.tensor(float(len(target["boxes"]) > 0), device=device)
+        for _, _, presence in stack:  # Meta: sigmoid focal with alpha 0.5, gamma 0, i.e. half a BCE, every layer
+            terms["presence"] = terms["presence"] + 0.5 * F.binary_cross_entropy_with_logits(presence[b].float().reshape(()), has)
+        if not len(target["boxes"]):
             continue  # Meta: a phrase naming nothing teaches the presence head only
         tb, tm = target["boxes"].to(device), target["masks"].to(device)
-        for k, (logits, boxes) in enumerate(stack):
+        for k, (logits, boxes, _) in enumerate(stack):
             cls, l1, giou, q, t = _box_terms(logits[b], boxes[b], tb, w)
             terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
             if k == 0:  # the final layer's matches draw the masks
@@ -139,7 +145,7 @@ def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights()
                 terms["dice"] = terms["dice"] + dice_loss(pm, tm[t]).sum()
     scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
     named = {k: terms[k] / n_total for k in ("bbox", "giou", "mask", "dice")}
-    named["class"] = terms["class"] / n_positive
+    named["class"] = terms["class"] / len(targets)  # Meta: the mean over every phrase's queries, negatives' zeros included
     named["presence"] = terms["presence"] / len(targets)
     total = sum(scale[k] * named[k] for k in scale) + w.loss_presence * named["presence"]
     return {"loss": total, **{f"{k}_loss": v.detach() for k, v in named.items()}}

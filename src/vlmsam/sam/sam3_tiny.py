@@ -67,6 +67,20 @@ def tiny_sam3_configs(tokenizer, *, image_size: int = 112, patch: int = 14, hidd
     return detector, tracker
 
 
+def spread_queries(model, seed: int = 0) -> None:
+    """Queries that start apart, for training from scratch: transformers initialises the decoder's reference
+    boxes with N(0, 0.02) logits, i.e. every query at the same centred box (the released weights replace them),
+    and its query embeddings nearly equal; from there the queries stay interchangeable and collapse onto one
+    answer (run B of the tiny SAM 3, docs/sam.md). Centres uniform over the image, sides 0.1-0.3, N(0, 1) queries."""
+    decoder = model.detr_decoder
+    n = decoder.reference_points.weight.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.cat([torch.rand(n, 2, generator=g) * 0.9 + 0.05, torch.rand(n, 2, generator=g) * 0.2 + 0.1], dim=1)
+    with torch.no_grad():
+        decoder.reference_points.weight.copy_(torch.logit(boxes))
+        decoder.query_embed.weight.copy_(torch.randn(decoder.query_embed.weight.shape, generator=g))
+
+
 def build_tiny_sam3(seed: int = 0, *, tracker: bool = True, words=WORDS, **sizes):
     """A random tiny :class:`~vlmsam.sam.sam3_backend.Sam3Backend` (tracker sharing the detector's ViT);
     ``words`` become single tokens of its tokenizer."""
@@ -78,6 +92,7 @@ def build_tiny_sam3(seed: int = 0, *, tracker: bool = True, words=WORDS, **sizes
     det_cfg, trk_cfg = tiny_sam3_configs(tokenizer, **sizes)
     torch.manual_seed(seed)
     model = Sam3Model(det_cfg)
+    spread_queries(model, seed)
     tracker_model = None
     if tracker:
         tracker_model = Sam3TrackerModel(trk_cfg)
