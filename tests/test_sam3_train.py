@@ -71,9 +71,28 @@ def test_losses_prefer_the_truth_and_negatives_train_presence_only():
                 self.pred_masks[0, [1, 3]] = masks.float() * 20 - 10
 
     good, bad = sam3_losses(Out(True), targets), sam3_losses(Out(False), targets)
+    # earlier decoder layers (aux): a wrong layer adds to the box and class losses, a right one adds little
+    wrong, right = Out(False), Out(True)
+    aux_bad = sam3_losses(Out(True), targets, layers=(wrong.pred_logits[None], wrong.pred_boxes[None], wrong.presence_logits[None]))
+    aux_good = sam3_losses(Out(True), targets, layers=(right.pred_logits[None], right.pred_boxes[None], right.presence_logits[None]))
+    assert aux_bad["giou_loss"] > good["giou_loss"] + 0.5 and aux_bad["presence_loss"] > good["presence_loss"]
+    assert aux_good["giou_loss"] < 1e-4 and aux_good["loss"] < aux_bad["loss"]
     assert good["loss"] < bad["loss"] and good["giou_loss"] < 1e-4 and good["bbox_loss"] < 1e-6
     only_negative = sam3_losses(Out(True), targets[1:] * 2)
     assert only_negative["class_loss"] == 0 and only_negative["mask_loss"] == 0 and only_negative["presence_loss"] > 0
+
+
+def test_training_a_sam3_with_a_tracker_trains_the_shared_vit_and_freezes_the_tracker():
+    from vlmsam.gsam.training import Sam3TrainingModel
+    from vlmsam.gsam.training_config import Sam3TrainConfig
+    from vlmsam.sam.sam3_tiny import build_tiny_sam3
+
+    model = Sam3TrainingModel(build_tiny_sam3(seed=0, tracker=True), Sam3TrainConfig(sam="tiny"))
+    assert all(p.requires_grad for p in model.sam3.vision_encoder.backbone.parameters())
+    assert not any(p.requires_grad for p in model.tracker.vision_encoder.neck.parameters())
+    assert not any(p.requires_grad for p in model.tracker.mask_decoder.parameters())
+    frozen = Sam3TrainingModel(build_tiny_sam3(seed=0, tracker=True), Sam3TrainConfig(sam="tiny", train_vision=False))
+    assert not any(p.requires_grad for p in frozen.sam3.vision_encoder.parameters())
 
 
 def test_instance_matching_is_one_to_one():
@@ -154,7 +173,9 @@ def _coco_folder(root):
                          "bbox": [x, 10, 15, 20], "segmentation": [[x, 10, x + 15, 10, x + 15, 30, x, 30]]})
         anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 2, "iscrowd": 1, "area": 10.0, "bbox": [0, 0, 5, 5],
                      "segmentation": {"size": [60, 80], "counts": [0, 25, 4775]}})
-    cats = [{"id": 1, "name": "cup"}, {"id": 2, "name": "knife"}, {"id": 3, "name": "zebra"}]
+        anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 4, "iscrowd": 1, "area": 10.0, "bbox": [0, 0, 5, 5],
+                     "segmentation": {"size": [60, 80], "counts": [0, 25, 4775]}})  # books only as a crowd region
+    cats = [{"id": 1, "name": "cup"}, {"id": 2, "name": "knife"}, {"id": 3, "name": "zebra"}, {"id": 4, "name": "book"}]
     (root / "annotations" / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return root
 
@@ -163,10 +184,11 @@ def test_coco_instances_become_phrases_with_all_their_instances_and_train(tmp_pa
     from vlmsam.data.coco_instances import CocoInstancesDataset
 
     root = _coco_folder(tmp_path / "coco")
-    ds = CocoInstancesDataset(root, "annotations/instances.json|images", negatives=1)
+    ds = CocoInstancesDataset(root, "annotations/instances.json|images", negatives=3)
     sample = ds.load(0, random.Random(0))
     targets = dict(sample.meta["phrase_targets"])
     assert [len(targets[n]) for n in ("cup", "knife", "zebra")] == [2, 1, 0]  # the crowd region is left out
+    assert "book" not in targets  # present only as a crowd region: neither an instance nor a phrase naming nothing
     assert targets["cup"][0, 20, 10] and not targets["cup"][0, 5, 10]
     run = _train(root, tmp_path / "run", "data.datasets=coco_instances",
                  "data.coco_instances_data=annotations/instances.json|images", "train.steps_per_epoch=2")

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "paired with a single --box. With --everything, SAM's automatic mask generator finds every object "
         "(Meta's SamAutomaticMaskGenerator: a grid of points, IoU / stability filters, NMS) and writes "
         "{stem}_proposals.json (COCO RLE, Meta's fields) beside the usual files. With --phrase (SAM 3), every "
-        "instance of each noun phrase, written as {stem}_instances.json (COCO RLE, phrase, box, score).",
+        "instance of each noun phrase, written as {stem}_instances.json (COCO RLE, phrase, bbox as COCO's x, y, w, h, score).",
     )
     p.add_argument("image", help="image path or http(s) URL")
     p.add_argument("--sam", required=True, help="Meta .pth file (sam_vit_h_4b8939.pth), transformers directory, or hub id (facebook/sam-vit-huge)")
@@ -171,7 +171,8 @@ def run_phrases(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     found = sam.segment_phrases(sam.encode(image), args.phrase, threshold=args.score_threshold)
     elapsed = time.perf_counter() - t0
-    records = [{"phrase": f.phrase, "score": round(float(s), 4), "bbox": [round(float(v), 2) for v in b],
+    records = [{"phrase": f.phrase, "score": round(float(s), 4),
+                "bbox": [round(float(v), 2) for v in (b[0], b[1], b[2] - b[0], b[3] - b[1])],  # COCO's x, y, w, h
                 "segmentation": mask_to_rle(m)} for f in found for m, b, s in zip(f.masks, f.boxes, f.scores)]
     masks = [m for f in found for m in f.masks]
     result = SegmentationResult(masks=np.stack(masks) if masks else np.zeros((0, image.height, image.width), bool),

@@ -73,7 +73,9 @@ class CocoInstancesDataset(SegDataset):
             if mask.any():
                 by_category.setdefault(ann["category_id"], []).append(mask)
         present = [(self.names[c], np.stack(m)) for c, m in sorted(by_category.items())]
-        absent = [self.names[c] for c in self.names if c not in by_category]
+        # a category seen here at all (a crowd region included) is never a phrase that names nothing
+        seen = {a.get("category_id") for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))}
+        absent = [self.names[c] for c in self.names if c not in seen]
         chosen = rng.sample(absent, min(self.negatives, len(absent)))
         return present + [(name, np.zeros((0, h, w), bool)) for name in chosen]
 

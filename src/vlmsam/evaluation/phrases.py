@@ -21,6 +21,7 @@ import numpy as np
 
 from vlmsam.data.phrases import phrases_for
 from vlmsam.data.synth import scene_files, visible_masks
+from vlmsam.errors import DatasetError
 from vlmsam.io.files import read_json
 from vlmsam.io.writer import mask_to_rle
 
@@ -104,7 +105,11 @@ def evaluate_phrases(sam3, cases, *, threshold: float = 0.5, progress: bool = Tr
         found = sam3.segment_phrases(sam3.encode(image_path), [text for text, _ in pairs], threshold=threshold)
         for (text, true), got in zip(pairs, found):
             h, w = got.masks.shape[1:]
-            true = np.asarray(true, bool).reshape(-1, h, w)
+            true = np.asarray(true, bool)
+            if true.ndim != 3 or (len(true) and true.shape[1:] != (h, w)):
+                raise DatasetError(f"{image_path}: the annotation's masks are {true.shape[-1]}x{true.shape[-2]} but the image is "
+                                   f"{w}x{h}; fix the annotation's image size")
+            true = true.reshape(-1, h, w)
             true = true[true.reshape(len(true), h * w).any(1)]
             image_id = len(records)
             hits = match_instances(got.masks, true)
@@ -122,7 +127,8 @@ def evaluate_phrases(sam3, cases, *, threshold: float = 0.5, progress: bool = Tr
                "instance_recall": round(len(matched) / max(1, n_true), 4),
                "matched_iou": round(float(np.mean(matched)) if matched else 0.0, 4),
                "instance_precision": round(len(matched) / max(1, n_pred), 4),
-               "no_target_empty": round(empty / max(1, n_negative), 4), "mask_ap": round(ap, 4), "mask_ap50": round(ap50, 4),
+               "no_target_empty": round(empty / max(1, n_negative), 4),
+               "mask_ap": None if ap != ap else round(ap, 4), "mask_ap50": None if ap50 != ap50 else round(ap50, 4),  # no truth: no AP
                "threshold": threshold}
     return metrics, records
 

@@ -41,6 +41,12 @@ _TRAILING = re.compile(r"\s+(?:in|from|of|on) (?:this|the) (?:image|picture|phot
                        r"that you can see|(?:shown|visible|present) (?:here|in (?:this|the) (?:image|picture)))$")
 
 
+def _option(options: dict, name: str, default):
+    """An option's value, or the segmenter's own where the request gives none (or gives None)."""
+    value = options.get(name)
+    return default if value is None else value
+
+
 def concept_phrase(request: str) -> str:
     """The noun phrase of a request, for SAM 3: lower case, its verbs, politeness, quantifiers and
     "in this image" removed ("Could you segment all the red circles?" -> "red circles")."""
@@ -110,8 +116,8 @@ class GroundedSegmenter(SegmenterBase):
         boxes, scores, labels = [], [], []
         for phrase in phrases:
             found = self.detector.detect(encoded.extras["image"], phrase,
-                                         box_threshold=options.get("box_threshold", self.box_threshold),
-                                         text_threshold=options.get("text_threshold", self.text_threshold))
+                                         box_threshold=_option(options, "box_threshold", self.box_threshold),
+                                         text_threshold=_option(options, "text_threshold", self.text_threshold))
             boxes.append(found.boxes)
             scores.extend(found.scores.tolist())
             labels.extend(lab or phrase for lab in found.labels)
@@ -130,7 +136,7 @@ class GroundedSegmenter(SegmenterBase):
 
     def _sam3_masks(self, encoded: EncodedImage, phrases: list[str], options: dict, text: str) -> SegmentationResult:
         """Every instance of every phrase from SAM 3's concept head (one batched call for all phrases)."""
-        threshold = options.get("score_threshold", self.score_threshold)
+        threshold = _option(options, "score_threshold", self.score_threshold)
         found = self.sam.segment_phrases(encoded.sam, phrases, threshold=threshold)
         info = {"phrases": phrases, "presence": [round(f.presence, 4) for f in found]}
         masks = [m for f in found for m in f.masks][:MAX_BOXES]

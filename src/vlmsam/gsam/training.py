@@ -107,8 +107,12 @@ class Sam3TrainingModel(nn.Module):
         for name, modules in PARTS.items():
             for module in modules:
                 getattr(self.sam3, module).requires_grad_(bool(getattr(config, f"train_{name}")))
+        self.tracker = backend.tracker  # registered, so it moves with the model; only the ViT it shares trains
         if backend.tracker is not None:
-            backend.tracker.requires_grad_(False)
+            shared = {id(p) for p in self.sam3.vision_encoder.backbone.parameters()}
+            for p in backend.tracker.parameters():
+                if id(p) not in shared:
+                    p.requires_grad_(False)
 
     @classmethod
     def build(cls, config: Sam3TrainConfig) -> Sam3TrainingModel:

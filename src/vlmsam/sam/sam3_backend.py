@@ -40,6 +40,7 @@ STD = (0.5, 0.5, 0.5)
 TEXT_LENGTH = 32  # tokens per phrase, padded, as Meta's and transformers' processors
 SCORE_THRESHOLD = 0.5  # Meta's Sam3Processor confidence_threshold
 PHRASE_MASK_THRESHOLD = 0.5  # on mask probabilities
+SHARED_MARKER = "shares_detector_backbone.txt"
 
 
 @dataclass
@@ -126,15 +127,21 @@ class Sam3Backend:
             tokenizer = AutoTokenizer.from_pretrained(name)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{name}: not a SAM 3 model ({first_line(exc)})") from None
-        tracker = None
+        tracker, shares = None, False
         tracker_dir = Path(name) / "tracker"
         if tracker_dir.is_dir():
-            tracker = Sam3TrackerModel.from_pretrained(str(tracker_dir), **kwargs)
+            shares = (tracker_dir / SHARED_MARKER).is_file()
+            try:
+                tracker = Sam3TrackerModel.from_pretrained(str(tracker_dir), **kwargs)
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"{tracker_dir}: not a SAM 3 tracker ({first_line(exc)})") from None
         elif _model_type(name) != "sam3":  # the released sam3_video checkpoint holds both
             try:
                 tracker = Sam3TrackerModel.from_pretrained(name, **kwargs)
             except (OSError, ValueError):
                 tracker = None
+        if shares:  # saved without its copy of the detector's ViT (save_pretrained)
+            tracker.vision_encoder.backbone = model.vision_encoder.backbone
         backend = cls(model, tokenizer, tracker)
         if device is not None:
             backend.to(device)
@@ -195,7 +202,9 @@ class Sam3Backend:
                 raise PromptError("exemplar boxes need torchvision (SAM 3 pools them with its roi_align): pip install torchvision")
             boxes = box_xyxy_to_cxcywh_normalized(exemplars, embedding.original_size)
             labels = torch.ones(len(boxes), dtype=torch.long) if exemplar_labels is None else \
-                torch.as_tensor(np.asarray(exemplar_labels, np.int64)).reshape(len(boxes))
+                torch.as_tensor(np.asarray(exemplar_labels, np.int64)).reshape(-1)
+            if len(labels) != len(boxes):
+                raise PromptError(f"{len(labels)} exemplar labels for {len(boxes)} exemplar boxes: give one label (1 or 0) per box")
             kwargs["input_boxes"] = boxes[None].expand(k, -1, -1).to(self.device, self.dtype)
             kwargs["input_boxes_labels"] = labels[None].expand(k, -1).to(self.device)
         with torch.inference_mode():
@@ -243,11 +252,13 @@ class Sam3Backend:
         if embedding.tracker is None:
             with torch.inference_mode():
                 maps, _ = self.tracker.vision_encoder.neck(embedding.backbone)
-                maps = list(maps)
+                # the levels the decoder uses (its neck may make a coarser fourth), then "no memory" on the last of
+                # them, as Meta's sam3_image.py does (transformers' image path adds it before cutting)
+                maps = list(maps[:len(self.tracker.backbone_feature_sizes)])
                 maps[0] = self.tracker.mask_decoder.conv_s0(maps[0])
                 maps[1] = self.tracker.mask_decoder.conv_s1(maps[1])
                 maps[-1] = maps[-1] + self.tracker.no_memory_embedding.view(1, -1, 1, 1)
-            embedding.tracker = maps[:len(self.tracker.backbone_feature_sizes)]
+            embedding.tracker = maps
         return embedding.tracker
 
     def predict(self, embedding: Sam3Embedding, *, boxes=None, points=None, point_labels=None, mask_input=None,
@@ -275,7 +286,12 @@ class Sam3Backend:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         if self.tracker is not None:
-            self.tracker.save_pretrained(Path(path) / "tracker")
+            shared = self.tracker.vision_encoder.backbone is self.model.vision_encoder.backbone
+            state = {k: v for k, v in self.tracker.state_dict().items() if not (shared and k.startswith("vision_encoder.backbone."))}
+            out = Path(path) / "tracker"
+            self.tracker.save_pretrained(out, state_dict=state)
+            if shared:  # one copy of the ViT on disk too: the loader gives the tracker the detector's
+                (out / SHARED_MARKER).write_text("the tracker's vision_encoder.backbone is the detector's (model.safetensors above)\n")
 
 
 def _same_weights(a, b) -> bool:

@@ -60,8 +60,8 @@ def tiny_sam3_configs(tokenizer, *, image_size: int = 112, patch: int = 14, hidd
         detr_decoder_config=dict(num_layers=decoder_layers, num_queries=queries, **small),
         mask_decoder_config=dict(hidden_size=hidden, num_attention_heads=2))
     tracker = Sam3TrackerConfig(
-        # three FPN levels, as the released tracker: its last level is the one the decoder attends to
-        vision_config=dict(backbone_config=vit, fpn_hidden_size=hidden, backbone_feature_sizes=sizes, scale_factors=[4.0, 2.0, 1.0]),
+        # the default four FPN levels: the tracker's decoder uses the first three (Sam3Backend cuts the fourth)
+        vision_config=dict(backbone_config=vit, fpn_hidden_size=hidden, backbone_feature_sizes=sizes),
         prompt_encoder_config=dict(hidden_size=hidden, image_size=image_size, patch_size=patch, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=hidden, mlp_dim=hidden * 2, num_attention_heads=2, iou_head_hidden_dim=hidden))
     return detector, tracker
