@@ -194,6 +194,7 @@ llmseg-model-phrasing: $(STAMP) fresh
 sam3-model: $(STAMP) build/fresh-original
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
 	$(PY) -m vlmsam train configs/sam3_tiny.yaml --overwrite
+	$(PY) -m tools.sam3_bundle threshold build/runs/sam3-tiny/checkpoints/step_005000 build/synth-rich
 	$(PY) -m vlmsam evaluate --model build/runs/sam3-tiny/checkpoints/step_005000 --dataset phrases:test \
 		--dataset-dir build/fresh-original --out build/eval/sam3-tiny
 	$(PY) -m tools.sam3_bundle build/runs/sam3-tiny/checkpoints/step_005000 $(WEIGHTS)/sam3-tiny build/eval/sam3-tiny \

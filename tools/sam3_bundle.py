@@ -9,6 +9,32 @@ import sys
 from pathlib import Path
 
 
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def choose_threshold(checkpoint: str | Path, val_dir: str | Path, n: int = 100) -> tuple[float, dict]:
+    """The score threshold (Meta's 0.5 or lower: a tiny model is calibrated differently) with the best mean of
+    instance F1 at IoU 0.5 and the no-target rate on ``n`` validation scenes (never the test scenes); it is
+    written into the checkpoint's config."""
+    from vlmsam.evaluation.phrases import evaluate_phrases, synthetic_cases
+    from vlmsam.sam import load_sam_backend
+
+    sam3 = load_sam_backend(Path(checkpoint) / "sam")
+    table = {}
+    for t in THRESHOLDS:
+        m, _ = evaluate_phrases(sam3, synthetic_cases(val_dir, "val", n), threshold=t, progress=False)
+        f1 = 2 * m["instance_recall"] * m["instance_precision"] / max(1e-9, m["instance_recall"] + m["instance_precision"])
+        table[t] = {"f1": round(f1, 4), **{k: m[k] for k in ("instance_recall", "instance_precision", "matched_iou", "no_target_empty")}}
+        print(f"threshold {t}: {table[t]}")
+    best = max(THRESHOLDS, key=lambda t: (table[t]["f1"] + table[t]["no_target_empty"]) / 2)
+    config_path = Path(checkpoint) / "vlmsam_config.json"
+    config = json.loads(config_path.read_text())
+    config["score_threshold"] = best
+    config_path.write_text(json.dumps(config, indent=2))
+    print(f"score threshold {best} (chosen on {n} validation scenes of {val_dir})")
+    return best, table
+
+
 def install(checkpoint: str | Path, bundle: str | Path, eval_dir: str | Path, record: str | Path | None = None) -> Path:
     """Copy ``checkpoint`` (a grounded checkpoint on SAM 3) to ``bundle`` with ``eval_dir/metrics.json`` as its
     model card's figures; ``eval_dir/summary.png`` goes to ``record`` (docs/bundled/sam3-tiny), not the package."""
@@ -50,4 +76,7 @@ def install(checkpoint: str | Path, bundle: str | Path, eval_dir: str | Path, re
 
 
 if __name__ == "__main__":
-    install(*sys.argv[1:5])
+    if sys.argv[1] == "threshold":
+        choose_threshold(sys.argv[2], sys.argv[3])
+    else:
+        install(*sys.argv[1:5])
