@@ -142,7 +142,11 @@ class GroundedSegmenter(SegmenterBase):
         masks = [m for f in found for m in f.masks][:MAX_BOXES]
         if not masks:
             return SegmentationResult.empty(encoded.size, text=text, info={**info, "reason": "SAM 3 found no instance above the threshold"})
-        return SegmentationResult(masks=np.stack(masks), boxes=np.concatenate([f.boxes for f in found])[:MAX_BOXES],
+        h, w = encoded.size
+        boxes = np.concatenate([f.boxes for f in found])[:MAX_BOXES]
+        boxes = np.stack([boxes[:, 0].clip(0, w), boxes[:, 1].clip(0, h), boxes[:, 2].clip(0, w), boxes[:, 3].clip(0, h)], axis=1)
+        # clipped to the image, as every result's boxes are (Sam3Instances keeps SAM 3's own, unclipped, as Meta)
+        return SegmentationResult(masks=np.stack(masks), boxes=boxes,
                                   scores=np.concatenate([f.scores for f in found])[:MAX_BOXES], text=text,
                                   labels=[f.phrase for f in found for _ in range(len(f))][:MAX_BOXES], info=info)
 
