@@ -47,7 +47,7 @@ demo: $(STAMP)
 		--out outputs/demo-box-prompt
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter proposal_select \
 		--out outputs/demo-proposal-select
-	$(PY) -m vlmsam segment examples/scene.jpg "all the circles" --segmenter grounded --out outputs/demo-sam3
+	$(PY) -m vlmsam segment examples/scene.jpg "all the triangles" --segmenter grounded --out outputs/demo-sam3
 
 # The bundles' workshop (tools/, outside the installed package): an evaluation's metrics.json goes into the
 # bundle (its model card), its predictions.jsonl and summary.png into docs/bundled/<bundle>/ (the record).

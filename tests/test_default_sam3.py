@@ -40,8 +40,8 @@ def test_bundled_sam3_finds_phrases_on_fresh_scenes(tmp_path):
     assert metrics["no_target_empty"] >= NO_TARGET_FLOOR, metrics
 
 
-def test_segment_all_the_circles_with_the_grounded_default(tmp_path):
+def test_segment_all_the_triangles_with_the_grounded_default(tmp_path):
     scene = Path(__file__).parent.parent / "examples" / "scene.jpg"
-    proc = run_cli("segment", scene, "all the circles", "--segmenter", "grounded", "--out", tmp_path)
+    proc = run_cli("segment", scene, "all the triangles", "--segmenter", "grounded", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "scene_overlay.jpg").is_file() and (tmp_path / "scene.json").is_file()

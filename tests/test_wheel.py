@@ -100,7 +100,7 @@ def test_every_bundled_default_segments_from_the_wheel(venv, segmenter, tmp_path
 
 def test_the_bundled_tiny_sam3_finds_phrases_from_the_wheel(venv, tmp_path):
     out = tmp_path / "out-grounded"
-    proc = _run(venv / "bin" / "vlmsam", "segment", SCENE, "all the circles", "--segmenter", "grounded", "--out", out,
+    proc = _run(venv / "bin" / "vlmsam", "segment", SCENE, "all the triangles", "--segmenter", "grounded", "--out", out,
                 env=_clean_env(), cwd=tmp_path)
     assert "mask" in proc.stdout and (out / "scene_overlay.jpg").is_file(), proc.stdout
     assert json.loads((out / "scene.json").read_text())

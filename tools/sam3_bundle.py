@@ -13,9 +13,9 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def choose_threshold(checkpoint: str | Path, val_dir: str | Path, n: int = 100) -> tuple[float, dict]:
-    """The score threshold (Meta's 0.5 or lower: a tiny model is calibrated differently) with the best mean of
-    instance F1 at IoU 0.5 and the no-target rate on ``n`` validation scenes (never the test scenes); it is
-    written into the checkpoint's config."""
+    """The score threshold (Meta's 0.5 or lower: a tiny model is calibrated differently) with the best instance F1
+    at mask IoU 0.5 on ``n`` validation scenes (never the test scenes), the usual operating point of a detector;
+    it is written into the checkpoint's config."""
     from vlmsam.evaluation.phrases import evaluate_phrases, synthetic_cases
     from vlmsam.sam import load_sam_backend
 
@@ -26,7 +26,7 @@ def choose_threshold(checkpoint: str | Path, val_dir: str | Path, n: int = 100) 
         f1 = 2 * m["instance_recall"] * m["instance_precision"] / max(1e-9, m["instance_recall"] + m["instance_precision"])
         table[t] = {"f1": round(f1, 4), **{k: m[k] for k in ("instance_recall", "instance_precision", "matched_iou", "no_target_empty")}}
         print(f"threshold {t}: {table[t]}")
-    best = max(THRESHOLDS, key=lambda t: (table[t]["f1"] + table[t]["no_target_empty"]) / 2)
+    best = max(THRESHOLDS, key=lambda t: table[t]["f1"])
     config_path = Path(checkpoint) / "vlmsam_config.json"
     config = json.loads(config_path.read_text())
     config["score_threshold"] = best
