@@ -11,11 +11,12 @@ from tools.default_model import DEFAULT_MODEL_DIR
 from vlmsam.data.synth import write_synth
 
 SAM3_DIR = DEFAULT_MODEL_DIR.parent / "sam3-tiny"
-# The bundle's figures on the 500 fresh test scenes are in its eval/metrics.json (docs/sam.md); a sample of 60
-# scenes varies by a few points, so these floors sit below them.
-RECALL_FLOOR = 0.0
-MATCHED_IOU_FLOOR = 0.0
-NO_TARGET_FLOOR = 0.0
+# Floors against regressions, not the bar (recall 0.85, IoU 0.80, 90 %), which the bundle does not meet
+# (docs/sam.md). Measured on these 60 scenes: recall 0.439, matched IoU 0.821, no-target empty 0.772 (0.431 /
+# 0.831 / 0.781 on the 500 fresh test scenes).
+RECALL_FLOOR = 0.35
+MATCHED_IOU_FLOOR = 0.75
+NO_TARGET_FLOOR = 0.65
 
 
 def test_bundled_sam3_is_small_and_complete():
