@@ -228,7 +228,9 @@ def _from_pretrained(source: str, *, local: bool) -> SamModel:
         where = "directory" if local else "hub id (is the network reachable? otherwise pass a local path)"
         raise CheckpointError(f"{source}: could not read a model config from this {where}: {first_line(e)}") from None
     if config.model_type != "sam":
-        raise CheckpointError(f"{source}: is a '{config.model_type}' checkpoint, not a Segment Anything (sam) model")
+        hint = ("; SAM 2 and SAM 3 work where a design prompts SAM with boxes or points (box_prompt, proposal_select, "
+                "grounded, gsam), not as the [SEG] design's trained decoder") if config.model_type.startswith(("sam2", "sam3")) else ""
+        raise CheckpointError(f"{source}: is a '{config.model_type}' checkpoint, not a Segment Anything (sam) model{hint}")
     try:
         model, info = SamModel.from_pretrained(source, local_files_only=local, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
