@@ -41,7 +41,29 @@ def sam2_pixels(image, size: int) -> torch.Tensor:
     return (resized - mean) / std
 
 
-class Sam2Backend:
+class SquareInputBackend:
+    """What SAM 2 and SAM 3 backends share: a transformers ``model``, a square input, logits resized to the image."""
+
+    model = None
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def upscale_logits(self, low_res_logits: torch.Tensor, embedding) -> torch.Tensor:
+        """Low-resolution mask logits resized to the original image (as ``predict`` does)."""
+        return F.interpolate(low_res_logits.float(), size=embedding.original_size, mode="bilinear", align_corners=False)
+
+
+class Sam2Backend(SquareInputBackend):
     """SAM 2 with :class:`SamBackend`'s stateless interface: ``encode(image)`` then ``predict(embedding, ...)``."""
 
     def __init__(self, model):
@@ -68,18 +90,6 @@ class Sam2Backend:
             model.to(device)
         return cls(model)
 
-    def to(self, device) -> Sam2Backend:
-        self.model.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     def encode(self, image: ImageSource) -> Sam2Embedding:
         from vlmsam.io.images import image_key
 
@@ -104,10 +114,6 @@ class Sam2Backend:
             low = out.pred_masks[0].float()  # (N, M, 256, 256)
             logits = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         return SamPrediction(logits > MASK_THRESHOLD, out.iou_scores[0].float(), low)
-
-    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: Sam2Embedding) -> torch.Tensor:
-        """Low-resolution mask logits resized to the original image (as :meth:`predict` does)."""
-        return F.interpolate(low_res_logits.float(), size=embedding.original_size, mode="bilinear", align_corners=False)
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from vlmsam.errors import CheckpointError, PromptError, first_line
 from vlmsam.io.images import ImageSource, image_key, load_image
 from vlmsam.sam.backend import MASK_THRESHOLD, SamPrediction, require_embedding
-from vlmsam.sam.sam2_backend import square_prompts
+from vlmsam.sam.sam2_backend import SquareInputBackend, square_prompts
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -89,7 +89,7 @@ def box_xyxy_to_cxcywh_normalized(boxes: np.ndarray, size: tuple[int, int]) -> t
     return torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], dim=-1)
 
 
-class Sam3Backend:
+class Sam3Backend(SquareInputBackend):
     """SAM 3 with :class:`SamBackend`'s stateless interface plus phrases.
 
     >>> sam3 = Sam3Backend.from_pretrained("facebook/sam3")
@@ -148,18 +148,9 @@ class Sam3Backend:
         return backend
 
     def to(self, device):
-        self.model.to(device)
         if self.tracker is not None:
             self.tracker.to(device)
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return super().to(device)
 
     # ---- once per image ---------------------------------------------------------------------
 
@@ -275,10 +266,6 @@ class Sam3Backend:
             low = out.pred_masks[0].float()
             logits = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         return SamPrediction(logits > MASK_THRESHOLD, out.iou_scores[0].float(), low)
-
-    def upscale_logits(self, low_res_logits: torch.Tensor, embedding: Sam3Embedding) -> torch.Tensor:
-        """Low-resolution mask logits resized to the original image (as :meth:`predict` does)."""
-        return F.interpolate(low_res_logits.float(), size=embedding.original_size, mode="bilinear", align_corners=False)
 
     def save_pretrained(self, path) -> None:
         from pathlib import Path

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlmsam.sam.amg import box_iou
+from vlmsam.sam.amg import masks_to_boxes as inclusive_boxes
+
 
 @dataclass(frozen=True)
 class Sam3LossWeights:
@@ -52,14 +55,12 @@ def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """XYXY boxes normalised to [0, 1] of ``(N, H, W)`` bool masks (pixel edges, so a 1-pixel mask has area)."""
-    n, h, w = masks.shape
-    out = torch.zeros((n, 4), dtype=torch.float32)
-    for i, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        if len(xs):
-            out[i] = torch.tensor([xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h])
-    return out
+    """XYXY boxes normalised to [0, 1] of ``(N, H, W)`` bool masks, on pixel edges (a 1-pixel mask has area):
+    the automatic mask generator's boxes (inclusive max) with one added to the max, over (W, H, W, H)."""
+    h, w = masks.shape[-2:]
+    boxes = inclusive_boxes(masks).float()
+    boxes[:, 2:] += masks.flatten(1).any(1, keepdim=True).float()
+    return boxes / torch.tensor([w, h, w, h], dtype=torch.float32)
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -109,15 +110,10 @@ def _box_terms(logits, boxes, target_boxes, w) -> tuple[torch.Tensor, ...]:
     q, t = match(logits, boxes, target_boxes, w)
     pb, tb = boxes[q].float(), target_boxes[t]
     giou = torch.diag(generalized_iou(pb, tb))
-    iou = torch.diag(_iou(pb, tb))
+    iou = torch.diag(box_iou(pb, tb))
     l1 = F.l1_loss(xyxy_to_cxcywh(pb), xyxy_to_cxcywh(tb), reduction="none").sum()  # Meta's L1 is on (cx, cy, w, h)
     return iou_aware_bce(logits, q, iou, w), l1, (1 - giou).sum(), q, t
 
-
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    lt, rb = torch.max(a[:, None, :2], b[None, :, :2]), torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (box_area(a)[:, None] + box_area(b)[None] - inter).clamp(min=1e-7)
 
 
 def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(), layers=None) -> dict[str, torch.Tensor]:
