@@ -225,6 +225,10 @@ def write_result(
     for name, picture in result.extra_images.items():
         outputs.append((f"{stem}_{name}.png", lambda p=picture: _encode_image(p, "PNG")))
     outputs.extend((files or {}).items())
+    if "trace" in result.info:  # an agent's steps: a file of their own, each step's picture beside it
+        outputs.append((f"{stem}_trace.json", lambda: json.dumps(
+            {"image": stem, "answer": result.text, "steps": result.info["trace"],
+             "pictures": {n: f"{stem}_{n}.png" for n in result.extra_images}}, indent=2).encode("utf-8")))
     outputs.append((f"{stem}.json", lambda: json.dumps(_record(result, rgb, stem, extra), indent=2).encode("utf-8")))
     write_set(out, outputs, stale=_stale(stem, result.num_masks))
 
@@ -235,6 +239,8 @@ def write_result(
     }
     written.update({name: out / f"{stem}_{name}.png" for name in result.extra_images})
     written.update({name: out / name for name in files or {}})
+    if "trace" in result.info:
+        written["trace"] = out / f"{stem}_trace.json"
     written["json"] = out / f"{stem}.json"
     return written
 
@@ -264,6 +270,7 @@ def _record(result: SegmentationResult, rgb: np.ndarray, stem: str, extra: dict 
         "labels": list(result.labels),
         "masks": [mask_to_rle(m) for m in result.masks],
         "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
-        "info": result.info,
+        "info": {k: v for k, v in result.info.items() if k != "trace"} | (
+            {"trace": f"{stem}_trace.json"} if "trace" in result.info else {}),
         **(extra or {}),
     }

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vlmsam.data import prompts
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, is_sentence, mark_mask_tokens
 from vlmsam.engine.registry import CONFIG_NAME, bundled_default, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
 from vlmsam.errors import CheckpointError
+from vlmsam.io.marks import PALETTE, draw_marks  # noqa: F401  (PALETTE: public here too)
 from vlmsam.result import SegmentationResult
 from vlmsam.sam.amg import AmgConfig, AutomaticMaskGenerator
 from vlmsam.vlm.runtime import VlmRuntime
@@ -36,26 +37,6 @@ DEFAULT_MAX_NEW_TOKENS = 32
 
 MARKS_PROMPT = ("The image shows {n} numbered regions. Which region numbers does \"{request}\" refer to? "
                 "Answer with the numbers separated by commas, or none if no region matches.")
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
-
-
-def draw_marks(image: Image.Image, masks: np.ndarray) -> Image.Image:
-    """The image with each mask tinted and its 1-based number written at the mask's most central pixel."""
-    rgb = np.asarray(image.convert("RGB")).astype(np.float32)
-    for k, mask in enumerate(masks):
-        rgb[mask] = 0.6 * rgb[mask] + 0.4 * np.array(PALETTE[k % len(PALETTE)], np.float32)
-    out = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(out)
-    for k, mask in enumerate(masks):
-        ys, xs = np.nonzero(mask)
-        if len(xs) == 0:
-            continue
-        i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-        draw.text((int(xs[i]) - 3, int(ys[i]) - 5), str(k + 1), fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
-    return out
-
-
 def parse_marks(answer: str, n: int) -> tuple[list[int], str]:
     """0-based indices of the marks an answer names (1..n, in order, once each), and why none if none."""
     if re.search(r"\bnone\b|\bno region\b|\bnothing\b", answer.lower()):

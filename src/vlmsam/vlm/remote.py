@@ -84,24 +84,67 @@ class RemoteVlm:
 
         raise CheckpointError(f"{self.endpoint}: a remote VLM has no weights to save")
 
+    def conversation(self, prefix: RemoteImage | None = None, image: Image.Image | None = None, **_) -> RemoteConversation:
+        """A multi-turn, multi-image conversation; ``image`` travels as ``prefix``'s data URL (made once)."""
+        return RemoteConversation(self, prefix, image)
+
+    def complete(self, messages: list[dict], max_new_tokens: int) -> str:
+        """The server's greedy answer to OpenAI-format ``messages``; any failure is one RemoteVlmError."""
+        try:
+            reply = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
+                                                        temperature=0.0)
+            text = reply.choices[0].message.content
+        except self._openai.APITimeoutError:
+            raise RemoteVlmError(f"{self.endpoint}: no answer within {self.client.timeout} s") from None
+        except self._openai.APIConnectionError:
+            raise RemoteVlmError(f"{self.endpoint}: cannot connect (is the server running?)") from None
+        except self._openai.APIStatusError as exc:
+            raise RemoteVlmError(f"{self.endpoint}: HTTP {exc.status_code} from the server") from None
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise RemoteVlmError(f"{self.endpoint}: not a chat-completions answer ({type(exc).__name__})") from None
+        if not isinstance(text, str):
+            raise RemoteVlmError(f"{self.endpoint}: the answer holds no text")
+        return text
+
     def chat_many(self, prefix: RemoteImage, conversations: list[list[tuple[str, str | None]]], *,
                   max_new_tokens: int = 128, **_) -> list[str]:
         """One answer per conversation (greedy: temperature 0)."""
+        return [self.complete(self._messages(prefix, turns), max_new_tokens) for turns in conversations]
+
+
+class RemoteConversation:
+    """:class:`~vlmsam.vlm.messages.Message` lists to a served VLM. Each picture becomes a PNG data URL once
+    per conversation; user and assistant text has the Qwen-VL control-token spellings escaped (the
+    server's chat template would parse them)."""
+
+    def __init__(self, vlm: RemoteVlm, prefix: RemoteImage | None = None, image: Image.Image | None = None):
+        self.vlm = vlm
+        self._urls: dict[int, tuple] = {}
+        if prefix is not None and image is not None:
+            self._urls[id(image)] = (image, prefix.data_url)
+
+    def _url(self, image: Image.Image) -> str:
+        found = self._urls.get(id(image))
+        if found is None or found[0] is not image:
+            found = (image, self.vlm.encode_image(image).data_url)
+            self._urls[id(image)] = found
+        return found[1]
+
+    def openai_messages(self, messages) -> list[dict]:
+        from vlmsam.vlm.special_tokens import escape_special_tokens, special_strings
+
+        strings = special_strings()
         out = []
-        for turns in conversations:
-            try:
-                reply = self.client.chat.completions.create(model=self.model, messages=self._messages(prefix, turns),
-                                                            max_tokens=max_new_tokens, temperature=0.0)
-                text = reply.choices[0].message.content
-            except self._openai.APITimeoutError:
-                raise RemoteVlmError(f"{self.endpoint}: no answer within {self.client.timeout} s") from None
-            except self._openai.APIConnectionError:
-                raise RemoteVlmError(f"{self.endpoint}: cannot connect (is the server running?)") from None
-            except self._openai.APIStatusError as exc:
-                raise RemoteVlmError(f"{self.endpoint}: HTTP {exc.status_code} from the server") from None
-            except (AttributeError, IndexError, TypeError, ValueError) as exc:
-                raise RemoteVlmError(f"{self.endpoint}: not a chat-completions answer ({type(exc).__name__})") from None
-            if not isinstance(text, str):
-                raise RemoteVlmError(f"{self.endpoint}: the answer holds no text")
-            out.append(text)
+        for m in messages:
+            if m.role != "user" and not m.images:
+                text = m.text if m.role == "system" else escape_special_tokens(m.text, strings=strings)
+                out.append({"role": m.role, "content": text})
+                continue
+            content = [{"type": "text", "text": escape_special_tokens(p, strings=strings)} if isinstance(p, str)
+                       else {"type": "image_url", "image_url": {"url": self._url(p)}} for p in m.parts]
+            out.append({"role": m.role, "content": content})
         return out
+
+    def reply(self, messages, *, max_new_tokens: int = 256, thread: str = "main") -> str:
+        """The server's answer to ``messages`` (``thread`` is for the local conversation's caches)."""
+        return self.vlm.complete(self.openai_messages(messages), max_new_tokens)

@@ -124,6 +124,13 @@ class VlmRuntime:
                              pad_id=self.processor.tokenizer.pad_token_id or 0, state_token=state_token,
                              max_new_tokens=max_new_tokens, logits_processor=logits_processor)
 
+    def conversation(self, prefix: VisionPrefix | None = None, image=None, *, reuse: bool = True):
+        """A multi-turn, multi-image conversation (:mod:`vlmsam.vlm.conversation`) that reuses ``prefix``'s
+        features for ``image`` and each turn's key/value cache in the next."""
+        from vlmsam.vlm.conversation import LocalConversation
+
+        return LocalConversation(self, prefix, image, reuse=reuse)
+
     def save_pretrained(self, path: str | Path) -> None:
         """An ordinary transformers directory: the model (LoRA as it is) and its processor beside it."""
         self.base.save_pretrained(path)

@@ -1,0 +1,183 @@
+"""The agent design against a real OpenAI-compatible server on 127.0.0.1 that answers scripted tool
+calls: the loop, the tools, the bundled tiny SAM 3 and the rendering are real; only the VLM's words
+are scripted. What the VLM received at each turn is read back from the server's log."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+from tools.default_model import DEFAULT_MODEL_DIR
+from vlmsam.agent.loop import dedupe
+from vlmsam.agent.segmenter import AgentSegmenter
+from vlmsam.data.synth import write_synth
+from vlmsam.sam import load_sam_backend
+from vlmsam.vlm.remote import RemoteVlm, RemoteVlmError
+
+SAM3 = DEFAULT_MODEL_DIR.parent / "sam3-tiny" / "sam"
+
+
+def call(name: str, **parameters) -> str:
+    return f"<think>thinking about {name}</think>\n<tool>{json.dumps({'name': name, 'parameters': parameters})}</tool>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sam3():
+    return load_sam_backend(str(SAM3), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A synthetic scene and a phrase SAM 3 finds several instances of, with their masks."""
+    root = tmp_path_factory.mktemp("scenes")
+    write_synth(root, 12, seed=4242, splits={"test": 1.0}, progress=False)
+    sam = load_sam_backend(str(SAM3), device="cpu")
+    for path in sorted((root / "test").glob("*.jpg")) or sorted(root.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        emb = sam.encode(image)
+        for phrase in ("circles", "squares", "triangles", "shapes"):
+            found = sam.segment_phrase(emb, phrase, threshold=0.4)
+            if len(found) and len(dedupe(found.masks, found.scores)) >= 2:
+                return path, image, phrase
+    pytest.fail("no scene with a phrase of two or more instances")
+
+
+class Scripted:
+    """A scripted server process and its log."""
+
+    def __init__(self, tmp_path, replies: list[str]):
+        (tmp_path / "script.json").write_text(json.dumps(replies))
+        self.log = tmp_path / "log.jsonl"
+        port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "tests/helpers/scripted_vlm_server.py", str(tmp_path / "script.json"),
+                                      str(self.log), str(port)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    def requests(self) -> list[list[dict]]:
+        return [json.loads(line)["messages"] for line in self.log.read_text().splitlines()]
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    made = []
+
+    def start(replies):
+        made.append(Scripted(tmp_path, replies))
+        return made[-1]
+
+    yield start
+    for s in made:
+        s.close()
+
+
+def run(server, sam3, image, replies, request="all the shapes", **options):
+    srv = server(replies)
+    seg = AgentSegmenter(RemoteVlm(srv.url, "scripted"), sam3, score_threshold=0.4)
+    result = seg.segment(seg.encode(image), request, **options)
+    return result, srv.requests()
+
+
+def test_one_phrase_then_select(server, sam3, scene):
+    _, image, phrase = scene
+    direct = sam3.segment_phrase(sam3.encode(image), phrase, threshold=0.4)
+    candidates = direct.masks[dedupe(direct.masks, direct.scores)]
+    result, seen = run(server, sam3, image, [call("segment_phrase", text_prompt=phrase),
+                                             call("select_masks_and_return", final_answer_masks=[2, 1])])
+    assert result.num_masks == 2 and result.info["reason"] == "selected" and result.info["turns"] == 2
+    assert np.array_equal(result.masks, candidates[:2])  # numbers 1 and 2 are the two best, in order
+    assert [s["tool"] for s in result.info["trace"]] == ["segment_phrase", "select_masks_and_return"]
+    assert set(result.extra_images) == {"step_1", "step_2"}
+    assert seen[0][0]["role"] == "system" and "segment_phrase" in seen[0][0]["text"]
+    assert [m["images"] for m in seen[0]] == [0, 1] and "all the shapes" in seen[0][1]["text"]
+    assert [m["images"] for m in seen[1]] == [0, 1, 0, 1]  # the raw image, then the numbered candidates
+    assert f"found {len(candidates)} masks" in seen[1][-1]["text"]
+
+
+def test_a_second_phrase_after_a_bad_first_prunes_the_history(server, sam3, scene):
+    _, image, phrase = scene
+    result, seen = run(server, sam3, image, [
+        call("segment_phrase", text_prompt="zebra crossing"), call("segment_phrase", text_prompt="zebra crossing"),
+        call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[1])])
+    assert result.num_masks == 1 and result.info["phrases"] == ["zebra crossing", phrase]
+    assert "refused" in result.info["trace"][1]["outcome"]
+    assert "already used" in seen[2][-1]["text"]
+    last = seen[3]  # after the second phrase: prompt, request (+ phrases tried), then from that call on
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+    assert "Phrases already tried" in last[1]["text"] and '"zebra crossing"' in last[1]["text"]
+    assert phrase in last[2]["text"] and sum(m["images"] for m in last) <= 2
+
+
+def test_examine_then_select(server, sam3, scene):
+    _, image, phrase = scene
+    found = sam3.segment_phrase(sam3.encode(image), phrase, threshold=0.4)
+    n = len(dedupe(found.masks, found.scores))
+    verdicts = ["<think>yes</think><verdict>Accept</verdict>"] + ["<think>no</think><verdict>Reject</verdict>"] * (n - 1)
+    result, seen = run(server, sam3, image, [call("segment_phrase", text_prompt=phrase), call("examine_each_mask"),
+                                             *verdicts, call("select_masks_and_return", final_answer_masks=[1])])
+    assert result.num_masks == 1 and result.info["trace"][1]["outcome"] == f"kept 1 of {n}"
+    verdict_calls = seen[2:2 + n]
+    assert all([m["images"] for m in v] == [0, 3] and "Accept" in v[0]["text"] for v in verdict_calls)
+    final = seen[2 + n]
+    assert sum(m["images"] for m in final) == 2 and "kept 1 of" in final[-1]["text"]
+
+
+def test_report_no_mask(server, sam3, scene):
+    result, seen = run(server, sam3, scene[1], [call("report_no_mask")], request="the purple elephant")
+    assert result.num_masks == 0 and result.info["reason"] == "reported no mask" and len(seen) == 1
+
+
+def test_malformed_calls_are_answered_and_counted(server, sam3, scene):
+    _, image, phrase = scene
+    replies = ["I think it is the circle.", "<tool>{not json</tool>", '<tool>{"name": "fly", "parameters": {}}</tool>',
+               call("select_masks_and_return", final_answer_masks=[1]), call("segment_phrase", text_prompt="x" * 2000),
+               call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[99]),
+               call("select_masks_and_return", final_answer_masks="all"), call("select_masks_and_return", final_answer_masks=[1])]
+    result, seen = run(server, sam3, image, replies)
+    assert result.info["malformed_calls"] == 7 and result.num_masks == 1 and result.info["reason"] == "selected"
+    errors = [s["outcome"] for s in result.info["trace"] if s["error"]]
+    assert len(errors) == 7 and "no <tool>" in errors[0] and "not valid JSON" in errors[1] and "no tool 'fly'" in errors[2]
+    assert "no candidate masks" in errors[3] and "2000 characters" in errors[4] and "Mask 99 does not exist" in errors[5]
+    assert all(seen[k][-1]["text"].startswith("Error:") for k in (1, 2, 3, 4, 5, 7, 8))
+
+
+def test_the_generation_limit_ends_the_loop(server, sam3, scene):
+    result, seen = run(server, sam3, scene[1], ["no idea"], max_turns=3)
+    assert result.num_masks == 0 and len(seen) == 3 and "generation limit" in result.info["reason"]
+
+
+def test_a_failing_endpoint_is_one_error(sam3, scene):
+    seg = AgentSegmenter(RemoteVlm(f"http://127.0.0.1:{free_port()}/v1", "x", max_retries=0), sam3)
+    with pytest.raises(RemoteVlmError, match="cannot connect"):
+        seg.segment(seg.encode(scene[1]), "the circle")
+
+
+def test_cli_writes_the_trace(server, scene, tmp_path):
+    path, _, phrase = scene
+    srv = server([call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[1])])
+    proc = run_cli("segment", str(path), "all the shapes", "--segmenter", "agent", "--vlm-endpoint", srv.url,
+                   "--vlm", "scripted", "--sam", str(SAM3.parent), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trace = json.loads((tmp_path / "out" / f"{path.stem}_trace.json").read_text())
+    assert [s["tool"] for s in trace["steps"]] == ["segment_phrase", "select_masks_and_return"]
+    for name in trace["pictures"].values():
+        assert Image.open(tmp_path / "out" / name).size == Image.open(path).size
+    record = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
+    assert record["num_masks"] == 1 and record["info"]["trace"] == f"{path.stem}_trace.json"
