@@ -1,7 +1,8 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 that answers from a script.
 
 ``python tests/helpers/scripted_vlm_server.py SCRIPT.json LOG.jsonl PORT`` answers the i-th
-``POST /v1/chat/completions`` with ``SCRIPT[i]`` (the last entry once the script runs out) and appends
+``POST /v1/chat/completions`` with ``SCRIPT[i]`` (the last entry once the script runs out; with ``--cycle``,
+the script again from its start) and appends
 what it received to LOG.jsonl: per message its role, its text and how many images it held (each image
 decoded, so a broken data URL fails the request). The VLM is the only thing scripted: the agent loop,
 SAM 3 and the rendering under test are real.
@@ -21,6 +22,7 @@ from PIL import Image
 def main() -> None:
     script = json.loads(open(sys.argv[1]).read())
     log_path, port = sys.argv[2], int(sys.argv[3])
+    cycle = "--cycle" in sys.argv[4:]
     served = [0]
 
     class Handler(BaseHTTPRequestHandler):
@@ -42,7 +44,8 @@ def main() -> None:
                              "text": "".join(p.get("text", "") for p in content if p["type"] == "text")})
             with open(log_path, "a") as log:
                 log.write(json.dumps({"messages": seen, "max_tokens": request.get("max_tokens")}) + "\n")
-            answer = script[min(served[0], len(script) - 1)]
+            k = served[0] % len(script) if cycle else min(served[0], len(script) - 1)
+            answer = script[k]
             served[0] += 1
             data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": request["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",

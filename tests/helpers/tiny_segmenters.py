@@ -189,6 +189,23 @@ def llmseg(root: Path):
 BUILDERS.update(llmseg=llmseg)
 
 
+def agent(root: Path):
+    """The agent loop with a tiny random VLM (local: its conversation reuses the KV cache) and a tiny SAM 3."""
+    from vlmsam.engine.registry import design
+    from vlmsam.engine.spec import BuildSpec
+    from vlmsam.sam.sam3_tiny import build_tiny_sam3
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    build_tiny_sam3(seed=0).save_pretrained(root / "sam3")
+    vlm = save_tiny_vlm(root / "vlm", "qwen2_5_vl")
+    seg = design("agent")(BuildSpec(vlm=str(vlm), sam=str(root / "sam3"), max_new_tokens=8))
+    seg.max_turns, seg.score_threshold = 2, 0.0  # a random VLM never finishes: two turns show the loop
+    return seg
+
+
+BUILDERS.update(agent=agent)
+
+
 def save_tiny_seg_checkpoint(root: Path) -> Path:
     """Tiny base models in ``root/sam`` and ``root/vlm`` and a [SEG] checkpoint built on them in ``root/ckpt``."""
     from vlmsam.sam.tiny import build_tiny_sam

@@ -77,12 +77,11 @@ class AgentLoop:
     backend and ``embedding`` its encoding of ``image``."""
 
     def __init__(self, talk, sam, embedding, image, request: str, *, max_turns: int = 16, max_new_tokens: int = 512,
-                 score_threshold: float = 0.5, examine: bool = True):
+                 score_threshold: float = 0.5, system_prompt: str = SYSTEM_PROMPT):
         self.talk, self.sam, self.embedding, self.request = talk, sam, embedding, request
         self.image = image if image.mode == "RGB" else image.convert("RGB")  # the same object the VLM has encoded
-        self.max_turns, self.max_new_tokens, self.score_threshold, self.examine = max_turns, max_new_tokens, score_threshold, examine
-        self.messages = [Message("system", (SYSTEM_PROMPT,)),
-                         Message("user", (image, f'The image above is the input. The request is: "{request}"'))]
+        self.max_turns, self.max_new_tokens, self.score_threshold = max_turns, max_new_tokens, score_threshold
+        self.messages = [Message("system", (system_prompt,)), Message("user", (image, f'The request: "{request}"'))]
         self.phrases: list[str] = []
         self.last_phrase_at = 0  # index in messages of the latest segment_phrase call
         self.shown_at: int | None = None  # index of the message that shows the current candidates
@@ -136,12 +135,10 @@ class AgentLoop:
         n = len(keep)
         if not n:
             self.shown_at = None
-            self._say(f'segment_phrase("{phrase}") found no mask. Try a different or more general phrase, or call '
-                      "report_no_mask if nothing in the image answers the request.")
+            self._say(f'segment_phrase("{phrase}") found no mask. Try another, more general phrase, or report_no_mask.')
             return "no mask found", None
-        text = (f'segment_phrase("{phrase}") found {n} mask{"s" if n > 1 else ""}, drawn and numbered 1 to {n} in the picture '
-                "above (best first). Call select_masks_and_return with the numbers that answer the request, "
-                "examine_each_mask to check them one by one, or segment_phrase with another phrase.")
+        text = f'segment_phrase("{phrase}") found {n} mask{"s" if n > 1 else ""}, numbered 1 to {n} above, best first.'
+
         return f"{n} mask{'s' if n > 1 else ''} found", self._show(text, name)
 
     def examine_each_mask(self, name: str) -> tuple[str, str | None]:
@@ -160,8 +157,7 @@ class AgentLoop:
             self.shown_at = None
             self._say("examine_each_mask rejected every candidate. Try another phrase, or call report_no_mask.")
             return f"all {len(verdicts)} rejected", None
-        text = (f"examine_each_mask kept {n} of {len(verdicts)} masks, renumbered 1 to {n} in the picture above. "
-                "Call select_masks_and_return, segment_phrase with another phrase, or report_no_mask.")
+        text = f"examine_each_mask kept {n} of {len(verdicts)} masks, renumbered 1 to {n} above."
         return f"kept {n} of {len(verdicts)}", self._show(text, name)
 
     # ---- the loop ---------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmsam.agent.loop import AgentLoop
+from vlmsam.agent.protocol import SYSTEM_PROMPT
 from vlmsam.engine.contract import EncodedImage, SegmenterBase, SegmentOptions
 from vlmsam.engine.registry import CONFIG_NAME, bundled_default, part, read_config
 from vlmsam.errors import CheckpointError, PromptError
@@ -48,12 +49,13 @@ class AgentSegmenter(SegmenterBase):
     options_type = AgentOptions
 
     def __init__(self, vlm, sam, *, max_turns: int = 16, max_new_tokens: int = 512, score_threshold: float = 0.5,
-                 label: str = ""):
+                 system_prompt: str = SYSTEM_PROMPT, label: str = ""):
         super().__init__(label)
         if not hasattr(sam, "segment_phrases"):
             raise CheckpointError("the agent's tool is SAM 3's concept head: name a SAM 3 with --sam (e.g. facebook/sam3)")
         self.vlm, self.sam = vlm, sam
         self.max_turns, self.max_new_tokens, self.score_threshold = max_turns, max_new_tokens, score_threshold
+        self.system_prompt = system_prompt  # a tiny VLM is taught a short one (its bundle records it)
 
     @property
     def device(self):
@@ -74,7 +76,7 @@ class AgentSegmenter(SegmenterBase):
                          max_turns=options.get("max_turns") or self.max_turns,
                          max_new_tokens=options.get("max_new_tokens") or self.max_new_tokens,
                          score_threshold=self.score_threshold if options.get("score_threshold") is None
-                         else options["score_threshold"])
+                         else options["score_threshold"], system_prompt=self.system_prompt)
         out = loop.run()
         final = out.steps[-1].thinking if out.steps else ""
         info = {"reason": out.reason, "phrases": out.phrases, "turns": out.turns, "malformed_calls": out.malformed,
@@ -88,7 +90,8 @@ class AgentSegmenter(SegmenterBase):
 
     def _config(self) -> dict:
         return {"model_type": "vlmsam_agent", "vlm": "vlm", "sam": "sam", "max_turns": self.max_turns,
-                "max_new_tokens": self.max_new_tokens, "score_threshold": self.score_threshold}
+                "max_new_tokens": self.max_new_tokens, "score_threshold": self.score_threshold,
+                **({"system_prompt": self.system_prompt} if self.system_prompt != SYSTEM_PROMPT else {})}
 
     def save_pretrained(self, path: str | Path) -> Path:
         out = Path(path)
@@ -99,8 +102,9 @@ class AgentSegmenter(SegmenterBase):
 
 
 def build_agent(spec) -> AgentSegmenter:
-    """An agent checkpoint (``spec.path``), base models (``vlm`` or ``vlm_endpoint`` + ``vlm``, and a SAM 3
-    as ``sam``), or with none named the bundled offline default (``weights/agent-tiny``)."""
+    """An agent checkpoint (``spec.path``; its config may name a served VLM: ``"vlm_endpoint": URL`` with
+    ``"vlm"`` the served model's name), base models (``vlm`` or ``vlm_endpoint`` + ``vlm``, and a SAM 3 as
+    ``sam``), or with none named the bundled offline default (``weights/agent-tiny``)."""
     from vlmsam.sam import load_sam_backend
     from vlmsam.vlm.remote import RemoteVlm
     from vlmsam.vlm.runtime import VlmRuntime
@@ -118,9 +122,10 @@ def build_agent(spec) -> AgentSegmenter:
     if (Path(sam) / CONFIG_NAME).is_file():  # a grounded SAM 3 checkpoint (weights/sam3-tiny): its SAM, its threshold
         tool = read_config(sam)
         sam, settings["score_threshold"] = part(sam, tool, "sam"), tool.get("score_threshold", settings["score_threshold"])
-    runtime = RemoteVlm(spec.vlm_endpoint, vlm) if spec.vlm_endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)
+    endpoint = spec.vlm_endpoint or (settings.get("vlm_endpoint") if not spec.vlm else None)  # a checkpoint may name a server
+    runtime = RemoteVlm(endpoint, vlm) if endpoint else VlmRuntime.load(vlm, dtype=spec.dtype, device=spec.device)
     backend = load_sam_backend(sam, device=spec.device, dtype=spec.dtype)
     return AgentSegmenter(runtime, backend, max_turns=settings["max_turns"],
                           max_new_tokens=spec.max_new_tokens or settings["max_new_tokens"],
-                          score_threshold=settings["score_threshold"],
-                          label=str(path or f"{spec.vlm_endpoint + ' ' if spec.vlm_endpoint else ''}{vlm} + {sam}"))
+                          score_threshold=settings["score_threshold"], system_prompt=settings.get("system_prompt", SYSTEM_PROMPT),
+                          label=str(path or f"{endpoint + ' ' if endpoint else ''}{vlm} + {sam}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -98,6 +99,11 @@ def _load(args):
 
 
 def _report(result, written, elapsed: float) -> None:
+    for step in result.info.get("trace", []):  # the agent design: one line per turn, then its answer
+        call = f"{step['tool']} {json.dumps(step['parameters'])}" if step["tool"] else "malformed call"
+        print(f"  turn {step['turn']}: {call} -> {step['outcome'][:160]}")
+    if "trace" in written:
+        print(f"trace: {written['trace']}")
     print(f"answer: {result.text}")
     print(f"masks: {result.num_masks}    time: {elapsed:.2f} s")
     print(f"overlay: {written['overlay']}")

@@ -67,11 +67,13 @@ def mount_page(app, queue) -> None:
                 masks = gr.AnnotatedImage(label="masks", elem_id="masks")
                 text = gr.Textbox(label="answer", elem_id="answer")
                 timings = gr.JSON(label="timings", elem_id="timings")
+                steps = gr.Gallery(label="agent steps (the agent design: each turn's call, its outcome, what it saw)",
+                                   elem_id="steps", columns=4, height="auto")
         example = Path(__file__).with_name("example.jpg")  # shipped in the package: the page shows it installed too
         if example.is_file():
             gr.Examples([[str(example), "Find the one shape that is below the orange hexagon."]], inputs=[image, request])
-        go.click(answer, inputs=[image, request, segmenter], outputs=[overlay, masks, text, timings], api_name="answer")
-        request.submit(answer, inputs=[image, request, segmenter], outputs=[overlay, masks, text, timings], api_name=False)
+        go.click(answer, inputs=[image, request, segmenter], outputs=[overlay, masks, text, timings, steps], api_name="answer")
+        request.submit(answer, inputs=[image, request, segmenter], outputs=[overlay, masks, text, timings, steps], api_name=False)
     gr.mount_gradio_app(app, page, path="/")
 
 
@@ -117,6 +119,19 @@ def _answer(queue, folder: Path, gr):
         masks = (np.asarray(pil), [(m, result.labels[i] or f"mask {i + 1}") for i, m in enumerate(result.masks)])
         timings = {"encode_image": "0 (cached)" if cached else f"{encode_s:.3f} s",
                    **{k: f"{v:.3f} s" for k, v in result.timings.items()}}
-        return overlay, masks, result.text, timings
+        return overlay, masks, result.text, timings, step_list(result)
 
     return answer
+
+
+def step_list(result) -> list:
+    """An agent's steps as (picture, caption) pairs for the page's gallery; a step without a picture is
+    shown on a blank tile (the list is every turn, in order). Other designs have none."""
+    from PIL import Image
+
+    out = []
+    for step in result.info.get("trace", []):
+        picture = result.extra_images.get(step.get("picture") or "") or Image.new("RGB", (64, 64), (240, 240, 240))
+        call = f"{step['tool']}({', '.join(f'{k}={v}' for k, v in step['parameters'].items())})" if step["tool"] else "malformed call"
+        out.append((picture, f"turn {step['turn']}: {call} -> {step['outcome']}"[:300]))
+    return out

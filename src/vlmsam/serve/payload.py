@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 
 from vlmsam.serve.queue import ApiError, ServeOptions
 
-PAYLOAD_FIELDS = {"/v1/segment": {"image", "image_id", "prompt", "segmenter", "overlay"}, "/v1/images": {"image", "segmenter"}}
+PAYLOAD_FIELDS = {"/v1/segment": {"image", "image_id", "prompt", "segmenter", "overlay", "trace"}, "/v1/images": {"image", "segmenter"}}
 
 
 async def _read_json(request: Request, options: ServeOptions) -> dict:
@@ -68,16 +68,16 @@ async def read_payload(request: Request, options: ServeOptions) -> dict:
     if unknown:
         name = unknown[0] if isinstance(unknown[0], str) and unknown[0].isprintable() else repr(unknown[0])
         raise ApiError(422, f"unknown field '{name[:60]}'; accepted: {', '.join(sorted(allowed))}")
-    for key in ("segmenter", "image_id", "prompt", "overlay"):  # present means given: no nulls, no blanks
+    for key in ("segmenter", "image_id", "prompt", "overlay", "trace"):  # present means given: no nulls, no blanks
         if key in payload and (payload[key] is None or (key in ("segmenter", "image_id") and payload[key] == "")):
             raise ApiError(422, f"'{key}' is {'null' if payload[key] is None else 'empty'}; leave it out or give a value")
     return payload
 
 
-def read_flag(value, words=("true", "false")) -> bool:
-    """A boolean field: JSON true/false, or the words a form or query may carry."""
+def read_flag(value, words=("true", "false"), name: str = "overlay") -> bool:
+    """A boolean field ``name``: JSON true/false, or the words a form or query may carry."""
     if value is None or isinstance(value, bool):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in words:
         return value.strip().lower() in ("1", "true", "yes")
-    raise ApiError(422, "'overlay' must be true or false")
+    raise ApiError(422, f"'{name}' must be true or false")

@@ -14,22 +14,29 @@ from vlmsam.serve.payload import read_flag, read_payload
 from vlmsam.serve.queue import ApiError, RequestQueue, ServeOptions, check_prompt, check_text, decode_image
 
 
-def encode_result(result, image_size, overlay_of=None) -> dict:
+def _png(picture) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def encode_result(result, image_size, overlay_of=None, trace: bool = False) -> dict:
+    """The JSON answer; ``trace``: an agent's steps and their pictures too (a design without one has none)."""
     from vlmsam.io.writer import mask_to_rle
 
     out = {"answer": result.text, "num_masks": result.num_masks, "image_size": list(image_size),
            "masks": [mask_to_rle(m) for m in result.masks], "boxes_xyxy": np.round(result.boxes, 2).tolist(),
            "scores": [round(float(s), 6) for s in result.scores], "labels": list(result.labels),
            "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
-           "info": {k: v for k, v in result.info.items() if isinstance(v, (str, int, float, list, dict))}}
+           "info": {k: v for k, v in result.info.items() if k != "trace" and isinstance(v, (str, int, float, list, dict))}}
+    if trace and "trace" in result.info:
+        out["trace"] = {"steps": result.info["trace"], "pictures": {n: _png(p) for n, p in result.extra_images.items()}}
     if overlay_of is not None:
         from PIL import Image
 
         from vlmsam.io.writer import overlay_all
 
-        buffer = io.BytesIO()
-        Image.fromarray(overlay_all(np.asarray(overlay_of), result.masks)).save(buffer, format="PNG")
-        out["overlay_png_base64"] = base64.b64encode(buffer.getvalue()).decode()
+        out["overlay_png_base64"] = _png(Image.fromarray(overlay_all(np.asarray(overlay_of), result.masks)))
     return out
 
 
@@ -69,9 +76,11 @@ def add_routes(app, queue: RequestQueue, options: ServeOptions) -> None:
     async def segment(request: Request):
         payload = await read_payload(request, options)
         prompt = check_prompt(payload.get("prompt"), options)
-        overlay = read_flag(payload.get("overlay"))
+        overlay, trace = read_flag(payload.get("overlay")), read_flag(payload.get("trace"), name="trace")
         if "overlay" in request.query_params:
             overlay = read_flag(request.query_params["overlay"], ("1", "true", "yes", "0", "false", "no", ""))
+        if "trace" in request.query_params:
+            trace = read_flag(request.query_params["trace"], ("1", "true", "yes", "0", "false", "no", ""), name="trace")
         t0 = time.perf_counter()
         if "image_id" in payload and "image_bytes" in payload:
             raise ApiError(422, "send either an image or an image_id, not both")
@@ -91,7 +100,7 @@ def add_routes(app, queue: RequestQueue, options: ServeOptions) -> None:
             result = await queue.submit(name, encoded, prompt)
         except PromptError as exc:
             raise ApiError(422, str(exc)) from None
-        body = encode_result(result, encoded.size, image if overlay else None)
+        body = encode_result(result, encoded.size, image if overlay else None, trace=trace)
         body["timings"] = {"encode_image": round(encode_s, 6), **body["timings"], "total": round(time.perf_counter() - t0, 6)}
         body.update(segmenter=name, request_id=request.state.request_id)
         return body

@@ -54,6 +54,9 @@ class SegmentAnswer(BaseModel):
     segmenter: str
     request_id: str
     overlay_png_base64: str | None = Field(None, description="with overlay=true: every mask drawn on the image, a PNG")
+    trace: dict[str, Any] | None = Field(None, description="with trace=true, for a design that keeps one (agent): "
+                                         "'steps' (each turn's reasoning, tool call and outcome) and 'pictures' "
+                                         "(each step's picture by name, a base64 PNG)")
 
 
 class ImageAnswer(BaseModel):
@@ -105,6 +108,8 @@ def _fields(names: list[str], max_prompt: int, max_bytes: int, *, binary: bool, 
                       "description": "instead of image: a handle from POST /v1/images"},
             overlay={"type": "boolean", "description": "also return every mask drawn on the image as a PNG "
                      "(multipart: 'true' or 'false'; the query parameter ?overlay=1 works for both bodies)"},
+            trace={"type": "boolean", "description": "also return the agent's steps and their pictures "
+                   "(as overlay: 'true' / 'false', or ?trace=1)"},
         )
     return props
 

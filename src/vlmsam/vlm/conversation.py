@@ -26,6 +26,46 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def message_tokens(processor, messages: list[Message], image_tokens, *, open_answer: bool) -> tuple:
+    """``messages`` in the Qwen-VL chat format: ``(ids, keys, labels, spans)``. ``image_tokens(image)`` says
+    how many tokens a picture takes; ``keys`` equal ``ids`` except at image tokens, which carry the
+    picture's identity; ``labels`` are the ids on assistant text and its ``<|im_end|>`` (-100 elsewhere:
+    what training learns); ``spans`` holds each picture's ``(first token, image)``. ``open_answer`` ends
+    with an open assistant turn (generation); without it the last message ends the sequence (training)."""
+    p = processor
+    newline = p.text_ids("\n")
+    if not messages or messages[0].role != "system":
+        messages = [Message("system", (p.system,)), *messages]
+    ids: list[int] = []
+    keys: list[int] = []
+    labels: list[int] = []
+    spans: list[tuple[int, object]] = []
+    slots: dict[int, int] = {}
+
+    def add(piece, key=None, learn=False):
+        ids.extend(piece)
+        keys.extend(piece if key is None else [key] * len(piece))
+        labels.extend(piece if learn else [-100] * len(piece))
+
+    for m in messages:
+        add([p.im_start, *p.text_ids(m.role + "\n")])
+        learn = m.role == "assistant"
+        for part in m.parts:
+            if isinstance(part, str):
+                add(p.text_ids(part), learn=learn)  # split_special_tokens: no text becomes a control token
+                continue
+            slot = slots.setdefault(id(part), -1 - len(slots))
+            add([p.vision_start])
+            spans.append((len(ids), part))
+            add([p.image_pad] * image_tokens(part), key=slot * 1_000_003)  # never a real id; same picture, same key
+            add([p.vision_end])
+        add([p.im_end], learn=learn)
+        add(newline)
+    if open_answer:
+        add([p.im_start, *p.text_ids("assistant\n")])
+    return ids, keys, labels, spans
+
+
 class LocalConversation:
     """Greedy replies of ``runtime`` (a :class:`~vlmsam.vlm.runtime.VlmRuntime`) to growing message lists."""
 
@@ -52,38 +92,14 @@ class LocalConversation:
 
     def _tokens(self, messages: list[Message]) -> tuple[list[int], list[int], list[tuple[int, tuple]]]:
         """Token ids, their keys (image tokens keyed by image) and each image's (start, entry)."""
-        p = self.processor
-        newline = p.text_ids("\n")
-        if not messages or messages[0].role != "system":
-            messages = [Message("system", (p.system,)), *messages]
-        ids: list[int] = []
-        keys: list[int] = []
-        spans: list[tuple[int, tuple]] = []
-        slots: dict[int, int] = {}
-        for m in messages:
-            piece = [p.im_start, *p.text_ids(m.role + "\n")]
-            ids += piece
-            keys += piece
-            for part in m.parts:
-                if isinstance(part, str):
-                    piece = p.text_ids(part)  # split_special_tokens: no text becomes a control token
-                    ids += piece
-                    keys += piece
-                    continue
-                entry = self._image(part)
-                slot = slots.setdefault(id(part), -1 - len(slots))
-                ids.append(p.vision_start)
-                keys.append(p.vision_start)
-                spans.append((len(ids), entry))
-                ids += [p.image_pad] * entry[2]
-                keys += [slot * 1_000_003] * entry[2]  # never a real id; equal only for the same picture
-                ids.append(p.vision_end)
-                keys.append(p.vision_end)
-            piece = [p.im_end, *newline]
-            ids += piece
-            keys += piece
-        piece = [p.im_start, *p.text_ids("assistant\n")]
-        return ids + piece, keys + piece, spans
+        entries = {}
+
+        def image_tokens(image) -> int:
+            entries[id(image)] = self._image(image)
+            return entries[id(image)][2]
+
+        ids, keys, _, spans = message_tokens(self.processor, messages, image_tokens, open_answer=True)
+        return ids, keys, [(start, entries[id(image)]) for start, image in spans]
 
     @torch.inference_mode()
     def reply(self, messages: list[Message], *, max_new_tokens: int = 256, thread: str = "main") -> str:
