@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # `torch` requirement would otherwise pull several GB of CUDA wheels.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model \
+.PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model agent-model \
 	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing box-prompt-model-grpo fresh sam3-model
 
 setup: $(STAMP)
@@ -48,6 +48,8 @@ demo: $(STAMP)
 	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter proposal_select \
 		--out outputs/demo-proposal-select
 	$(PY) -m vlmsam segment examples/scene.jpg "all the triangles" --segmenter grounded --out outputs/demo-sam3
+	$(PY) -m vlmsam segment examples/scene.jpg "Find the one shape that is below the orange hexagon." --segmenter agent \
+		--out outputs/demo-agent
 
 # The bundles' workshop (tools/, outside the installed package): an evaluation's metrics.json goes into the
 # bundle (its model card), its predictions.jsonl and summary.png into docs/bundled/<bundle>/ (the record).
@@ -199,6 +201,17 @@ sam3-model: $(STAMP) build/fresh-original
 		--dataset-dir build/fresh-original --out build/eval/sam3-tiny
 	$(PY) -m tools.sam3_bundle build/runs/sam3-tiny/checkpoints/step_005000 $(WEIGHTS)/sam3-tiny build/eval/sam3-tiny \
 		docs/bundled/sam3-tiny
+
+# Rebuilds the bundled agent-tiny (weights/agent-tiny, about 60 minutes on 2 CPU cores): teacher traces of 8,000
+# rich-worded training scenes through the real loop with the bundled tiny SAM 3 as the tool, the tiny VLM taught
+# them (tools/agent_default.py), bundled, then evaluated on the 500 fresh test scenes (docs/agent.md).
+agent-model: $(STAMP) build/fresh-original
+	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(PY) -m tools.agent_default train build/synth-rich build/runs/agent-tiny --scenes 8000 --steps 4000
+	$(PY) -m tools.agent_default bundle build/runs/agent-tiny $(WEIGHTS)/agent-tiny
+	$(PY) -m vlmsam evaluate --model $(WEIGHTS)/agent-tiny --dataset reason_seg:test --dataset-dir build/fresh-original \
+		--out build/eval/agent-tiny
+	$(PY) -c "from tools.bundles import file_evaluation; file_evaluation('build/eval/agent-tiny', '$(WEIGHTS)/agent-tiny')"
 
 # Every CPU benchmark (bench_gpu.py has its own target: it needs CUDA).
 bench: $(STAMP)

@@ -72,7 +72,8 @@ def _answer(segmenter, sample, image, requests, todo: list[int], max_new_tokens:
     except VlmsamError as exc:
         raise BadSample(sample.where, f"a request cannot be answered ({exc})", BROKEN_ANNOTATION) from None
     stem = Path(sample.image).stem
-    return {j: ({"image": stem, "query": requests[j][2], "answer": r.text, "masks": [mask_to_rle(m) for m in r.masks]},
+    return {j: ({"image": stem, "query": requests[j][2], "answer": r.text, "masks": [mask_to_rle(m) for m in r.masks],
+                 **({"turns": r.info["turns"]} if "turns" in r.info else {})},  # an agent's VLM turns
                 r.masks) for j, r in zip(todo, results)}
 
 
@@ -138,6 +139,9 @@ def _finish(scorer: Scorer, skipped: SkippedSamples, cases: list, kept: int, ds,
     everything = sorted((x for part in gather_objects(cases) for x in part), key=lambda x: x["order"])
     kept = sum(gather_objects(kept))
     metrics["skipped_samples"] = merged.metrics()
+    turns = [x["line"]["turns"] for x in everything if "turns" in x["line"]]
+    if turns:
+        metrics["mean_turns"] = round(sum(turns) / len(turns), 3)
     if print_fn is not None and kept:
         print_fn(f"resumed: {kept} prediction(s) kept from {Path(out_dir) / pred_file.FILE}")
     if print_fn is not None and total:

@@ -1,0 +1,122 @@
+"""The agent loop: the image encoded once and each turn's key/value cache reused, against re-encoding the
+image and re-running the conversation at every turn.
+
+A scripted 4-turn loop (three segment_phrase calls, then select_masks_and_return) on one 640 x 480
+image. The VLM has real Qwen2.5-VL-3B layer shapes (``benchmarks/realsize.py``; ``--text-layers`` and
+``--vision-layers`` of them, random weights: speed does not depend on their values) and generates
+``--reply-tokens`` tokens per turn, after which the scripted call stands in for its words. SAM 3 has
+real shapes (transformers' ``Sam3Config()``: ViT 1024 wide, 32 layers, 1008 x 1008; ``--vit-layers``
+lowers the depth for a quick look).
+
+* reused (vlmsam): SAM 3's ViT runs once per image, the VLM's vision tower once per picture, and each turn
+  feeds the language model only what is new since the last (``LocalConversation``).
+* re-run: every segment_phrase encodes the image for SAM 3 anew (``Sam3Processor.set_image`` per call, as
+  Meta's agent does through its SAM service), and every turn encodes every picture and runs the whole
+  conversation from its first token.
+
+Last line: ``agent_reuse_speedup=<ratio>`` (re-run time over reused time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling modules
+from bench_sam3_phrases import build as build_sam3  # noqa: E402
+from realsize import qwen2_5_vl_3b_config  # noqa: E402
+
+from vlmsam.agent.loop import AgentLoop  # noqa: E402
+
+PHRASES = ["knife", "bread", "cutting board"]
+
+
+def scripted(phrases: list[str]) -> list[str]:
+    calls = [{"name": "segment_phrase", "parameters": {"text_prompt": p}} for p in phrases]
+    calls.append({"name": "select_masks_and_return", "parameters": {"final_answer_masks": [1]}})
+    return [f"<think>step {k}</think><tool>{json.dumps(c)}</tool>" for k, c in enumerate(calls)]
+
+
+class Scripted:
+    """A local conversation that does the real work of each turn (prefill and ``reply_tokens`` of greedy
+    decoding) and then answers the scripted call instead of the random model's words."""
+
+    def __init__(self, conversation, replies: list[str], reply_tokens: int):
+        self.conversation, self.replies, self.reply_tokens, self.turn = conversation, replies, reply_tokens, 0
+
+    def reply(self, messages, *, max_new_tokens=0, thread="main") -> str:
+        self.conversation.reply(messages, max_new_tokens=self.reply_tokens, thread=thread)
+        self.turn += 1
+        return self.replies[self.turn - 1]
+
+
+class Reencoding:
+    """A SAM 3 that encodes the image again for every phrase (the re-run baseline)."""
+
+    def __init__(self, sam, image):
+        self.sam, self.image = sam, image
+
+    def segment_phrase(self, _embedding, phrase, **kwargs):
+        return self.sam.segment_phrase(self.sam.encode(self.image), phrase, **kwargs)
+
+
+def build_vlm(root: Path, text_layers: int, vision_layers: int):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vlmsam.vlm.runtime import VlmRuntime
+    from vlmsam.vlm.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(tok, text_layers, vision_layers)).save_pretrained(root / "vlm")
+    tok.save_pretrained(root / "vlm")
+    Qwen2VLImageProcessorPil(min_pixels=448 * 448, max_pixels=448 * 448).save_pretrained(root / "vlm")
+    return VlmRuntime.load(str(root / "vlm"), dtype="fp32", device="cpu")
+
+
+def run_loop(vlm, sam, image, reuse: bool, reply_tokens: int) -> tuple[float, int]:
+    """Seconds for one request (encoding included) and the turns it took."""
+    t0 = time.perf_counter()
+    prefix = vlm.encode_image(image) if reuse else None
+    embedding = sam.encode(image) if reuse else None
+    tool = sam if reuse else Reencoding(sam, image)
+    talk = Scripted(vlm.conversation(prefix, image, reuse=reuse), scripted(PHRASES), reply_tokens)
+    out = AgentLoop(talk, tool, embedding, image, "what would you use to cut the bread?", max_turns=8,
+                    score_threshold=0.0).run()  # random weights score low: keep candidates to draw
+    return time.perf_counter() - t0, out.turns
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--text-layers", type=int, default=4)
+    p.add_argument("--vision-layers", type=int, default=4)
+    p.add_argument("--vit-layers", type=int, default=32)
+    p.add_argument("--reply-tokens", type=int, default=48)
+    args = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    image = Image.fromarray((np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8))
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        vlm = build_vlm(Path(tmp), args.text_layers, args.vision_layers)
+        sam = build_sam3(args.vit_layers)
+        run_loop(vlm, sam, image.resize((64, 48)), True, 2)  # warm-up
+        reused, turns = run_loop(vlm, sam, image, True, args.reply_tokens)
+        rerun, turns_rerun = run_loop(vlm, sam, image, False, args.reply_tokens)
+    assert turns == turns_rerun == len(PHRASES) + 1, (turns, turns_rerun)
+    print(f"turns per request: {turns}; VLM: Qwen2.5-VL-3B shapes, {args.text_layers} text / {args.vision_layers} vision layers; "
+          f"SAM 3 ViT {args.vit_layers} layers")
+    print(f"reused (image encoded once, KV cache carried): {reused:.2f} s")
+    print(f"re-run (image re-encoded, conversation re-run every turn): {rerun:.2f} s")
+    print(f"agent_reuse_speedup={rerun / reused:.2f}")
+
+
+if __name__ == "__main__":
+    main()
