@@ -126,6 +126,39 @@ def train(args) -> None:
                                                        "examples": len(pairs)}, indent=2))
 
 
+def ceiling(args) -> None:
+    """The teacher's own gIoU on a split (what a VLM that chose perfectly would score with this SAM 3)."""
+    from vlmsam.agent.loop import AgentLoop
+    from vlmsam.agent.traces import Teacher, phrases_for_targets
+    from vlmsam.data.synth import visible_masks
+    from vlmsam.sam import load_sam_backend
+    from PIL import Image
+
+    sam = load_sam_backend(str(SAM3), device="cpu")
+    per_kind: dict[str, list[float]] = {}
+    for f in sorted((Path(args.data) / "reason_seg" / "ReasonSeg" / args.split).glob("*.json")):
+        anno = json.loads(f.read_text())
+        image = Image.open(f.with_suffix(".jpg")).convert("RGB")
+        scene, n = anno["scene"], len(anno["shapes"])
+        targets = list(range(len(scene) - n, len(scene)))
+        truth = visible_masks(scene, image.height, image.width)[targets]
+        absent = anno["kind"] == "none"
+        phrases = ["shapes"] if absent else phrases_for_targets(scene, targets)
+        teacher = Teacher(phrases, truth, absent)
+        loop = AgentLoop(teacher, sam, sam.encode(image), image, anno["text"][0], score_threshold=SCORE_THRESHOLD)
+        teacher.loop = loop
+        masks = loop.run().masks
+        got, want = masks.any(0) if len(masks) else None, truth.any(0) if len(truth) else None
+        if want is None:
+            iou = float(got is None)
+        else:
+            iou = 0.0 if got is None else float((got & want).sum() / max((got | want).sum(), 1))
+        per_kind.setdefault(anno["kind"], []).append(iou)
+    every = [v for vs in per_kind.values() for v in vs]
+    print(json.dumps({"gIoU": round(sum(every) / len(every), 4), "n": len(every),
+                      **{k: round(sum(v) / len(v), 4) for k, v in sorted(per_kind.items())}}))
+
+
 def bundle(args) -> None:
     """An agent checkpoint: the trained VLM, the tiny SAM 3 named beside it, the short prompt it learnt."""
     import shutil
@@ -151,6 +184,10 @@ def main() -> None:
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--save-every", type=int, default=250)
     t.set_defaults(func=train)
+    c = sub.add_parser("ceiling")
+    c.add_argument("data")
+    c.add_argument("--split", default="test")
+    c.set_defaults(func=ceiling)
     b = sub.add_parser("bundle")
     b.add_argument("run")
     b.add_argument("out")
