@@ -135,7 +135,8 @@ def test_examine_then_select(server, sam3, scene):
                                              *verdicts, call("select_masks_and_return", final_answer_masks=[1])])
     assert result.num_masks == 1 and result.info["trace"][1]["outcome"] == f"kept 1 of {n}"
     verdict_calls = seen[2:2 + n]
-    assert all([m["images"] for m in v] == [0, 3] and "Accept" in v[0]["text"] for v in verdict_calls)
+    assert all([m["images"] for m in v] == [0, 3] and "<verdict>Accept</verdict>" in v[0]["text"] for v in verdict_calls)
+    assert all(f'The request: "all the shapes"' in v[1]["text"] for v in verdict_calls)
     final = seen[2 + n]
     assert sum(m["images"] for m in final) == 2 and "kept 1 of" in final[-1]["text"]
 
@@ -193,7 +194,7 @@ def test_a_local_conversation_reuses_its_cache_and_answers_the_same(tmp_path):
 
     runtime = VlmRuntime.load(save_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl"), dtype="fp32", device="cpu")
     rng = np.random.default_rng(0)
-    image, other = (Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)) for _ in range(2))
+    image, other, third = (Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)) for _ in range(3))
     prefix = runtime.encode_image(image)
 
     def talk(reuse: bool):
@@ -202,13 +203,17 @@ def test_a_local_conversation_reuses_its_cache_and_answers_the_same(tmp_path):
         answers = []
         for turn in range(3):
             answers.append(conversation.reply(messages, max_new_tokens=6))
-            picture = other if turn == 0 else other.copy()  # same pixels, another picture: recomputed, not reused
+            picture = other if turn == 0 else third  # the same size, other pixels: recomputed, never taken for the first
             messages = [*messages, Message("assistant", answers[-1]), Message("user", (picture, f"turn {turn}"))]
         answers.append(conversation.reply(messages[:2] + messages[-2:], max_new_tokens=6))  # pruned history
         return answers, conversation.fed_tokens
 
     (kept, fed_kept), (fresh, fed_fresh) = talk(True), talk(False)
     assert kept == fresh and fed_kept < 0.7 * fed_fresh
+    conversation = runtime.conversation(prefix, image)
+    one = conversation._tokens([Message("user", (other, "x"))])[1]
+    two = conversation._tokens([Message("user", (third, "x"))])[1]
+    assert len(one) == len(two) and one != two  # two pictures of one size never share cache keys
 
 
 def test_served_with_trace_and_hostile_requests(tmp_path, scene):
@@ -253,3 +258,28 @@ def test_served_with_trace_and_hostile_requests(tmp_path, scene):
         assert proc.wait(timeout=60) == 0
         assert "Traceback" not in proc.stderr.read()
         srv.close()
+
+
+def test_tool_calls_parse_as_metas_and_hostile_ones_are_answered():
+    from vlmsam.agent.protocol import ToolError, parse_call
+
+    thinking_aloud = '<think>I could call <tool> here</think><tool>{"name": "report_no_mask", "parameters": {}}</tool> extra'
+    assert parse_call(thinking_aloud, candidates=0).name == "report_no_mask"  # the last <tool> before the first </tool>
+    braces = '<tool>{"name": "select_masks_and_return", "parameters": {"final_answer_masks": [2]}}}</tool>'
+    assert parse_call(braces, candidates=3).parameters == {"final_answer_masks": [2]}  # Meta repairs "}}}" too
+    for hostile, words in (("<tool>" + "[" * 5000 + "</tool>", "not valid JSON"), ('<tool>{"name": "' + "x" * 30000 + '"}</tool>', "characters long"),
+                           ('<tool>{"name": "select_masks_and_return", "parameters": {"final_answer_masks": [true]}}</tool>', "numbers"),
+                           ('<tool>{"name": "segment_phrase", "parameters": {"text_prompt": 3}}</tool>', "noun phrase")):
+        with pytest.raises(ToolError, match=words):
+            parse_call(hostile, candidates=3)
+
+
+def test_examining_twice_is_refused_and_an_empty_reply_is_a_malformed_turn(server, sam3, scene):
+    _, image, phrase = scene
+    found = sam3.segment_phrase(sam3.encode(image), phrase, threshold=0.4)
+    n = len(dedupe(found.masks, found.scores))
+    accept = "<verdict>Accept</verdict>"
+    result, seen = run(server, sam3, image, [call("segment_phrase", text_prompt=phrase), call("examine_each_mask"), *[accept] * n,
+                                             call("examine_each_mask"), "", call("select_masks_and_return", final_answer_masks=[1])])
+    assert result.num_masks == 1 and result.info["malformed_calls"] == 2 and len(seen) == 5 + n
+    assert "examined already" in result.info["trace"][2]["outcome"] and "no <tool>" in result.info["trace"][3]["outcome"]

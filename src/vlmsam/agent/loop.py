@@ -64,12 +64,17 @@ def dedupe(masks: np.ndarray, scores: np.ndarray, overlap: float = OVERLAP) -> l
     exceeds ``overlap`` of the smaller of the two is dropped (SAM 3 Agent's rule)."""
     kept: list[int] = []
     areas = masks.reshape(len(masks), -1).sum(1)
+    rows, cols = masks.any(2), masks.any(1)
     for i in np.argsort(-scores, kind="stable"):
         if areas[i] == 0:
             continue
-        if all((masks[i] & masks[j]).sum() <= overlap * min(areas[i], areas[j]) for j in kept):
+        # masks whose boxes do not meet cannot overlap: only the others are compared pixel by pixel
+        if all(not ((rows[i] & rows[j]).any() and (cols[i] & cols[j]).any())
+               or (masks[i] & masks[j]).sum() <= overlap * min(areas[i], areas[j]) for j in kept):
             kept.append(int(i))
-    return kept[:MAX_CANDIDATES]
+            if len(kept) == MAX_CANDIDATES:
+                break
+    return kept
 
 
 class AgentLoop:
@@ -85,6 +90,7 @@ class AgentLoop:
         self.phrases: list[str] = []
         self.last_phrase_at = 0  # index in messages of the latest segment_phrase call
         self.shown_at: int | None = None  # index of the message that shows the current candidates
+        self.examined = False  # the current candidates were examined (once per phrase: each costs a VLM call per mask)
         self.masks = np.zeros((0, *image.size[::-1]), bool)
         self.boxes, self.scores = np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         self.steps: list[Step] = []
@@ -132,6 +138,7 @@ class AgentLoop:
         self.seconds["sam"] += time.perf_counter() - t0
         keep = dedupe(found.masks, found.scores) if len(found) else []
         self.masks, self.boxes, self.scores = found.masks[keep], found.boxes[keep], found.scores[keep]
+        self.examined = False
         n = len(keep)
         if not n:
             self.shown_at = None
@@ -142,6 +149,7 @@ class AgentLoop:
         return f"{n} mask{'s' if n > 1 else ''} found", self._show(text, name)
 
     def examine_each_mask(self, name: str) -> tuple[str, str | None]:
+        self.examined = True
         verdicts = []
         for k, mask in enumerate(self.masks, 1):
             parts = (self.image, f'The request: "{self.request}". The candidate, drawn on the image:',
@@ -192,6 +200,8 @@ class AgentLoop:
                 call = parse_call(kept, candidates=len(self.masks))
                 if not self.phrases and call.name not in ("segment_phrase", "report_no_mask"):
                     raise ToolError("Start with segment_phrase (or report_no_mask if nothing answers the request).")
+                if call.name == "examine_each_mask" and self.examined:
+                    raise ToolError("These candidates were examined already; select from them, or call segment_phrase.")
             except ToolError as err:
                 self.malformed += 1
                 self._say(f"Error: {err}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 TOOLS = ("segment_phrase", "examine_each_mask", "select_masks_and_return", "report_no_mask")
 MAX_PHRASE_CHARS = 200  # SAM 3 reads 32 tokens; a longer "phrase" is a mistake, not a phrase
+MAX_CALL_CHARS = 20_000  # a tool call's JSON; anything longer is not read
 
 SYSTEM_PROMPT = """You find the objects in an image that answer a user's request, using the segmentation tool SAM 3.
 SAM 3 takes a short noun phrase (one object class, e.g. "knife", "red circle", "person in a hat") and returns a mask
@@ -49,7 +50,6 @@ it, and not an object the request only mentions to locate the target. Answer in 
 FORMAT_HINT = ('Answer with <think>...</think> then one call such as '
                '<tool>{"name": "segment_phrase", "parameters": {"text_prompt": "cup"}}</tool>.')
 
-_TOOL = re.compile(r"<tool>(.*)", re.S)
 _THINK = re.compile(r"<think>(.*?)(?:</think>|<tool>|$)", re.S)
 _VERDICT = re.compile(r"<verdict>\s*(accept|reject)\s*</verdict>", re.I)
 
@@ -86,14 +86,13 @@ def thinking(text: str) -> str:
 def parse_call(text: str, *, candidates: int) -> ToolCall:
     """The tool call in ``text`` with its parameters checked against ``candidates`` (the number of masks
     currently shown); any fault is a :class:`ToolError` that says what a valid call looks like."""
-    found = _TOOL.search(cut_reply(text))
-    if not found:
+    cut = cut_reply(text)
+    if "<tool>" not in cut:
         raise ToolError(f"Your reply has no <tool> call. {FORMAT_HINT}")
-    body = found.group(1).split("</tool>")[0].strip()
-    try:
-        call = json.loads(body)
-    except ValueError:
-        raise ToolError(f"The text inside <tool> is not valid JSON. {FORMAT_HINT}") from None
+    body = cut.rsplit("<tool>", 1)[1].removesuffix("</tool>").strip()  # the last <tool> before the first </tool>, as Meta
+    if len(body) > MAX_CALL_CHARS:
+        raise ToolError(f"The tool call is {len(body):,} characters long; a call is a short JSON object. {FORMAT_HINT}")
+    call = _json(body)
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         raise ToolError(f'The tool call must be a JSON object with a "name". {FORMAT_HINT}')
     name, params = call["name"], call.get("parameters", {})
@@ -104,6 +103,16 @@ def parse_call(text: str, *, candidates: int) -> ToolCall:
     if not isinstance(params, dict):
         raise ToolError(f'"parameters" of {name} must be a JSON object.')
     return ToolCall(name, _check(name, params, candidates))
+
+
+def _json(body: str):
+    """The call's JSON; a stray third closing brace (a common slip, which Meta's parser repairs too) is forgiven."""
+    for attempt in (body, body.replace("}}}", "}}")):
+        try:
+            return json.loads(attempt)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past Python's limit
+            continue
+    raise ToolError(f"The text inside <tool> is not valid JSON. {FORMAT_HINT}")
 
 
 def _check(name: str, params: dict, candidates: int) -> dict:

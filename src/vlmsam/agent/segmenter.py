@@ -21,7 +21,7 @@ from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.result import SegmentationResult
 
 DEFAULT_NAME = "agent-tiny"  # the bundled offline default (make agent-model)
-DEFAULTS = {"max_turns": 16, "max_new_tokens": 512, "score_threshold": 0.5}
+DEFAULTS = {"max_turns": 16, "max_new_tokens": 1024, "score_threshold": 0.5}  # a thinking model wants more: 4096
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class AgentSegmenter(SegmenterBase):
     name = "agent"
     options_type = AgentOptions
 
-    def __init__(self, vlm, sam, *, max_turns: int = 16, max_new_tokens: int = 512, score_threshold: float = 0.5,
+    def __init__(self, vlm, sam, *, max_turns: int = 16, max_new_tokens: int = 1024, score_threshold: float = 0.5,
                  system_prompt: str = SYSTEM_PROMPT, label: str = ""):
         super().__init__(label)
         if not hasattr(sam, "segment_phrases"):

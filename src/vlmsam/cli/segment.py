@@ -101,7 +101,8 @@ def _load(args):
 def _report(result, written, elapsed: float) -> None:
     for step in result.info.get("trace", []):  # the agent design: one line per turn, then its answer
         call = f"{step['tool']} {json.dumps(step['parameters'])}" if step["tool"] else "malformed call"
-        print(f"  turn {step['turn']}: {call} -> {step['outcome'][:160]}")
+        outcome = "".join(c if c.isprintable() else "?" for c in step["outcome"][:160])  # the VLM's words: no escapes
+        print(f"  turn {step['turn']}: {call} -> {outcome}")
     if "trace" in written:
         print(f"trace: {written['trace']}")
     print(f"answer: {result.text}")

@@ -230,7 +230,7 @@ def write_result(
             {"image": stem, "answer": result.text, "steps": result.info["trace"],
              "pictures": {n: f"{stem}_{n}.png" for n in result.extra_images}}, indent=2).encode("utf-8")))
     outputs.append((f"{stem}.json", lambda: json.dumps(_record(result, rgb, stem, extra), indent=2).encode("utf-8")))
-    write_set(out, outputs, stale=_stale(stem, result.num_masks))
+    write_set(out, outputs, stale=_stale(stem, result.num_masks, {name for name, _ in outputs}))
 
     written: dict[str, list[Path] | Path] = {
         "masks": [out / f"{stem}_mask_{i}.png" for i in range(result.num_masks)],
@@ -245,10 +245,13 @@ def write_result(
     return written
 
 
-def _stale(stem: str, count: int):
-    """Picks an earlier result's extra mask files for ``stem`` (an index >= ``count``): they would now
-    contradict the json."""
+def _stale(stem: str, count: int, written: set[str] = frozenset()):
+    """Picks an earlier result's extra files for ``stem``: mask files with an index >= ``count``, an agent's
+    step pictures and trace that this result (``written``) does not have; they would now contradict the json."""
     def stale(name: str) -> bool:
+        if name not in written and (name == f"{stem}_trace.json" or (
+                name.startswith(f"{stem}_step_") and name.endswith(".png") and name[len(stem) + 6:-4].isdigit())):
+            return True
         for prefix, suffix in ((f"{stem}_mask_", ".png"), (f"{stem}_masked_img_", ".jpg")):
             if name.startswith(prefix) and name.endswith(suffix):
                 index = name[len(prefix):-len(suffix)]

@@ -26,10 +26,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def message_tokens(processor, messages: list[Message], image_tokens, *, open_answer: bool) -> tuple:
+def message_tokens(processor, messages: list[Message], image_tokens, *, open_answer: bool, image_key=None) -> tuple:
     """``messages`` in the Qwen-VL chat format: ``(ids, keys, labels, spans)``. ``image_tokens(image)`` says
-    how many tokens a picture takes; ``keys`` equal ``ids`` except at image tokens, which carry the
-    picture's identity; ``labels`` are the ids on assistant text and its ``<|im_end|>`` (-100 elsewhere:
+    how many tokens a picture takes; ``keys`` equal ``ids`` except at image tokens, which carry
+    ``image_key(image)`` (a number that names the picture for the caller's whole conversation; by default its
+    place in this list); ``labels`` are the ids on assistant text and its ``<|im_end|>`` (-100 elsewhere:
     what training learns); ``spans`` holds each picture's ``(first token, image)``. ``open_answer`` ends
     with an open assistant turn (generation); without it the last message ends the sequence (training)."""
     p = processor
@@ -54,10 +55,11 @@ def message_tokens(processor, messages: list[Message], image_tokens, *, open_ans
             if isinstance(part, str):
                 add(p.text_ids(part), learn=learn)  # split_special_tokens: no text becomes a control token
                 continue
-            slot = slots.setdefault(id(part), -1 - len(slots))
+            n = image_tokens(part)
+            slot = image_key(part) if image_key is not None else slots.setdefault(id(part), len(slots))
             add([p.vision_start])
             spans.append((len(ids), part))
-            add([p.image_pad] * image_tokens(part), key=slot * 1_000_003)  # never a real id; same picture, same key
+            add([p.image_pad] * n, key=-1 - slot)  # never a real id; another picture, another key
             add([p.vision_end])
         add([p.im_end], learn=learn)
         add(newline)
@@ -72,11 +74,11 @@ class LocalConversation:
     def __init__(self, runtime, prefix=None, image=None, *, reuse: bool = True):
         self.runtime, self.reuse = runtime, reuse
         self.base, self.processor = runtime.base, runtime.processor
-        self._images: dict[int, tuple] = {}  # id(image) -> (image, grid, n_tokens, features)
+        self._images: dict[int, tuple] = {}  # id(image) -> (image, grid, n_tokens, features, serial)
         self._threads: dict[str, tuple[list[int], DynamicCache]] = {}
         self.fed_tokens = 0  # tokens run through the language model (the benchmark reads it)
         if prefix is not None and image is not None and reuse:
-            self._images[id(image)] = (image, prefix.grid, prefix.n_tokens, prefix.features.pooler_output[0])
+            self._images[id(image)] = (image, prefix.grid, prefix.n_tokens, prefix.features.pooler_output[0], 0)
 
     def _image(self, image) -> tuple:
         found = self._images.get(id(image))
@@ -85,7 +87,7 @@ class LocalConversation:
             device = self.runtime.device
             grid = grid.to(device)
             features = self.base.model.get_image_features(pixel_values.to(device), grid, return_dict=True).pooler_output[0]
-            found = (image, grid, n_tokens, features)
+            found = (image, grid, n_tokens, features, len(self._images))  # held: its id is never reused meanwhile
             if self.reuse:
                 self._images[id(image)] = found
         return found
@@ -98,7 +100,9 @@ class LocalConversation:
             entries[id(image)] = self._image(image)
             return entries[id(image)][2]
 
-        ids, keys, _, spans = message_tokens(self.processor, messages, image_tokens, open_answer=True)
+        with self.runtime._tokenizer_lock:  # the fast tokenizer refuses concurrent use
+            ids, keys, _, spans = message_tokens(self.processor, messages, image_tokens, open_answer=True,
+                                                 image_key=lambda image: entries[id(image)][4])
         return ids, keys, [(start, entries[id(image)]) for start, image in spans]
 
     @torch.inference_mode()
@@ -111,7 +115,7 @@ class LocalConversation:
         grids = torch.cat([e[1] for _, e in spans]) if spans else None
         positions, _ = self.base.model.get_rope_index(ids_t, mm_token_type_ids=kinds, image_grid_thw=grids,
                                                       attention_mask=torch.ones_like(ids_t))
-        old_keys, cache = self._threads.get(thread, ([], None)) if self.reuse else ([], None)
+        old_keys, cache = self._threads.pop(thread, ([], None)) if self.reuse else ([], None)  # back once consistent
         common = min(_common_prefix(old_keys, keys), len(ids) - 1)
         for start, entry in spans:  # never cut inside an image: its features go in whole
             if start <= common < start + entry[2]:
@@ -119,7 +123,7 @@ class LocalConversation:
         if cache is None or common == 0:
             cache, common = DynamicCache(config=self.base.config), 0
         else:
-            cache.crop(-(len(old_keys) - common))  # transformers 5: a negative count removes that many
+            cache.crop(common - cache.get_seq_length())  # transformers 5: a negative count removes that many
         fed = [e for start, e in spans if start >= common]
         vision = {"image": BaseModelOutputWithPooling(pooler_output=[e[3] for e in fed])} if fed else None
         out = self.base.model(input_ids=ids_t[:, common:], attention_mask=torch.ones_like(ids_t),

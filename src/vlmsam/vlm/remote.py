@@ -88,8 +88,9 @@ class RemoteVlm:
         """A multi-turn, multi-image conversation; ``image`` travels as ``prefix``'s data URL (made once)."""
         return RemoteConversation(self, prefix, image)
 
-    def complete(self, messages: list[dict], max_new_tokens: int) -> str:
-        """The server's greedy answer to OpenAI-format ``messages``; any failure is one RemoteVlmError."""
+    def complete(self, messages: list[dict], max_new_tokens: int, *, allow_empty: bool = False) -> str:
+        """The server's greedy answer to OpenAI-format ``messages``; any failure is one RemoteVlmError.
+        ``allow_empty``: an answer without text (a thinking model cut off at the limit) is ``""``."""
         try:
             reply = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
                                                         temperature=0.0)
@@ -102,6 +103,8 @@ class RemoteVlm:
             raise RemoteVlmError(f"{self.endpoint}: HTTP {exc.status_code} from the server") from None
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise RemoteVlmError(f"{self.endpoint}: not a chat-completions answer ({type(exc).__name__})") from None
+        if text is None and allow_empty:
+            return ""
         if not isinstance(text, str):
             raise RemoteVlmError(f"{self.endpoint}: the answer holds no text")
         return text
@@ -147,4 +150,4 @@ class RemoteConversation:
 
     def reply(self, messages, *, max_new_tokens: int = 256, thread: str = "main") -> str:
         """The server's answer to ``messages`` (``thread`` is for the local conversation's caches)."""
-        return self.vlm.complete(self.openai_messages(messages), max_new_tokens)
+        return self.vlm.complete(self.openai_messages(messages), max_new_tokens, allow_empty=True)  # a turn to answer
