@@ -12,10 +12,11 @@ from vlmsam.data.synth import write_synth
 
 AGENT_DIR = DEFAULT_MODEL_DIR.parent / "agent-tiny"
 # Floors against regressions, not the bar (gIoU 0.82, 90 % empty no-target answers), which the bundle does
-# not meet (docs/agent.md). Measured on these 40 scenes: FLOOR_NOTE.
-GIOU_FLOOR = 0.0
-NO_TARGET_FLOOR = 0.0
-MAX_MEAN_TURNS = 4.0
+# not meet (docs/agent.md). Measured on these 40 scenes: gIoU 0.459, no-target answered with no mask 0.80, 2.0 turns
+# (0.478 / 0.614 / 2.03 on the 500 fresh test scenes).
+GIOU_FLOOR = 0.38
+NO_TARGET_FLOOR = 0.5
+MAX_MEAN_TURNS = 3.0
 
 
 def test_bundled_agent_is_small_and_complete():

@@ -106,6 +106,14 @@ def test_the_bundled_tiny_sam3_finds_phrases_from_the_wheel(venv, tmp_path):
     assert json.loads((out / "scene.json").read_text())
 
 
+def test_the_bundled_agent_runs_its_loop_from_the_wheel(venv, tmp_path):
+    out = tmp_path / "out-agent"
+    proc = _run(venv / "bin" / "vlmsam", "segment", SCENE, REQUEST, "--segmenter", "agent", "--out", out,
+                env=_clean_env(), cwd=tmp_path)
+    assert "turn 1: " in proc.stdout and (out / "scene_trace.json").is_file(), proc.stdout
+    assert json.loads((out / "scene_trace.json").read_text())["steps"]
+
+
 def test_every_data_file_of_the_package_is_in_the_wheel(wheel):
     """A file the code reads beside its modules (the request grammar, the page's example) ships too."""
     src = Path(__file__).resolve().parent.parent / "src"
