@@ -110,6 +110,11 @@ def test_one_phrase_then_select(server, sam3, scene):
     assert [m["images"] for m in seen[0]] == [0, 1] and "The request: \"all the shapes\"" in seen[0][1]["text"]
     assert [m["images"] for m in seen[1]] == [0, 1, 0, 1]  # the raw image, then the numbered candidates
     assert f"found {len(candidates)} masks, numbered 1 to {len(candidates)} above" in seen[1][-1]["text"]
+    from vlmsam.serve.page import step_list
+
+    gallery = step_list(result)  # what the web page shows: one (picture, caption) per turn
+    assert [caption.split(":")[0] for _, caption in gallery] == ["turn 1", "turn 2"]
+    assert gallery[0][0] is result.extra_images["step_1"] and "segment_phrase(text_prompt=" in gallery[0][1]
 
 
 def test_a_second_phrase_after_a_bad_first_prunes_the_history(server, sam3, scene):

@@ -46,9 +46,9 @@ def test_the_page_api_needs_the_key(keyed):
     with pytest.raises(gradio_client.exceptions.AuthenticationError):  # it cannot even read the page's config (401)
         gradio_client.Client(url + "/", verbose=False, download_files=False)
     client = gradio_client.Client(url + "/", verbose=False, download_files=False, headers={"X-API-Key": KEY})
-    overlay, masks, answer, timings = client.predict(gradio_client.handle_file(str(EXAMPLE)), REQUEST, "seg_token",
-                                                     api_name="/answer")
-    assert isinstance(answer, str) and "encode_image" in timings
+    overlay, masks, answer, timings, steps = client.predict(gradio_client.handle_file(str(EXAMPLE)), REQUEST, "seg_token",
+                                                            api_name="/answer")
+    assert isinstance(answer, str) and "encode_image" in timings and steps == []  # agent steps: only the agent has them
 
 
 @pytest.mark.parametrize("named", [
