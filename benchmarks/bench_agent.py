@@ -32,7 +32,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: its sibling modules
 from bench_sam3_phrases import build as build_sam3  # noqa: E402
-from realsize import qwen2_5_vl_3b_config  # noqa: E402
+from realsize import save_vlm  # noqa: E402
 
 from vlmsam.agent.loop import AgentLoop  # noqa: E402
 
@@ -69,18 +69,10 @@ class Reencoding:
 
 
 def build_vlm(root: Path, text_layers: int, vision_layers: int):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     from vlmsam.vlm.runtime import VlmRuntime
-    from vlmsam.vlm.tiny import build_tokenizer
 
-    tok = build_tokenizer()
     torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(tok, text_layers, vision_layers)).save_pretrained(root / "vlm")
-    tok.save_pretrained(root / "vlm")
-    Qwen2VLImageProcessorPil(min_pixels=448 * 448, max_pixels=448 * 448).save_pretrained(root / "vlm")
-    return VlmRuntime.load(str(root / "vlm"), dtype="fp32", device="cpu")
+    return VlmRuntime.load(str(save_vlm(root / "vlm", text_layers, vision_layers, torch.float32)), dtype="fp32", device="cpu")
 
 
 def run_loop(vlm, sam, image, reuse: bool, reply_tokens: int) -> tuple[float, int]:

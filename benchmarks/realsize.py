@@ -45,12 +45,18 @@ def qwen2_5_vl_3b_config(tokenizer, text_layers: int, vision_layers: int) -> Qwe
     )
 
 
-def build(root: Path, text_layers: int, vision_layers: int, dtype=torch.bfloat16) -> SegTokenModel:
+def save_vlm(out: Path, text_layers: int, vision_layers: int, dtype=torch.bfloat16) -> Path:
+    """A random VLM of these shapes saved to ``out`` with its tokenizer and a 448 x 448 image processor."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tok = build_tokenizer()
-    Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(tok, text_layers, vision_layers)).to(dtype).save_pretrained(root / "vlm")
-    tok.save_pretrained(root / "vlm")
-    Qwen2VLImageProcessorPil(min_pixels=448 * 448, max_pixels=448 * 448).save_pretrained(root / "vlm")
+    Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(tok, text_layers, vision_layers)).to(dtype).save_pretrained(out)
+    tok.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=448 * 448, max_pixels=448 * 448).save_pretrained(out)
+    return out
+
+
+def build(root: Path, text_layers: int, vision_layers: int, dtype=torch.bfloat16) -> SegTokenModel:
+    save_vlm(root / "vlm", text_layers, vision_layers, dtype)
     build_tiny_sam().save_pretrained(root / "sam")
     return SegTokenModel.build(SegTokenConfig(vlm=str(root / "vlm"), sam=str(root / "sam"))).eval()

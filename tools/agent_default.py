@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from vlmsam.agent.traces import TINY_SYSTEM_PROMPT, scene_trace
-from vlmsam.vlm.conversation import message_tokens
+from vlmsam.seg_vlm.losses import answer_weighted_ce
 from vlmsam.vlm.messages import Message
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "src" / "vlmsam" / "weights"
@@ -54,9 +54,9 @@ def encode(processor, context: list[Message], reply: str) -> dict:
         images[id(image)] = processor.image_inputs(image)
         return images[id(image)][2]
 
-    head = message_tokens(processor, context, image_tokens, open_answer=True)[0]
-    ids, _, labels, spans = message_tokens(processor, [*context, Message("assistant", (reply,))], image_tokens,
-                                           open_answer=False)
+    head = processor.encode_messages(context, image_tokens, open_answer=True)[0]
+    ids, _, labels, spans = processor.encode_messages([*context, Message("assistant", (reply,))], image_tokens,
+                                                      open_answer=False)
     labels = [-100] * len(head) + labels[len(head):]
     pixels = [images[id(im)] for _, im in spans]
     return {"ids": torch.tensor(ids), "labels": torch.tensor(labels),
@@ -73,8 +73,7 @@ def loss_of(model, processor, batch: list[dict]) -> torch.Tensor:
         ids[r, :len(b["ids"])], labels[r, :len(b["ids"])], mask[r, :len(b["ids"])] = b["ids"], b["labels"], 1
     out = model(input_ids=ids, attention_mask=mask, pixel_values=torch.cat([b["pixel_values"] for b in batch]),
                 image_grid_thw=torch.cat([b["grid"] for b in batch]), mm_token_type_ids=processor.mm_token_type_ids(ids))
-    logits = out.logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    return answer_weighted_ce(out.logits, labels, 1.0)  # the plain CE over the reply's tokens
 
 
 def train(args) -> None:
@@ -127,33 +126,16 @@ def train(args) -> None:
 
 
 def ceiling(args) -> None:
-    """The teacher's own gIoU on a split (what a VLM that chose perfectly would score with this SAM 3)."""
-    from vlmsam.agent.loop import AgentLoop
-    from vlmsam.agent.traces import Teacher, phrases_for_targets
-    from vlmsam.data.synth import visible_masks
+    """The teacher's own gIoU on a split (what a VLM that chose perfectly would score with this SAM 3),
+    each request scored as the evaluator scores it (the union of its masks against the union of the targets)."""
+    from vlmsam.metrics.iou import intersection_union, pair_iou
     from vlmsam.sam import load_sam_backend
-    from PIL import Image
 
     sam = load_sam_backend(str(SAM3), device="cpu")
     per_kind: dict[str, list[float]] = {}
     for f in sorted((Path(args.data) / "reason_seg" / "ReasonSeg" / args.split).glob("*.json")):
-        anno = json.loads(f.read_text())
-        image = Image.open(f.with_suffix(".jpg")).convert("RGB")
-        scene, n = anno["scene"], len(anno["shapes"])
-        targets = list(range(len(scene) - n, len(scene)))
-        truth = visible_masks(scene, image.height, image.width)[targets]
-        absent = anno["kind"] == "none"
-        phrases = ["shapes"] if absent else phrases_for_targets(scene, targets)
-        teacher = Teacher(phrases, truth, absent)
-        loop = AgentLoop(teacher, sam, sam.encode(image), image, anno["text"][0], score_threshold=SCORE_THRESHOLD)
-        teacher.loop = loop
-        masks = loop.run().masks
-        got, want = masks.any(0) if len(masks) else None, truth.any(0) if len(truth) else None
-        if want is None:
-            iou = float(got is None)
-        else:
-            iou = 0.0 if got is None else float((got & want).sum() / max((got | want).sum(), 1))
-        per_kind.setdefault(anno["kind"], []).append(iou)
+        trace = scene_trace(f, sam, score_threshold=SCORE_THRESHOLD)
+        per_kind.setdefault(trace.kind, []).append(pair_iou(*intersection_union(trace.masks.any(0), trace.truth.any(0))))
     every = [v for vs in per_kind.values() for v in vs]
     print(json.dumps({"gIoU": round(sum(every) / len(every), 4), "n": len(every),
                       **{k: round(sum(v) / len(v), 4) for k, v in sorted(per_kind.items())}}))

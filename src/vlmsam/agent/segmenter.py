@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vlmsam.agent.loop import AgentLoop
 from vlmsam.agent.protocol import SYSTEM_PROMPT
-from vlmsam.engine.contract import EncodedImage, SegmenterBase, SegmentOptions
+from vlmsam.engine.contract import EncodedImage, SegmenterBase, SegmentOptions, check_fraction
 from vlmsam.engine.registry import CONFIG_NAME, bundled_default, part, read_config
 from vlmsam.errors import CheckpointError, PromptError
 from vlmsam.result import SegmentationResult
@@ -37,9 +37,7 @@ class AgentOptions(SegmentOptions):
         n = self.max_turns
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100):
             raise PromptError(f"option max_turns must be a whole number from 1 to 100, not {n!r}")
-        t = self.score_threshold
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0):
-            raise PromptError(f"option score_threshold must be a number from 0 to 1, not {t!r}")
+        check_fraction("score_threshold", self.score_threshold)
 
 
 class AgentSegmenter(SegmenterBase):

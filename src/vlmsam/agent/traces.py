@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from vlmsam.agent.loop import AgentLoop
 from vlmsam.data.phrases import plural
 from vlmsam.data.synth import visible_masks
+from vlmsam.metrics.iou import mask_iou
 from vlmsam.vlm.messages import Message
 
 TINY_SYSTEM_PROMPT = ("Answer the request with the tools segment_phrase, select_masks_and_return and report_no_mask. "
@@ -64,9 +66,7 @@ def match(candidates: np.ndarray, truth: np.ndarray) -> list[int]:
     """1-based numbers of the candidates that match a target (each target its best, at IoU >= 0.5)."""
     chosen = set()
     for t in truth:
-        inter = (candidates & t).reshape(len(candidates), -1).sum(1)
-        union = (candidates | t).reshape(len(candidates), -1).sum(1)
-        iou = inter / np.maximum(union, 1)
+        iou = mask_iou(torch.from_numpy(candidates), torch.from_numpy(t))
         if len(iou) and iou.max() >= MATCH_IOU:
             chosen.add(int(iou.argmax()) + 1)
     return sorted(chosen)
@@ -102,13 +102,16 @@ class Teacher:
 
 @dataclass
 class Trace:
-    """One request's teacher trace: every call's context and reply, and how the loop ended."""
+    """One request's teacher trace: every call's context and reply, how the loop ended, the masks it chose
+    and the scene's target masks."""
 
     name: str
     kind: str
     calls: list[tuple[list[Message], str]]
     reason: str
     turns: int
+    masks: np.ndarray
+    truth: np.ndarray
 
 
 def scene_trace(json_path: Path, sam, *, score_threshold: float, system_prompt: str = TINY_SYSTEM_PROMPT) -> Trace:
@@ -129,4 +132,4 @@ def scene_trace(json_path: Path, sam, *, score_threshold: float, system_prompt: 
                      system_prompt=system_prompt)
     teacher.loop = loop
     outcome = loop.run()
-    return Trace(Path(json_path).stem, anno["kind"], teacher.calls, outcome.reason, outcome.turns)
+    return Trace(Path(json_path).stem, anno["kind"], teacher.calls, outcome.reason, outcome.turns, outcome.masks, truth)

@@ -98,6 +98,12 @@ class EncodedImage:
     _token: object = field(default=None, repr=False, compare=False)  # identifies the segmenter instance
 
 
+def check_fraction(name: str, value) -> None:
+    """An option that is a number from 0 to 1 (a threshold), or None; anything else is a :class:`PromptError`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0):
+        raise PromptError(f"option {name} must be a number from 0 to 1, not {value!r}")
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     """The options every design's ``segment`` / ``segment_many`` take; a design with more subclasses it

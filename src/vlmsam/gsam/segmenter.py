@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from vlmsam.detect.grounding_dino import BOX_THRESHOLD, TEXT_THRESHOLD, GroundingDino
-from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, SegmentOptions
+from vlmsam.engine.contract import EncodedImage, HistoryOptions, SegmenterBase, SegmentOptions, check_fraction
 from vlmsam.engine.registry import CONFIG_NAME, part, read_config
 from vlmsam.engine.spec import BuildSpec, Capabilities
-from vlmsam.errors import CheckpointError, PromptError
+from vlmsam.errors import CheckpointError
 from vlmsam.sam.sam3_backend import SCORE_THRESHOLD
 from vlmsam.result import SegmentationResult
 
@@ -74,9 +74,7 @@ class DetectorOptions(SegmentOptions):
     def check(self) -> None:
         super().check()
         for name in ("box_threshold", "text_threshold", "score_threshold"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
-                raise PromptError(f"option {name} must be a number from 0 to 1, not {v!r}")
+            check_fraction(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

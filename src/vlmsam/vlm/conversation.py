@@ -26,48 +26,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def message_tokens(processor, messages: list[Message], image_tokens, *, open_answer: bool, image_key=None) -> tuple:
-    """``messages`` in the Qwen-VL chat format: ``(ids, keys, labels, spans)``. ``image_tokens(image)`` says
-    how many tokens a picture takes; ``keys`` equal ``ids`` except at image tokens, which carry
-    ``image_key(image)`` (a number that names the picture for the caller's whole conversation; by default its
-    place in this list); ``labels`` are the ids on assistant text and its ``<|im_end|>`` (-100 elsewhere:
-    what training learns); ``spans`` holds each picture's ``(first token, image)``. ``open_answer`` ends
-    with an open assistant turn (generation); without it the last message ends the sequence (training)."""
-    p = processor
-    newline = p.text_ids("\n")
-    if not messages or messages[0].role != "system":
-        messages = [Message("system", (p.system,)), *messages]
-    ids: list[int] = []
-    keys: list[int] = []
-    labels: list[int] = []
-    spans: list[tuple[int, object]] = []
-    slots: dict[int, int] = {}
-
-    def add(piece, key=None, learn=False):
-        ids.extend(piece)
-        keys.extend(piece if key is None else [key] * len(piece))
-        labels.extend(piece if learn else [-100] * len(piece))
-
-    for m in messages:
-        add([p.im_start, *p.text_ids(m.role + "\n")])
-        learn = m.role == "assistant"
-        for part in m.parts:
-            if isinstance(part, str):
-                add(p.text_ids(part), learn=learn)  # split_special_tokens: no text becomes a control token
-                continue
-            n = image_tokens(part)
-            slot = image_key(part) if image_key is not None else slots.setdefault(id(part), len(slots))
-            add([p.vision_start])
-            spans.append((len(ids), part))
-            add([p.image_pad] * n, key=-1 - slot)  # never a real id; another picture, another key
-            add([p.vision_end])
-        add([p.im_end], learn=learn)
-        add(newline)
-    if open_answer:
-        add([p.im_start, *p.text_ids("assistant\n")])
-    return ids, keys, labels, spans
-
-
 class LocalConversation:
     """Greedy replies of ``runtime`` (a :class:`~vlmsam.vlm.runtime.VlmRuntime`) to growing message lists."""
 
@@ -101,8 +59,8 @@ class LocalConversation:
             return entries[id(image)][2]
 
         with self.runtime._tokenizer_lock:  # the fast tokenizer refuses concurrent use
-            ids, keys, _, spans = message_tokens(self.processor, messages, image_tokens, open_answer=True,
-                                                 image_key=lambda image: entries[id(image)][4])
+            ids, keys, _, spans = self.processor.encode_messages(messages, image_tokens, open_answer=True,
+                                                                 image_key=lambda image: entries[id(image)][4])
         return ids, keys, [(start, entries[id(image)]) for start, image in spans]
 
     @torch.inference_mode()

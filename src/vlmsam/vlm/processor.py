@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vlmsam.vlm.messages import Message
+
 SEG_TOKEN = "[SEG]"
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
@@ -158,6 +160,47 @@ class VlmProcessor:
             ids += body + newline
             labels += body + [-100] * len(newline)
         return EncodedConversation(torch.tensor(ids), torch.tensor(labels), pixel_values, grid)
+
+    def encode_messages(self, messages: list[Message], image_tokens, *, open_answer: bool, image_key=None) -> tuple:
+        """``messages`` in the Qwen-VL chat format: ``(ids, keys, labels, spans)``. ``image_tokens(image)`` says
+        how many tokens a picture takes; ``keys`` equal ``ids`` except at image tokens, which carry
+        ``image_key(image)`` (a number that names the picture for the caller's whole conversation; by default its
+        place in this list); ``labels`` are the ids on assistant text and its ``<|im_end|>`` (-100 elsewhere:
+        what training learns); ``spans`` holds each picture's ``(first token, image)``. ``open_answer`` ends
+        with an open assistant turn (generation); without it the last message ends the sequence (training)."""
+        p = self
+        newline = p.text_ids("\n")
+        if not messages or messages[0].role != "system":
+            messages = [Message("system", (p.system,)), *messages]
+        ids: list[int] = []
+        keys: list[int] = []
+        labels: list[int] = []
+        spans: list[tuple[int, object]] = []
+        slots: dict[int, int] = {}
+
+        def add(piece, key=None, learn=False):
+            ids.extend(piece)
+            keys.extend(piece if key is None else [key] * len(piece))
+            labels.extend(piece if learn else [-100] * len(piece))
+
+        for m in messages:
+            add([p.im_start, *p.text_ids(m.role + "\n")])
+            learn = m.role == "assistant"
+            for part in m.parts:
+                if isinstance(part, str):
+                    add(p.text_ids(part), learn=learn)  # split_special_tokens: no text becomes a control token
+                    continue
+                n = image_tokens(part)
+                slot = image_key(part) if image_key is not None else slots.setdefault(id(part), len(slots))
+                add([p.vision_start])
+                spans.append((len(ids), part))
+                add([p.image_pad] * n, key=-1 - slot)  # never a real id; another picture, another key
+                add([p.vision_end])
+            add([p.im_end], learn=learn)
+            add(newline)
+        if open_answer:
+            add([p.im_start, *p.text_ids("assistant\n")])
+        return ids, keys, labels, spans
 
     def mm_token_type_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """1 at image tokens, 0 elsewhere: transformers v5 needs it for 3-D (M-RoPE) positions."""
