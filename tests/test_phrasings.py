@@ -66,7 +66,22 @@ def test_a_wording_keeps_the_request_s_meaning():
             assert got["answer"] == base["answer"] and got["kind"] == base["kind"] == kind
             if kind in ("attribute", "relation", "none"):
                 name = re.findall(r"\w+ (?:circle|square|triangle|star|hexagon)", base["text"][0])[-1]
-                assert name in got["text"][0].lower(), (base["text"], got["text"])
+                assert any(said in got["text"][0].lower() for said in phrasings.spellings(name)), (base["text"], got["text"])
+
+
+def test_colour_and_shape_synonyms_name_the_same_shapes():
+    """'violet disc' for 'purple circle' in some requests, every spelling one the grammar lists, plurals too."""
+    rng = random.Random(4)
+    fields = {"name": "purple circle", "group": "hexagons", "sup": "largest star"}
+    drawn = [phrasings._slots(fields, rng) for _ in range(2000)]
+    names = Counter(d["name"] for d in drawn)
+    assert set(names) == phrasings.spellings("purple circle")
+    assert 0.4 < names["purple circle"] / len(drawn) < 0.6  # (1 - rate)^2 of draws keep both words
+    groups = {d["group"] for d in drawn}
+    assert groups == {"hexagons", "six-sided shapes", "hexagonal shapes"}
+    assert all(d["each"] + "s" == d["group"] for d in drawn)
+    assert {d["sup"].split(" ", 1)[1] for d in drawn} == {"star", "five-pointed star", "star shape"}
+    assert phrasings._slots({"name": "red circle"}, random.Random(0))["name"] in phrasings.spellings("red circle")
 
 
 def test_synth_writes_the_phrasing_it_was_asked_for(tmp_path):

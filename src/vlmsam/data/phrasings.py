@@ -21,6 +21,7 @@ from vlmsam.errors import DatasetError
 PHRASINGS = ("original", "rich", "heldout")
 TYPO_RATE = 0.1  # share of requests with two letters of one template word swapped
 LOWER_RATE = 0.1  # share written all in lower case
+SYNONYM_RATE = 0.3  # share of colour / shape words said another way ("violet disc" for "purple circle")
 
 
 @functools.cache
@@ -36,19 +37,39 @@ def families(phrasing: str) -> list[str]:
     return [name for name, family in found.items() if family["heldout"] == (phrasing == "heldout")]
 
 
+def _said_another_way(word: str, rng: random.Random) -> str:
+    """A colour or shape word (singular or plural) through one of its synonyms, in SYNONYM_RATE of draws."""
+    synonyms = grammar()["synonyms"]
+    plural = word.endswith("s") and word[:-1] in synonyms["shape"]
+    stem = word[:-1] if plural else word
+    others = (synonyms["colour"].get(stem) or synonyms["shape"].get(stem) or [stem])[1:]
+    if not others or rng.random() >= SYNONYM_RATE:
+        return word
+    return rng.choice(others) + ("s" if plural else "")
+
+
+def spellings(name: str) -> set[str]:
+    """Every way the grammar may write a 'colour shape' name ('purple circle' -> 'violet disc', ...)."""
+    synonyms = grammar()["synonyms"]
+    colour, shape = name.split(" ")
+    return {f"{c} {k}" for c in synonyms["colour"].get(colour, [colour]) for k in synonyms["shape"].get(shape, [shape])}
+
+
 def _slots(fields: dict, rng: random.Random) -> dict:
     """The template's slots from the generator's fields, each through a synonym where one exists."""
     synonyms = grammar()["synonyms"]
-    slots = dict(fields)
+    slots = {key: " ".join(_said_another_way(w, rng) for w in fields[key].split(" "))
+             for key in ("name", "group") if key in fields}
+    slots = {**fields, **slots}
     if "rel" in fields:
         slots["rel"] = rng.choice(synonyms["rel"][fields["rel"]])
     if "sup" in fields:
         word, _, noun = fields["sup"].partition(" ")
-        slots["sup"] = f"{rng.choice(synonyms['sup'].get(word, [word]))} {noun}"
+        slots["sup"] = f"{rng.choice(synonyms['sup'].get(word, [word]))} {_said_another_way(noun, rng)}"
     if "what" in fields:
         slots["what"] = rng.choice(synonyms["what"][fields["what"]])
     if "group" in fields:
-        slots["each"] = fields["group"].removesuffix("es" if fields["group"].endswith("xes") else "s")
+        slots["each"] = slots["group"].removesuffix("es" if slots["group"].endswith("xes") else "s")
     return slots
 
 
