@@ -136,6 +136,35 @@ def test_phrase_training_resumes_exactly_and_writes_a_grounded_checkpoint(scenes
     assert (out / "summary.png").stat().st_size > 1000
 
 
+def test_lora_trains_adapters_only_writes_a_merged_sam3_and_resumes_exactly(scenes, tmp_path):
+    from vlmsam.gsam.training import Sam3TrainingModel
+    from vlmsam.gsam.training_config import Sam3TrainConfig
+
+    lora = ("model.use_lora=true", "model.train_vision=false", "model.train_text=false", "model.lora_r=4")
+    whole = _train(scenes, tmp_path / "whole", *lora)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert "LoRA r=4 on detector, mask_decoder" in whole.stdout + whole.stderr
+    assert _train(scenes, tmp_path / "cut", *lora, "train.stop_at_step=2").returncode == 0
+    resumed = _train(scenes, tmp_path / "cut", *lora, "train.resume=auto")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]
+    for name in ("sam/model.safetensors", "sam_lora.safetensors"):
+        a, b = (load_file(str(tmp_path / run / "checkpoints/step_000004" / name)) for run in ("whole", "cut"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # the checkpoint's SAM 3 is a plain Sam3Model: the base's keys, frozen parts untouched, adapted layers changed
+    sizes = {k.removeprefix("model."): v for k, v in TINY.items()}
+    base = Sam3TrainingModel.build(Sam3TrainConfig(sam="tiny", **sizes)).sam3.state_dict()
+    merged = load_file(str(tmp_path / "whole/checkpoints/step_000004/sam/model.safetensors"))
+    assert merged.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert changed and all(k.startswith(("detr_", "geometry_", "dot_product", "mask_decoder")) for k in changed)
+    assert all(k.endswith(".weight") and k.rsplit(".", 2)[-2] in Sam3TrainConfig().lora_targets for k in changed)
+    done = run_cli("evaluate", "--model", tmp_path / "whole/checkpoints/step_000004", "--dataset", "phrases:test",
+                   "--dataset-dir", scenes, "--out", tmp_path / "eval")
+    assert done.returncode == 0, done.stderr[-2000:]
+    bad = _train(scenes, tmp_path / "bad", "model.use_lora=true", "model.lora_targets=[nope]")
+    assert bad.returncode == 2 and "model.lora_targets" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_sam_phrase_cli_writes_instances_and_refuses_a_sam_without_phrases(tmp_path):
     from tests.helpers.tiny_segmenters import save_tiny_sam2
     from vlmsam.sam.sam3_tiny import build_tiny_sam3

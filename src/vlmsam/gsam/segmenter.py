@@ -166,12 +166,13 @@ class GroundedSegmenter(SegmenterBase):
                 "sam": "sam", "box_threshold": self.box_threshold, "text_threshold": self.text_threshold,
                 "score_threshold": self.score_threshold, "multimask": self.multimask}
 
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, sam_state: dict | None = None) -> Path:
+        """``sam_state``: the SAM's weights to write instead of its own (a LoRA run's merged SAM 3)."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         if self.detector is not None:
             self.detector.save_pretrained(out / "detector")
-        self.sam.save_pretrained(out / "sam")
+        self.sam.save_pretrained(out / "sam", **({} if sam_state is None else {"state_dict": sam_state}))
         (out / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2))
         return out
 

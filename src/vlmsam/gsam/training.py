@@ -21,6 +21,7 @@ from vlmsam.data.phrases import VOCABULARY, phrases_for
 from vlmsam.data.sample import BadSample, Sample
 from vlmsam.data.synth import visible_masks
 from vlmsam.errors import CheckpointError
+from vlmsam.gsam.sam3_lora import LORA_FILE, add_lora, load_lora, merged_state
 from vlmsam.gsam.training_config import Sam3TrainConfig
 from vlmsam.io.images import load_image
 from vlmsam.sam.sam3_backend import TEXT_LENGTH, Sam3Backend, sam3_pixels
@@ -114,11 +115,11 @@ class Sam3TrainingModel(nn.Module):
                 if id(p) not in shared:
                     p.requires_grad_(False)
 
+        if config.use_lora:
+            add_lora(self.sam3, config, PARTS)
+
     @classmethod
     def build(cls, config: Sam3TrainConfig) -> Sam3TrainingModel:
-        if config.use_lora:
-            raise CheckpointError("model.use_lora: LoRA is not offered for SAM 3 yet; choose parts with train_vision, "
-                                  "train_text, train_detector and train_mask_decoder")
         if config.sam == "tiny":
             from vlmsam.sam.sam3_tiny import build_tiny_sam3
 
@@ -179,11 +180,21 @@ class Sam3TrainingModel(nn.Module):
         return GroundedSegmenter(None, self.backend, score_threshold=self.config.score_threshold, label="sam3 training")
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        return self.segmenter().save_pretrained(out_dir)
+        """A ``grounded`` checkpoint; with LoRA its SAM 3 is written merged (a plain Sam3Model any loader
+        takes) and the adapters beside it, for resuming."""
+        if not self.config.use_lora:
+            return self.segmenter().save_pretrained(out_dir)
+        from safetensors.torch import save_file
+
+        out = self.segmenter().save_pretrained(out_dir, sam_state=merged_state(self.sam3))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.sam3.state_dict().items() if "lora_" in k}, str(out / LORA_FILE))
+        return out
 
     def load_trainable(self, path: str | Path) -> None:
         from safetensors.torch import load_file
 
+        if self.config.use_lora:
+            return load_lora(self.sam3, path)
         files = sorted((Path(path) / "sam").glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{path}: no sam/*.safetensors (not a SAM 3 phrase-training checkpoint)")
@@ -198,8 +209,9 @@ class Sam3TrainingModel(nn.Module):
     def trainable_summary(self) -> str:
         n = sum(p.numel() for p in self.sam3.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.sam3.parameters())
-        parts = [name for name in PARTS if getattr(self.config, f"train_{name}")]
-        return f"SAM 3: {n:,} of {total:,} weights train ({', '.join(parts) or 'none'})"
+        parts = ", ".join(name for name in PARTS if getattr(self.config, f"train_{name}")) or "none"
+        how = f"LoRA r={self.config.lora_r} on {parts}" if self.config.use_lora else parts
+        return f"SAM 3: {n:,} of {total:,} weights train ({how})"
 
 
 def segmenter(model: Sam3TrainingModel):

@@ -4,7 +4,7 @@ segmenter whose one model is the SAM 3."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vlmsam.seg_vlm.config import DeclaredParts
 
@@ -22,7 +22,12 @@ class Sam3TrainConfig(DeclaredParts):
     train_text: bool = True  # the CLIP text encoder and its projection
     train_detector: bool = True  # geometry encoder, DETR encoder and decoder, scoring
     train_mask_decoder: bool = True
-    use_lora: bool = False  # not offered yet: parts are chosen by the flags above
+    # LoRA: adapters on the chosen parts' layers named in lora_targets; every base weight stays frozen
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "out_proj", "fc1", "fc2"])
     # sizes of sam: tiny
     tiny_image_size: int = 168
     tiny_patch: int = 14

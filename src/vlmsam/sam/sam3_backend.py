@@ -267,10 +267,10 @@ class Sam3Backend(SquareInputBackend):
             logits = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
         return SamPrediction(logits > MASK_THRESHOLD, out.iou_scores[0].float(), low)
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, state_dict: dict | None = None) -> None:
         from pathlib import Path
 
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         if self.tracker is not None:
             shared = self.tracker.vision_encoder.backbone is self.model.vision_encoder.backbone

@@ -262,6 +262,8 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     run_dir, resume_from, moved = _prepare_run_dir(cfg, info, print_fn)
     design, model, mixture, collator = _build(cfg, info)
+    if info.is_main:
+        print_fn(model.trainable_summary())
     if resume_from is None and t.init_from:
         start_from(model, t.init_from, info, print_fn)
     opt = build_optimization(model, cfg, info.device, info.world_size)
