@@ -95,6 +95,34 @@ def test_training_a_sam3_with_a_tracker_trains_the_shared_vit_and_freezes_the_tr
     assert not any(p.requires_grad for p in frozen.sam3.vision_encoder.parameters())
 
 
+def test_parts_train_at_rates_of_their_own_as_metas_fine_tuning():
+    """ViT at vision_lr_scale × lr with layer-wise decay (embedding lowest, last block highest), text encoder
+    at text_lr_scale, detector at lr; every trained weight in exactly one group."""
+    from types import SimpleNamespace
+
+    from vlmsam.gsam.training import Sam3TrainingModel
+    from vlmsam.gsam.training_config import Sam3TrainConfig
+    from vlmsam.train.steps import build_optimization
+
+    sizes = {k.removeprefix("model."): v for k, v in TINY.items()} | {"tiny_vit_layers": 3}
+    model = Sam3TrainingModel.build(Sam3TrainConfig(sam="tiny", vision_lr_scale=0.3125, vision_layer_decay=0.9,
+                                                    text_lr_scale=0.0625, **sizes))
+    t = SimpleNamespace(lr=8e-4, betas=(0.9, 0.999), weight_decay=0.1, warmup_steps=0, epochs=1, steps_per_epoch=10,
+                        precision="fp32", deepspeed=None)
+    opt = build_optimization(model, SimpleNamespace(train=t), torch.device("cpu"), 1).optimizer
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(lr_of)
+    assert set(lr_of) == {id(p) for p in model.parameters() if p.requires_grad}
+    vit = model.sam3.vision_encoder.backbone
+    expect = [(vit.embeddings.parameters(), 8e-4 * 0.3125 * 0.9 ** 4), (vit.layer_norm.parameters(), 8e-4 * 0.3125 * 0.9 ** 4),
+              (vit.layers[0].parameters(), 8e-4 * 0.3125 * 0.9 ** 3), (vit.layers[2].parameters(), 8e-4 * 0.3125 * 0.9),
+              (model.sam3.vision_encoder.neck.parameters(), 8e-4 * 0.3125), (model.sam3.text_encoder.parameters(), 8e-4 * 0.0625),
+              (model.sam3.detr_decoder.parameters(), 8e-4), (model.sam3.mask_decoder.parameters(), 8e-4)]
+    for params, lr in expect:
+        got = [lr_of[id(p)] for p in params]
+        assert got and got == pytest.approx([lr] * len(got))
+
+
 def test_instance_matching_is_one_to_one():
     a = np.zeros((3, 8, 8), bool)
     a[0, :4], a[1, 4:], a[2, :, :2] = True, True, True

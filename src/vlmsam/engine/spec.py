@@ -79,7 +79,8 @@ class TrainingSpec:
         config_class: the dataclass of the config's ``model`` section (chosen by ``model.model_type``).
         build: ``config -> model``; ``model(batch)`` returns an object whose ``losses()`` is a dict of
             named loss tensors (``loss`` is optimised, all are logged); the model has
-            ``save_pretrained``, ``load_trainable`` and ``trainable_summary``.
+            ``save_pretrained``, ``load_trainable`` and ``trainable_summary``, and may have
+            ``optimizer_groups()``: ``[{"params": [...], "lr_scale": s}, ...]``, each group at ``train.lr`` × s.
         collator: ``model -> collate function``; it runs in the DataLoader workers and prepares every
             per-sample feature, so the model's ``forward`` takes tensors only. Its ``prepare(sample)``
             is applied to each sample by the dataset mixture.

@@ -9,6 +9,7 @@ and validation run it through the same contract as every design.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +206,30 @@ class Sam3TrainingModel(nn.Module):
         if missing or unexpected:
             raise CheckpointError(f"{path}: its SAM 3 does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected "
                                   "weights); train from the same model.sam")
+
+    def optimizer_groups(self) -> list[dict]:
+        """The trained weights grouped by their learning-rate scale (ViT, its layer-wise decay, text encoder)."""
+        groups: dict[float, list] = {}
+        for name, p in self.sam3.named_parameters():
+            if p.requires_grad:
+                groups.setdefault(self._lr_scale(name), []).append(p)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+    def _lr_scale(self, name: str) -> float:
+        c = self.config
+        if name.startswith(("text_encoder.", "text_projection.")):
+            return c.text_lr_scale
+        if not name.startswith("vision_encoder."):
+            return 1.0
+        n = len(self.sam3.vision_encoder.backbone.layers)
+        block = re.match(r"vision_encoder\.backbone\.layers\.(\d+)\.", name)
+        if block:
+            depth = n - int(block.group(1))
+        elif name.startswith(("vision_encoder.backbone.embeddings.", "vision_encoder.backbone.layer_norm.")):
+            depth = n + 1  # the patch embedding and the norm before the blocks: the lowest rate
+        else:
+            depth = 0  # the FPN neck
+        return c.vision_lr_scale * c.vision_layer_decay ** depth
 
     def trainable_summary(self) -> str:
         n = sum(p.numel() for p in self.sam3.parameters() if p.requires_grad)

@@ -22,6 +22,11 @@ class Sam3TrainConfig(DeclaredParts):
     train_text: bool = True  # the CLIP text encoder and its projection
     train_detector: bool = True  # geometry encoder, DETR encoder and decoder, scoring
     train_mask_decoder: bool = True
+    # rates of their own, as Meta's fine-tuning (train.lr is the detector's): the ViT at vision_lr_scale × train.lr,
+    # its block i of L further × vision_layer_decay^(L - i) (patch embedding ^(L + 1)); the text encoder at text_lr_scale
+    vision_lr_scale: float = 1.0
+    vision_layer_decay: float = 1.0
+    text_lr_scale: float = 1.0
     # LoRA: adapters on the chosen parts' layers named in lora_targets; every base weight stays frozen
     use_lora: bool = False
     lora_r: int = 16
