@@ -96,7 +96,8 @@ def test_training_a_sam3_with_a_tracker_trains_the_shared_vit_and_freezes_the_tr
 
 
 def test_parts_train_at_rates_of_their_own_as_metas_fine_tuning():
-    """ViT at vision_lr_scale × lr with layer-wise decay (embedding lowest, last block highest), text encoder
+    """ViT at vision_lr_scale × lr with layer-wise decay (patch embedding lowest, last block highest, the position
+    embedding and the neck undecayed), text encoder
     at text_lr_scale, detector at lr; every trained weight in exactly one group."""
     from types import SimpleNamespace
 
@@ -114,13 +115,28 @@ def test_parts_train_at_rates_of_their_own_as_metas_fine_tuning():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(lr_of)
     assert set(lr_of) == {id(p) for p in model.parameters() if p.requires_grad}
     vit = model.sam3.vision_encoder.backbone
-    expect = [(vit.embeddings.parameters(), 8e-4 * 0.3125 * 0.9 ** 4), (vit.layer_norm.parameters(), 8e-4 * 0.3125 * 0.9 ** 4),
+    expect = [(vit.embeddings.patch_embeddings.parameters(), 8e-4 * 0.3125 * 0.9 ** 4), (vit.layer_norm.parameters(), 8e-4 * 0.3125 * 0.9 ** 4),
+              ([vit.embeddings.position_embeddings], 8e-4 * 0.3125),
               (vit.layers[0].parameters(), 8e-4 * 0.3125 * 0.9 ** 3), (vit.layers[2].parameters(), 8e-4 * 0.3125 * 0.9),
               (model.sam3.vision_encoder.neck.parameters(), 8e-4 * 0.3125), (model.sam3.text_encoder.parameters(), 8e-4 * 0.0625),
               (model.sam3.detr_decoder.parameters(), 8e-4), (model.sam3.mask_decoder.parameters(), 8e-4)]
     for params, lr in expect:
         got = [lr_of[id(p)] for p in params]
         assert got and got == pytest.approx([lr] * len(got))
+
+
+def test_lora_adapters_of_another_rank_are_one_clear_error(tmp_path):
+    from vlmsam.errors import CheckpointError
+    from vlmsam.gsam.training import Sam3TrainingModel
+    from vlmsam.gsam.training_config import Sam3TrainConfig
+
+    sizes = {k.removeprefix("model."): v for k, v in TINY.items()}
+    Sam3TrainingModel.build(Sam3TrainConfig(sam="tiny", use_lora=True, lora_r=4, **sizes)).save_pretrained(tmp_path / "r4")
+    other = Sam3TrainingModel.build(Sam3TrainConfig(sam="tiny", use_lora=True, lora_r=8, **sizes))
+    with pytest.raises(CheckpointError, match=r"0 missing, 0 unexpected, \d+ of another size"):
+        other.load_trainable(tmp_path / "r4")
+    with pytest.raises(CheckpointError, match="not a LoRA checkpoint"):
+        other.load_trainable(tmp_path / "r4" / "sam")
 
 
 def test_instance_matching_is_one_to_one():

@@ -42,7 +42,7 @@ def merged_state(sam3: torch.nn.Module) -> dict[str, torch.Tensor]:
     for name, module in sam3.named_modules():
         if isinstance(module, LoraLayer):
             base = state.pop(f"{name}.base_layer.weight")
-            state[f"{name}.weight"] = base + module.get_delta_weight("default").to(base.dtype)
+            state[f"{name}.weight"] = (base.float() + module.get_delta_weight("default").float()).to(base.dtype)  # one rounding
             if f"{name}.base_layer.bias" in state:
                 state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
     return state
@@ -57,8 +57,11 @@ def load_lora(sam3: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path}: no {LORA_FILE}, so not a LoRA checkpoint of SAM 3; to put adapters on a trained "
                               f"SAM 3, set model.sam to {Path(path) / 'sam'}")
     state = load_file(str(file))
-    wanted = {k for k in sam3.state_dict() if "lora_" in k}
-    if set(state) != wanted:
-        raise CheckpointError(f"{file}: its adapters do not fit this model ({len(wanted - set(state))} missing, "
-                              f"{len(set(state) - wanted)} unexpected); use the same model.sam, parts and lora settings")
+    wanted = {k: v.shape for k, v in sam3.state_dict().items() if "lora_" in k}
+    got = {k: v.shape for k, v in state.items()}
+    if got != wanted:
+        wrong = sum(got[k] != shape for k, shape in wanted.items() if k in got)
+        raise CheckpointError(f"{file}: its adapters do not fit this model ({len(wanted.keys() - got.keys())} missing, "
+                              f"{len(got.keys() - wanted.keys())} unexpected, {wrong} of another size); use the same "
+                              "model.sam, parts and lora settings")
     sam3.load_state_dict(state, strict=False)

@@ -102,6 +102,8 @@ class PhraseOutput:
 
 
 class Sam3TrainingModel(nn.Module):
+    saves_frozen_weights = True  # a checkpoint is the whole SAM 3 (ZeRO-3 gathers the frozen parts to write it)
+
     def __init__(self, backend: Sam3Backend, config: Sam3TrainConfig):
         super().__init__()
         self.backend, self.config = backend, config
@@ -225,6 +227,8 @@ class Sam3TrainingModel(nn.Module):
         block = re.match(r"vision_encoder\.backbone\.layers\.(\d+)\.", name)
         if block:
             depth = n - int(block.group(1))
+        elif name == "vision_encoder.backbone.embeddings.position_embeddings":
+            depth = 0  # as Meta's configs: the position embedding keeps the ViT's full rate
         elif name.startswith(("vision_encoder.backbone.embeddings.", "vision_encoder.backbone.layer_norm.")):
             depth = n + 1  # the patch embedding and the norm before the blocks: the lowest rate
         else:

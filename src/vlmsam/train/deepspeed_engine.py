@@ -62,13 +62,15 @@ def initialize(model, optimizer, scheduler, cfg, world_size: int):
 
 @contextmanager
 def gathered(model, engine):
-    """Full (un-partitioned) trainable weights for the duration, on every rank (ZeRO-3)."""
+    """Full (un-partitioned) trainable weights for the duration, on every rank (ZeRO-3); every weight for a
+    model whose checkpoints hold its frozen weights too (``saves_frozen_weights``, e.g. SAM 3's)."""
     if engine is None or engine.zero_optimization_stage() < 3:
         yield
         return
     import deepspeed
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    whole = getattr(model, "saves_frozen_weights", False)
+    params = [p for p in model.parameters() if whole or p.requires_grad]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         yield
 

@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, *, stop_after: int | None = None, print_fn=print) ->
             epoch_end = (progress.step // t.steps_per_epoch + 1) * t.steps_per_epoch
             while progress.step < min(epoch_end, end):
                 model.train()
-                t0, lr = time.perf_counter(), opt.scheduler.get_last_lr()[0]  # the rate this step uses
+                t0, lr = time.perf_counter(), t.lr * opt.scheduler.lr_lambdas[0](opt.scheduler.last_epoch)  # train.lr as scheduled for this step
                 sums, grad_norm = optimizer_step(net, ddp, opt, batches, bad, t, autocast)
                 progress.step += 1
                 progress.consumed += t.batch_size * t.grad_accumulation_steps
