@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tools.bundles import share_parts
+from tools.bundles import file_evaluation, share_parts
 
 
 def giou(eval_dir: str | Path) -> float:
@@ -34,4 +34,8 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path)
     (bundle / "provenance.json").write_text(json.dumps(provenance, indent=2))
     shutil.copy(run / "config.yaml", bundle / "grpo_config.yaml")
     share_parts(bundle, ("sam",))
+    for split in ("original", "rich", "heldout"):  # the run's evaluations become the bundle's record
+        found = Path(str(eval_dir).replace("-original", f"-{split}"))
+        if (found / "metrics.json").is_file():
+            file_evaluation(found, bundle, split="" if split == "original" else split)
     return True
