@@ -58,9 +58,10 @@ def spellings(name: str) -> set[str]:
 def _slots(fields: dict, rng: random.Random) -> dict:
     """The template's slots from the generator's fields, each through a synonym where one exists."""
     synonyms = grammar()["synonyms"]
-    slots = {key: " ".join(_said_another_way(w, rng) for w in fields[key].split(" "))
-             for key in ("name", "group") if key in fields}
-    slots = {**fields, **slots}
+    slots = dict(fields)
+    for key in ("name", "group"):
+        if key in fields:
+            slots[key] = " ".join(_said_another_way(w, rng) for w in fields[key].split(" "))
     if "rel" in fields:
         slots["rel"] = rng.choice(synonyms["rel"][fields["rel"]])
     if "sup" in fields:

@@ -32,6 +32,17 @@ def add_lora(sam3: torch.nn.Module, config, parts: dict[str, tuple[str, ...]]) -
         p.requires_grad_("lora_" in name)
 
 
+def adapters(sam3: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapters' weights (what a LoRA checkpoint holds besides the merged model)."""
+    return {k: v for k, v in sam3.state_dict().items() if "lora_" in k}
+
+
+def save_lora(sam3: torch.nn.Module, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapters(sam3).items()}, str(Path(out) / LORA_FILE))
+
+
 @torch.no_grad()
 def merged_state(sam3: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The Sam3Model's own state dict with each adapter folded into its layer's weight (the model is untouched,
@@ -57,7 +68,7 @@ def load_lora(sam3: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path}: no {LORA_FILE}, so not a LoRA checkpoint of SAM 3; to put adapters on a trained "
                               f"SAM 3, set model.sam to {Path(path) / 'sam'}")
     state = load_file(str(file))
-    wanted = {k: v.shape for k, v in sam3.state_dict().items() if "lora_" in k}
+    wanted = {k: v.shape for k, v in adapters(sam3).items()}
     got = {k: v.shape for k, v in state.items()}
     if got != wanted:
         wrong = sum(got[k] != shape for k, shape in wanted.items() if k in got)

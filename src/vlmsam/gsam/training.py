@@ -22,7 +22,7 @@ from vlmsam.data.phrases import VOCABULARY, phrases_for
 from vlmsam.data.sample import BadSample, Sample
 from vlmsam.data.synth import visible_masks
 from vlmsam.errors import CheckpointError
-from vlmsam.gsam.sam3_lora import LORA_FILE, add_lora, load_lora, merged_state
+from vlmsam.gsam.sam3_lora import add_lora, load_lora, merged_state, save_lora
 from vlmsam.gsam.training_config import Sam3TrainConfig
 from vlmsam.io.images import load_image
 from vlmsam.sam.sam3_backend import TEXT_LENGTH, Sam3Backend, sam3_pixels
@@ -185,12 +185,10 @@ class Sam3TrainingModel(nn.Module):
     def save_pretrained(self, out_dir: str | Path) -> Path:
         """A ``grounded`` checkpoint; with LoRA its SAM 3 is written merged (a plain Sam3Model any loader
         takes) and the adapters beside it, for resuming."""
-        if not self.config.use_lora:
-            return self.segmenter().save_pretrained(out_dir)
-        from safetensors.torch import save_file
-
-        out = self.segmenter().save_pretrained(out_dir, sam_state=merged_state(self.sam3))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.sam3.state_dict().items() if "lora_" in k}, str(out / LORA_FILE))
+        lora = self.config.use_lora
+        out = self.segmenter().save_pretrained(out_dir, sam_state=merged_state(self.sam3) if lora else None)
+        if lora:
+            save_lora(self.sam3, out)
         return out
 
     def load_trainable(self, path: str | Path) -> None:
