@@ -167,3 +167,45 @@ def test_training_scenes_and_their_further_requests_never_use_held_out_wordings(
     assert 0.35 * len(texts) < originals < 0.65 * len(texts)  # mixed: half in the generator's own words
     with pytest.raises(Exception, match="synth extra phrasing must be one of"):
         SynthDataset(tmp_path, "train", extra_phrasing="fancy")
+
+
+def test_made_up_filler_words_leave_the_request_s_words_in_place():
+    """``with_unknown_words`` (training's ``synth_request_noise``) adds words no template or slot uses, at
+    filler places only: removing them gives back the request, every word naming the target in order."""
+    known = phrasings._known_words()
+    rng = random.Random(0)
+    texts = ["Segment the red circle.", "where is the largest star?", "the violet disc",
+             "Could you please mark all the red circles for me?", "find the shape whose colour is not shared by any other"]
+    replaced = 0
+    for _ in range(400):
+        text = rng.choice(texts)
+        noisy = phrasings.with_unknown_words(text, rng)
+        said = {w.strip(".?").lower() for w in text.split(" ")}
+        added = [w.strip(".?") for w in noisy.split(" ") if w.strip(".?").lower() not in known | said]
+        assert 1 <= len(added) <= 4 and noisy != text, noisy
+        kept = [w for w in noisy.split(" ") if w.strip(".?") not in added]
+        original = text.split(" ")
+        body = [w.lower().strip(".?") for w in kept]
+        if len(kept) == len(original) - 1:  # the leading verb was the one replaced
+            replaced += 1
+            original = original[1:]
+        assert body == [w.lower().strip(".?") for w in original], (text, noisy)
+        assert noisy[-1:] in ".?" if text[-1] in ".?" else True
+    assert 0 < replaced < 100
+
+
+def test_request_noise_changes_only_the_wording_of_training_samples(tmp_path):
+    from vlmsam.data.synth_dataset import SynthDataset
+
+    write_synth(tmp_path, 20, seed=4, splits={"train": 1.0}, progress=False, phrasing="rich")
+    plain = SynthDataset(tmp_path, "train", extra_requests=3, extra_phrasing="mixed")
+    noisy = SynthDataset(tmp_path, "train", extra_requests=3, extra_phrasing="mixed", request_noise=1.0)
+    changed = 0
+    for i in range(20):
+        a, b = plain.load(i, random.Random(i)), noisy.load(i, random.Random(i))
+        assert (a.masks == b.masks).all() and a.meta["no_target"] == b.meta["no_target"]
+        assert [c[0][1] for c in a.conversations] == [c[0][1] for c in b.conversations]  # the same answers
+        changed += sum(x[0][0] != y[0][0] for x, y in zip(a.conversations, b.conversations))
+    assert changed >= 20 * 4 - 5  # every request (the caption excepted); LISA's wrapper draws may coincide
+    with pytest.raises(Exception, match="synth request noise is a share"):
+        SynthDataset(tmp_path, "train", request_noise=2.0)

@@ -105,3 +105,44 @@ def word(kind: str, fields: dict, rng: random.Random, phrasing: str) -> tuple[st
         drawn = _typo(drawn, rng)
     text = drawn.format(**_slots(fields, rng))
     return (text.lower() if rng.random() < LOWER_RATE else text), family
+
+
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+
+
+@functools.cache
+def _known_words() -> frozenset[str]:
+    """Every word the grammar writes, held-out families included: a made-up word is none of them."""
+    text = json.dumps(grammar()).lower()
+    return frozenset("".join(c if c.isalpha() else " " for c in text).split())
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable word no template or slot uses ('bolvet', 'zuka'): its tokens carry no meaning here."""
+    while True:
+        made = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 3)))
+        made += rng.choice(_CONSONANTS) if rng.random() < 0.5 else ""
+        if not any(made.startswith(w[:3]) for w in _known_words() if len(w) >= 3) and made not in _known_words():
+            return made
+
+
+def with_unknown_words(text: str, rng: random.Random) -> str:
+    """``text`` with one or two made-up words put where a request's filler goes: at the start, at the end,
+    in place of a leading verb or before an article. A training augmentation: words never seen in training
+    (another user's verbs and pleasantries, spelt letter by letter by a small tokenizer) should not change
+    what is segmented. The words naming the target are never touched, so the target set is the same."""
+    words = text.split(" ")
+    verbs = {v for v in grammar()["families"]["composed"]["verb"] if " " not in v}
+    for _ in range(1 if rng.random() < 0.6 else 2):
+        made = " ".join(made_up_word(rng) for _ in range(1 if rng.random() < 0.7 else 2))
+        if words[0].lower() in verbs and rng.random() < 0.3:
+            words[0] = made.capitalize() if words[0][0].isupper() else made
+            continue
+        spots = [0, len(words)] + [k for k, w in enumerate(words) if w.lower() in ("the", "a", "all", "every", "each")]
+        at = rng.choice(spots)
+        if at == len(words) and words[-1][-1:] in ".?!":  # before the closing punctuation
+            words[-1], made = words[-1][:-1], f"{made}{words[-1][-1]}"
+        elif at == 0 and words[0][:1].isupper():
+            made, words[0] = made.capitalize(), (words[0] if words[0] == "I" else words[0].lower())
+        words.insert(at, made)
+    return " ".join(words)

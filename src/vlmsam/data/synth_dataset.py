@@ -8,6 +8,7 @@ import numpy as np
 
 from vlmsam.data import prompts
 from vlmsam.data.masks import fill_polygon
+from vlmsam.data.phrasings import with_unknown_words
 from vlmsam.data.reason_seg import ReasonSegDataset, read_annotation
 from vlmsam.data.sample import BadSample, Sample
 from vlmsam.data.synth import CAPTION_QUESTION, caption, kind_weights, more_requests
@@ -35,7 +36,7 @@ class SynthDataset(ReasonSegDataset):
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
                  extra_requests: int = 0, extra_kind_weights: str | None = None, answer_format: str = "seg",
-                 frame=None, extra_phrasing: str = "original"):
+                 frame=None, extra_phrasing: str = "original", request_noise: float = 0.0):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
         if answer_format not in ("seg", "grounding"):
@@ -47,6 +48,9 @@ class SynthDataset(ReasonSegDataset):
         if extra_phrasing not in EXTRA_PHRASINGS:
             raise DatasetError(f"synth extra phrasing must be one of {', '.join(EXTRA_PHRASINGS)}, not '{extra_phrasing}'")
         self.extra_phrasing = extra_phrasing
+        if not 0.0 <= request_noise <= 1.0:
+            raise DatasetError(f"synth request noise is a share of requests, between 0 and 1, not {request_noise}")
+        self.request_noise = request_noise
 
     def _more_requests(self, scene: list[dict], rng: random.Random) -> list:
         """The further requests about a scene. ``mixed``: each in the generator's own words or the rich
@@ -59,10 +63,17 @@ class SynthDataset(ReasonSegDataset):
     def _question(self, rng: random.Random):
         """``(text, is_sentence) -> question``: LISA's [SEG] wording, or the box_prompt segmenter's own."""
         if self.answer_format == "grounding":
-            from vlmsam.grounding.prompts import grounding_prompt
-
-            return grounding_prompt
-        return lambda text, sentence: prompts.question(text, sentence, rng)
+            from vlmsam.grounding.prompts import grounding_prompt as ask
+        else:
+            def ask(text, sentence):
+                return prompts.question(text, sentence, rng)
+        if not self.request_noise:
+            return ask
+        # Its own generator, seeded from the sample's without drawing from it: the same scenes, requests
+        # and targets as without noise, only worded with made-up words.
+        noise = random.Random(hash(rng.getstate()))
+        return lambda text, sentence: ask(
+            with_unknown_words(text, noise) if noise.random() < self.request_noise else text, sentence)
 
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]

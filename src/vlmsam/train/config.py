@@ -41,6 +41,7 @@ class DataConfig:
     synth_answer_format: str = "seg"  # "grounding": answer with Qwen2.5-VL JSON boxes/points instead of [SEG]
     synth_extra_kind_weights: str = ""  # how those are drawn, e.g. "uniqueness=0.3" (others: the generator's)
     synth_extra_phrasing: str = "original"  # their wording: original, rich, heldout or mixed (original or rich)
+    synth_request_noise: float = 0.0  # share of requests given made-up filler words (phrasings.with_unknown_words)
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
