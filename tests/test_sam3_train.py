@@ -123,6 +123,16 @@ def test_parts_train_at_rates_of_their_own_as_metas_fine_tuning():
     for params, lr in expect:
         got = [lr_of[id(p)] for p in params]
         assert got and got == pytest.approx([lr] * len(got))
+    # Meta's weight decay: none on '*bias*' nor on LayerNorm weights, train.weight_decay on the rest
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    norms = {id(p) for m in model.sam3.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters(recurse=False)}
+    named = dict(model.sam3.named_parameters())
+    assert norms and {wd_of[id(p)] for n, p in named.items() if p.requires_grad and ("bias" in n or id(p) in norms)} == {0.0}
+    assert {wd_of[id(p)] for n, p in named.items() if p.requires_grad and not ("bias" in n or id(p) in norms)} == {0.1}
+    assert wd_of[id(model.sam3.vision_encoder.backbone.layers[0].mlp.fc1.weight)] == 0.1
+    decayed = Sam3TrainingModel.build(Sam3TrainConfig(sam="tiny", decay_bias_and_norm=True, **sizes))
+    opt = build_optimization(decayed, SimpleNamespace(train=t), torch.device("cpu"), 1).optimizer
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.1}
 
 
 def test_lora_adapters_of_another_rank_are_one_clear_error(tmp_path):

@@ -80,7 +80,8 @@ class TrainingSpec:
         build: ``config -> model``; ``model(batch)`` returns an object whose ``losses()`` is a dict of
             named loss tensors (``loss`` is optimised, all are logged); the model has
             ``save_pretrained``, ``load_trainable`` and ``trainable_summary``, and may have
-            ``optimizer_groups()``: ``[{"params": [...], "lr_scale": s}, ...]``, each group at ``train.lr`` × s.
+            ``optimizer_groups()``: ``[{"params": [...], "lr_scale": s}, ...]``, each group at ``train.lr`` × s
+            (and at its own ``weight_decay`` where a group gives one).
         collator: ``model -> collate function``; it runs in the DataLoader workers and prepares every
             per-sample feature, so the model's ``forward`` takes tensors only. Its ``prepare(sample)``
             is applied to each sample by the dataset mixture.

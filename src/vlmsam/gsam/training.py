@@ -208,12 +208,17 @@ class Sam3TrainingModel(nn.Module):
                                   "weights); train from the same model.sam")
 
     def optimizer_groups(self) -> list[dict]:
-        """The trained weights grouped by their learning-rate scale (ViT, its layer-wise decay, text encoder)."""
-        groups: dict[float, list] = {}
+        """The trained weights grouped by their learning-rate scale (ViT, its layer-wise decay, text encoder) and,
+        as Meta's configs, biases and LayerNorm weights apart without weight decay (unless decay_bias_and_norm)."""
+        undecayed = set() if self.config.decay_bias_and_norm else {
+            id(p) for m in self.sam3.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters(recurse=False)}
+        groups: dict[tuple, list] = {}
         for name, p in self.sam3.named_parameters():
             if p.requires_grad:
-                groups.setdefault(self._lr_scale(name), []).append(p)
-        return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+                decays = self.config.decay_bias_and_norm or not ("bias" in name or id(p) in undecayed)
+                groups.setdefault((self._lr_scale(name), decays), []).append(p)
+        return [{"params": params, "lr_scale": scale, **({} if decays else {"weight_decay": 0.0})}
+                for (scale, decays), params in groups.items()]
 
     def _lr_scale(self, name: str) -> float:
         c = self.config

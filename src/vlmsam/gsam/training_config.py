@@ -27,6 +27,7 @@ class Sam3TrainConfig(DeclaredParts):
     vision_lr_scale: float = 1.0
     vision_layer_decay: float = 1.0
     text_lr_scale: float = 1.0
+    decay_bias_and_norm: bool = False  # Meta's configs exempt '*bias*' and LayerNorm weights from weight decay
     # LoRA: adapters on the chosen parts' layers named in lora_targets; every base weight stays frozen
     use_lora: bool = False
     lora_r: int = 16

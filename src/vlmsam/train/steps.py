@@ -31,8 +31,9 @@ class Optimization:
 def build_optimization(model, cfg, device, world_size: int) -> Optimization:
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": g["params"], "lr": t.lr * g.get("lr_scale", 1.0)} for g in model.optimizer_groups()] \
-        if hasattr(model, "optimizer_groups") else params  # a design's parts at rates of their own
+    groups = [{"params": g["params"], "lr": t.lr * g.get("lr_scale", 1.0), "weight_decay": g.get("weight_decay", t.weight_decay)}
+              for g in model.optimizer_groups()] \
+        if hasattr(model, "optimizer_groups") else params  # a design's parts at rates (and decay) of their own
     optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, t.epochs * t.steps_per_epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
