@@ -209,3 +209,26 @@ def test_request_noise_changes_only_the_wording_of_training_samples(tmp_path):
     assert changed >= 20 * 4 - 5  # every request (the caption excepted); LISA's wrapper draws may coincide
     with pytest.raises(Exception, match="synth request noise is a share"):
         SynthDataset(tmp_path, "train", request_noise=2.0)
+
+
+def test_no_target_requests_asked_as_a_relation_to_the_absent_shape(tmp_path):
+    """``synth_absent_anchor``: "the shape left of the purple star" when no purple star is there has no target
+    either; the answer names the absent shape. At 0 the further requests are drawn exactly as before."""
+    from vlmsam.data.synth import RELATIONS, more_requests
+
+    write_synth(tmp_path, 30, seed=4, splits={"train": 1.0}, progress=False, phrasing="rich")
+    scenes = [json.loads(p.read_text())["scene"] for p in sorted((tmp_path / "reason_seg").rglob("*.json"))]
+    weights = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # only no-target requests
+    asked = 0
+    for k, scene in enumerate(scenes):
+        names = {f"{s['color']} {s['shape']}" for s in scene}
+        for text, _, answer, targets in more_requests(scene, 4, random.Random(k), weights, "original", absent_anchor=1.0):
+            absent = answer.removeprefix("There is no ").removesuffix(" in this image.")
+            assert not targets and absent not in names and absent in text
+            rels = [r for r in RELATIONS if r in text]
+            assert rels, text  # the generator's own relation words (phrasing original)
+            asked += 1
+        plain = more_requests(scene, 4, random.Random(k), weights, "original")
+        assert plain == more_requests(scene, 4, random.Random(k), weights, "original", absent_anchor=0.0)
+        assert not any(r in t for t, *_ in plain for r in RELATIONS)
+    assert asked == 4 * len(scenes)

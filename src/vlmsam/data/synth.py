@@ -210,13 +210,15 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
 
 
 def _request(kind: str, fields: dict, n_targets: int, rng: random.Random,
-             phrasing: str = "original") -> tuple[str, bool, str, str]:
-    """(request text, is_sentence, answer, wording family) for one candidate of ``kind``."""
+             phrasing: str = "original", worded_as: str | None = None) -> tuple[str, bool, str, str]:
+    """(request text, is_sentence, answer, wording family) for one candidate of ``kind``, worded as a request
+    of ``worded_as`` where given (a no-target request asked as a relation to the shape that is not there)."""
+    wording = worded_as or kind
     if phrasing == "original":  # the generator's own templates, drawn exactly as before
         is_sentence = rng.random() < 0.5
-        text, family = rng.choice((SENTENCE if is_sentence else PHRASE)[kind]).format(**fields), "original"
+        text, family = rng.choice((SENTENCE if is_sentence else PHRASE)[wording]).format(**fields), "original"
     else:
-        text, family = phrasings.word(kind, fields, rng, phrasing)
+        text, family = phrasings.word(wording, fields, rng, phrasing)
         is_sentence = looks_like_sentence(text)
     if kind == "none":
         answer = f"There is no {fields['name']} in this image."
@@ -244,10 +246,11 @@ def kind_weights(spec: str | None) -> tuple[float, ...]:
 
 
 def more_requests(scene: list[dict], n: int, rng: random.Random, weights: tuple[float, ...] = KIND_WEIGHTS,
-                  phrasing: str = "original") -> list[tuple[str, bool, str, list[int]]]:
+                  phrasing: str = "original", absent_anchor: float = 0.0) -> list[tuple[str, bool, str, list[int]]]:
     """``n`` further requests about a stored scene (its json ``scene`` list), drawn like the
     scene's own (or with other kind ``weights``): (text, is_sentence, answer, target indices
-    into ``scene``, left to right)."""
+    into ``scene``, left to right). A share ``absent_anchor`` of the no-target ones is asked as a relation to
+    the shape that is not there ("the shape left of the purple star"): nothing matches that either."""
     # Areas and relations do not depend on the rotation, which the json does not keep.
     shapes = [Shape(s["shape"], s["color"], s["center"][0], s["center"][1], s["radius"], 0.0) for s in scene]
     cands = _candidates(shapes, rng)
@@ -257,7 +260,10 @@ def more_requests(scene: list[dict], n: int, rng: random.Random, weights: tuple[
         kind = rng.choices(kinds, weights=[weights[KINDS.index(k)] for k in kinds])[0]
         fields, targets = rng.choice(cands[kind])
         targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))
-        out.append((*_request(kind, fields, len(targets), rng, phrasing)[:3], targets))
+        worded_as = None
+        if kind == "none" and absent_anchor and rng.random() < absent_anchor:  # no draw at 0: runs without it unchanged
+            fields, worded_as = {**fields, "rel": rng.choice(sorted(RELATIONS))}, "relation"
+        out.append((*_request(kind, fields, len(targets), rng, phrasing, worded_as)[:3], targets))
     return out
 
 

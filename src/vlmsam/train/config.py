@@ -42,6 +42,7 @@ class DataConfig:
     synth_extra_kind_weights: str = ""  # how those are drawn, e.g. "uniqueness=0.3" (others: the generator's)
     synth_extra_phrasing: str = "original"  # their wording: original, rich, heldout or mixed (original or rich)
     synth_request_noise: float = 0.0  # share of requests given made-up filler words (phrasings.with_unknown_words)
+    synth_absent_anchor: float = 0.0  # share of further no-target requests asked as a relation to the absent shape
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
