@@ -207,6 +207,16 @@ def test_request_noise_changes_only_the_wording_of_training_samples(tmp_path):
         assert [c[0][1] for c in a.conversations] == [c[0][1] for c in b.conversations]  # the same answers
         changed += sum(x[0][0] != y[0][0] for x, y in zip(a.conversations, b.conversations))
     assert changed >= 20 * 4 - 5  # every request (the caption excepted); LISA's wrapper draws may coincide
+    # the same made-up words in another process (a resumed run, another rank, a DataLoader worker)
+    import subprocess
+    import sys
+
+    code = ("import random, sys; from vlmsam.data.synth import SynthDataset; "
+            "d = SynthDataset(sys.argv[1], 'train', extra_requests=3, request_noise=1.0); "
+            "print([c[0][0] for i in range(5) for c in d.load(i, random.Random(i)).conversations])")
+    runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].count("?") + runs[0].count(".") > 10
     with pytest.raises(Exception, match="synth request noise is a share"):
         SynthDataset(tmp_path, "train", request_noise=2.0)
 

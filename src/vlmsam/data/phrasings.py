@@ -122,7 +122,8 @@ def made_up_word(rng: random.Random) -> str:
     while True:
         made = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 3)))
         made += rng.choice(_CONSONANTS) if rng.random() < 0.5 else ""
-        if not any(made.startswith(w[:3]) for w in _known_words() if len(w) >= 3) and made not in _known_words():
+        # not the start of a known word ('redo' would be read as 'red'), nor one of them at its start ('noka': 'no')
+        if not any(made.startswith(w[:3]) or made.startswith(w) for w in _known_words() if len(w) >= 2):
             return made
 
 
@@ -138,9 +139,10 @@ def with_unknown_words(text: str, rng: random.Random) -> str:
         if words[0].lower() in verbs and rng.random() < 0.3:
             words[0] = made.capitalize() if words[0][0].isupper() else made
             continue
-        spots = [0, len(words)] + [k for k, w in enumerate(words) if w.lower() in ("the", "a", "all", "every", "each")]
+        spots = [0, len(words)] + [k for k, w in enumerate(words) if w.lower() in ("the", "a", "all", "every", "each")
+                                   and (k == 0 or words[k - 1].lower() not in ("to", "on"))]  # not inside "to the left of"
         at = rng.choice(spots)
-        if at == len(words) and words[-1][-1:] in ".?!":  # before the closing punctuation
+        if at == len(words) and words[-1].endswith((".", "?", "!")):  # before the closing punctuation
             words[-1], made = words[-1][:-1], f"{made}{words[-1][-1]}"
         elif at == 0 and words[0][:1].isupper():
             made, words[0] = made.capitalize(), (words[0] if words[0] == "I" else words[0].lower())

@@ -50,6 +50,8 @@ class SynthDataset(ReasonSegDataset):
         self.extra_phrasing = extra_phrasing
         if not 0.0 <= request_noise <= 1.0:
             raise DatasetError(f"synth request noise is a share of requests, between 0 and 1, not {request_noise}")
+        if not 0.0 <= absent_anchor <= 1.0:
+            raise DatasetError(f"synth absent anchor is a share of no-target requests, between 0 and 1, not {absent_anchor}")
         self.request_noise, self.absent_anchor = request_noise, absent_anchor
 
     def _more_requests(self, scene: list[dict], rng: random.Random) -> list:
@@ -70,8 +72,9 @@ class SynthDataset(ReasonSegDataset):
         if not self.request_noise:
             return ask
         # Its own generator, seeded from the sample's without drawing from it: the same scenes, requests
-        # and targets as without noise, only worded with made-up words.
-        noise = random.Random(hash(rng.getstate()))
+        # and targets as without noise, only worded with made-up words. A str seed (hashed with SHA-512) is
+        # the same in every process; hash() of the state is not (hash(None) is its address before 3.12).
+        noise = random.Random(str(rng.getstate()))
         return lambda text, sentence: ask(
             with_unknown_words(text, noise) if noise.random() < self.request_noise else text, sentence)
 
