@@ -242,3 +242,35 @@ def test_no_target_requests_asked_as_a_relation_to_the_absent_shape(tmp_path):
         assert plain == more_requests(scene, 4, random.Random(k), weights, "original", absent_anchor=0.0)
         assert not any(r in t for t, *_ in plain for r in RELATIONS)
     assert asked == 4 * len(scenes)
+
+
+def test_by_wording_scores_the_requests_that_hold_a_phrase_apart(tmp_path):
+    """tools/by_wording.py: perfect masks for requests holding the phrase, none for the rest, gives 1.0 and the
+    rest's share of no-target scenes (an empty prediction is right exactly there)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from tools.by_wording import request_iou
+    from vlmsam.data.masks import fill_polygon
+
+    write_synth(tmp_path, 40, seed=2, splits={"test": 1.0}, progress=False, phrasing="rich")
+    scenes = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "reason_seg" / "ReasonSeg" / "test").glob("*.json")}
+    phrase = "the"
+    lines = []
+    for stem, s in scenes.items():
+        masks = [np.asfortranarray(fill_polygon(shape["points"], s["imageHeight"], s["imageWidth"]).astype(np.uint8))
+                 for shape in s["shapes"]] if phrase in s["text"][0].lower() else []
+        rles = [{**r, "counts": r["counts"].decode()} for r in map(mask_utils.encode, masks)]
+        lines.append(json.dumps({"image": stem, "masks": rles}))
+        assert request_iou({"masks": rles}, s) == (1.0 if rles or not s["shapes"] else 0.0)
+    (tmp_path / "p.jsonl").write_text("\n".join(lines))
+    out = subprocess.run([sys.executable, "-m", "tools.by_wording", str(tmp_path / "p.jsonl"), str(tmp_path), phrase],
+                         capture_output=True, text=True, check=True).stdout
+    holds = [s for s in scenes.values() if phrase in s["text"][0].lower()]
+    rest = [s for s in scenes.values() if phrase not in s["text"][0].lower()]
+    assert holds and rest and f'with "{phrase}": {len(holds)} requests, gIoU 1.000' in out
+    share = np.mean([s["kind"] == "none" for s in rest])
+    assert f"without: {len(rest)} requests, gIoU {share:.3f}" in out
