@@ -143,9 +143,10 @@ box-prompt-model-phrasing: $(STAMP) fresh
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-phrasing', \
 		'build/vlmsam-tiny-grounding')"
 	$(call eval_splits,vlmsam-tiny-grounding,build/vlmsam-tiny-grounding)
-	rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/
-	$(call file_evals,vlmsam-tiny-grounding)
-	$(call share_parts,vlmsam-tiny-grounding,sam)
+	if $(PY) -c "import sys; from tools.bundles import beats_installed; \
+		sys.exit(0 if beats_installed('build/eval/vlmsam-tiny-grounding', '$(WEIGHTS)/vlmsam-tiny-grounding') else 1)"; then \
+		rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/ && \
+		$(call file_evals,vlmsam-tiny-grounding) && $(call share_parts,vlmsam-tiny-grounding,sam); fi
 
 # The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores): vlmsam-tiny's SAM
 # with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2

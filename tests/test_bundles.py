@@ -46,3 +46,29 @@ def test_evaluations_are_filed_per_split(tmp_path):
     assert json.loads((bundle / "eval" / "metrics-heldout.json").read_text()) == {"split": "heldout"}
     assert (tmp_path / "records" / "b" / "heldout" / "predictions.jsonl").read_text() == "heldout"
     assert (tmp_path / "records" / "b" / "summary.png").read_bytes() == b"png"
+
+
+def test_a_stage_installs_only_when_it_beats_the_installed_bundle(tmp_path, capsys):
+    """``beats_installed``: the sum of gIoU over the wording splits decides; a split the bundle has no figure for
+    counts as 0."""
+    import json
+
+    from tools.bundles import beats_installed
+
+    def write(path, giou):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "metrics.json").write_text(json.dumps({"giou": giou}))
+
+    bundle = tmp_path / "bundle"
+    (bundle / "eval").mkdir(parents=True)
+    for name, giou in (("metrics.json", 0.65), ("metrics-rich.json", 0.57), ("metrics-heldout.json", 0.54)):
+        (bundle / "eval" / name).write_text(json.dumps({"giou": giou}))
+    for split, giou in (("original", 0.63), ("rich", 0.57), ("heldout", 0.54)):
+        write(tmp_path / f"new-{split}", giou)
+    assert not beats_installed(tmp_path / "new", bundle)
+    assert "the installed bundle stays" in capsys.readouterr().out
+    write(tmp_path / "new-heldout", 0.57)  # +0.03 held-out outweighs -0.02 original
+    assert beats_installed(tmp_path / "new", bundle)
+    (bundle / "eval" / "metrics-heldout.json").unlink()
+    write(tmp_path / "new-heldout", 0.54)
+    assert beats_installed(tmp_path / "new", bundle)

@@ -113,3 +113,18 @@ def file_evaluation(eval_dir: str | Path, bundle: str | Path, records: str | Pat
     record.mkdir(parents=True, exist_ok=True)
     for name in ("predictions.jsonl", "summary.png"):
         shutil.copy(eval_dir / name, record / name)
+
+
+def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[str, ...] = ("original", "rich", "heldout")) -> bool:
+    """Whether a new build's evaluations (``<eval_prefix>-<split>/metrics.json``) sum to a higher gIoU over the
+    wording splits than the installed ``bundle``'s own (``eval/metrics[-split].json``); a split the bundle has no
+    figure for counts as 0. Printed either way, so a stage that does not help leaves the bundle as it is."""
+    def giou(path: Path) -> float:
+        return json.loads(path.read_text())["giou"] if path.is_file() else 0.0
+
+    new = [giou(Path(f"{eval_prefix}-{s}") / "metrics.json") for s in splits]
+    old = [giou(Path(bundle) / "eval" / ("metrics.json" if s == "original" else f"metrics-{s}.json")) for s in splits]
+    better = sum(new) > sum(old)
+    print(f"{' / '.join(splits)}: new {' / '.join(f'{g:.3f}' for g in new)}, installed {' / '.join(f'{g:.3f}' for g in old)}"
+          f" -> {'install' if better else 'the installed bundle stays'}")
+    return better
