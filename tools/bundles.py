@@ -115,15 +115,18 @@ def file_evaluation(eval_dir: str | Path, bundle: str | Path, records: str | Pat
         shutil.copy(eval_dir / name, record / name)
 
 
+def giou(eval_dir: str | Path, name: str = "metrics.json", missing: float | None = None) -> float:
+    """The gIoU an evaluation wrote (``eval_dir/name``); ``missing`` where there is none (else the file must exist)."""
+    path = Path(eval_dir) / name
+    return missing if missing is not None and not path.is_file() else float(json.loads(path.read_text())["giou"])
+
+
 def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[str, ...] = ("original", "rich", "heldout")) -> bool:
     """Whether a new build's evaluations (``<eval_prefix>-<split>/metrics.json``) sum to a higher gIoU over the
     wording splits than the installed ``bundle``'s own (``eval/metrics[-split].json``); a split the bundle has no
     figure for counts as 0. Printed either way, so a stage that does not help leaves the bundle as it is."""
-    def giou(path: Path) -> float:
-        return json.loads(path.read_text())["giou"] if path.is_file() else 0.0
-
-    new = [giou(Path(f"{eval_prefix}-{s}") / "metrics.json") for s in splits]
-    old = [giou(Path(bundle) / "eval" / ("metrics.json" if s == "original" else f"metrics-{s}.json")) for s in splits]
+    new = [giou(f"{eval_prefix}-{s}", missing=0.0) for s in splits]
+    old = [giou(Path(bundle) / "eval", "metrics.json" if s == "original" else f"metrics-{s}.json", missing=0.0) for s in splits]
     better = sum(new) > sum(old)
     print(f"{' / '.join(splits)}: new {' / '.join(f'{g:.3f}' for g in new)}, installed {' / '.join(f'{g:.3f}' for g in old)}"
           f" -> {'install' if better else 'the installed bundle stays'}")

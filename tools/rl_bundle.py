@@ -7,11 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tools.bundles import file_evaluation, share_parts
-
-
-def giou(eval_dir: str | Path) -> float:
-    return float(json.loads((Path(eval_dir) / "metrics.json").read_text())["giou"])
+from tools.bundles import file_evaluation, giou, share_parts
 
 
 def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path) -> bool:

@@ -117,13 +117,18 @@ def _known_words() -> frozenset[str]:
     return frozenset("".join(c if c.isalpha() else " " for c in text).split())
 
 
+@functools.cache
+def _one_word_verbs() -> frozenset[str]:
+    return frozenset(v for v in grammar()["families"]["composed"]["verb"] if " " not in v)
+
+
 def made_up_word(rng: random.Random) -> str:
     """A pronounceable word no template or slot uses ('bolvet', 'zuka'): its tokens carry no meaning here."""
     while True:
         made = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(rng.randint(1, 3)))
         made += rng.choice(_CONSONANTS) if rng.random() < 0.5 else ""
         # not the start of a known word ('redo' would be read as 'red'), nor one of them at its start ('noka': 'no')
-        if not any(made.startswith(w[:3]) or made.startswith(w) for w in _known_words() if len(w) >= 2):
+        if not any(made.startswith(w[:3]) for w in _known_words() if len(w) >= 2):
             return made
 
 
@@ -133,10 +138,9 @@ def with_unknown_words(text: str, rng: random.Random) -> str:
     (another user's verbs and pleasantries, spelt letter by letter by a small tokenizer) should not change
     what is segmented. The words naming the target are never touched, so the target set is the same."""
     words = text.split(" ")
-    verbs = {v for v in grammar()["families"]["composed"]["verb"] if " " not in v}
     for _ in range(1 if rng.random() < 0.6 else 2):
         made = " ".join(made_up_word(rng) for _ in range(1 if rng.random() < 0.7 else 2))
-        if words[0].lower() in verbs and rng.random() < 0.3:
+        if words[0].lower() in _one_word_verbs() and rng.random() < 0.3:
             words[0] = made.capitalize() if words[0][0].isupper() else made
             continue
         spots = [0, len(words)] + [k for k, w in enumerate(words) if w.lower() in ("the", "a", "all", "every", "each")
