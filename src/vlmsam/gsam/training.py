@@ -26,7 +26,7 @@ from vlmsam.gsam.sam3_lora import add_lora, load_lora, merged_state, save_lora
 from vlmsam.gsam.training_config import Sam3TrainConfig
 from vlmsam.io.images import load_image
 from vlmsam.sam.sam3_backend import TEXT_LENGTH, Sam3Backend, sam3_pixels
-from vlmsam.sam.sam3_losses import masks_to_boxes, sam3_losses
+from vlmsam.sam.sam3_losses import masks_to_boxes, one_to_many_losses, sam3_losses
 
 PARTS = {"vision": ("vision_encoder",), "text": ("text_encoder", "text_projection"),
          "detector": ("geometry_encoder", "detr_encoder", "detr_decoder", "dot_product_scoring"),
@@ -156,12 +156,38 @@ class Sam3TrainingModel(nn.Module):
         seen: dict = {}
         hooks = [getattr(self.sam3, name).register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o))
                  for name in ("detr_encoder", "detr_decoder")]
+        hooks.append(self.sam3.detr_decoder.register_forward_pre_hook(
+            lambda m, a, kw: seen.__setitem__("decoder_inputs", kw), with_kwargs=True))
         try:
             out = self.sam3(vision_embeds=shared, input_ids=batch.input_ids.to(device), attention_mask=mask)
         finally:
             for h in hooks:
                 h.remove()
-        return PhraseOutput(sam3_losses(out, batch.targets, layers=self._earlier_layers(seen, mask)))
+        named = sam3_losses(out, batch.targets, layers=self._earlier_layers(seen, mask))
+        if self.config.dac:
+            o2m = one_to_many_losses(*self.one_to_many_queries(seen["decoder_inputs"]), batch.targets)
+            named = {**named, **o2m, "loss": named["loss"] + o2m["loss"]}
+        return PhraseOutput(named)
+
+    def one_to_many_queries(self, decoder_inputs: dict):
+        """Class logits ``(L, B, Q)`` and XYXY boxes ``(L, B, Q, 4)`` of every layer for DAC's query copies: the
+        decoder run again on the same inputs with each layer's self-attention contributing nothing (Meta's o2m
+        queries skip it; nothing else in a layer mixes queries, so a second pass equals their joint one)."""
+        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+        decoder = self.sam3.detr_decoder
+        silence = [layer.self_attn.register_forward_hook(lambda m, a, o: (torch.zeros_like(o[0]), *o[1:]))
+                   for layer in decoder.layers]
+        try:
+            dec = decoder(**decoder_inputs)
+        finally:
+            for h in silence:
+                h.remove()
+        hidden = dec.intermediate_hidden_states
+        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(dec.reference_boxes) + decoder.box_head(hidden)).sigmoid())
+        logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=decoder_inputs["text_features"],
+                                               text_mask=decoder_inputs["text_mask"]).squeeze(-1)
+        return logits, boxes
 
     def _earlier_layers(self, seen: dict, mask: torch.Tensor):
         """Class logits, boxes and presence logits of every decoder layer before the last, computed as Sam3Model

@@ -28,6 +28,9 @@ class Sam3TrainConfig(DeclaredParts):
     vision_layer_decay: float = 1.0
     text_lr_scale: float = 1.0
     decay_bias_and_norm: bool = False  # Meta's configs exempt '*bias*' and LayerNorm weights from weight decay
+    # Meta's one-to-many (DAC) branch: each query also runs without self-attention and is matched one-to-many
+    # (several queries per instance), which gives the decoder more positives to learn from (sam3_losses)
+    dac: bool = False
     # LoRA: adapters on the chosen parts' layers named in lora_targets; every base weight stays frozen
     use_lora: bool = False
     lora_r: int = 16

@@ -3,8 +3,11 @@ the detector's queries to a phrase's instances (Hungarian on focal class cost 2,
 IoU-aware BCE classification (20; matched queries towards clamp(p^0.25 · IoU^0.75, 0.01) with weight 10,
 the rest towards 0 damped by p^2, mean over every phrase's queries), box L1 on (cx, cy, w, h) (5) and GIoU (2),
 and the presence logit's half-BCE (20), at every decoder layer; mask focal (200) and Dice (10) on the last
-layer's matches. A phrase that names nothing trains the presence head only. Not here: Meta's one-to-many
-(DAC) branch, its sqrt(batch) loss scale and its resize / crop augmentation; targets are resized to the mask
+layer's matches. A phrase that names nothing trains the presence head only. ``one_to_many_losses`` is Meta's
+DAC branch (``dac: True`` in its training configs): copies of the queries that skip self-attention, matched
+one-to-many on the last layer (``BinaryOneToManyMatcher``: alpha 0.3, threshold 0.4, top 4; the earlier layers
+Hungarian, as ``use_o2m_matcher_on_o2m_aux: false``), classes and boxes only (``o2m_mask: false``), weight 2.
+Not here: its sqrt(batch) loss scale and its resize / crop augmentation; targets are resized to the mask
 head's size rather than the predictions to the targets'.
 """
 
@@ -34,6 +37,10 @@ class Sam3LossWeights:
     gamma: float = 2.0
     pos_weight: float = 10.0  # IABCE's weight of matched queries (Meta's Roboflow fine-tuning)
     iou_alpha: float = 0.25  # IABCE's soft target p^a · IoU^(1-a)
+    o2m_weight: float = 2.0  # the DAC branch's losses, each times this
+    o2m_alpha: float = 0.3  # its matcher: alpha · p + (1 - alpha) · box IoU ...
+    o2m_threshold: float = 0.4  # ... above this ...
+    o2m_topk: int = 4  # ... among a target's top k queries
 
 
 def xyxy_to_cxcywh(b: torch.Tensor) -> torch.Tensor:
@@ -92,6 +99,17 @@ def match(logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor,
     return torch.as_tensor(q, dtype=torch.long), torch.as_tensor(t, dtype=torch.long)
 
 
+@torch.no_grad()
+def match_one_to_many(logits: torch.Tensor, boxes: torch.Tensor, target_boxes: torch.Tensor, w: Sam3LossWeights):
+    """DAC-DETR's assignment as Meta's ``BinaryOneToManyMatcher``: for each target, the queries among its top k by
+    alpha · p + (1 - alpha) · box IoU (above that score's (1 - k/Q) quantile) that also score above the threshold;
+    a query may serve several targets. ``(query_idx, target_idx)``, ordered by query."""
+    score = w.o2m_alpha * logits.float().sigmoid()[:, None] + (1 - w.o2m_alpha) * box_iou(boxes.float(), target_boxes)
+    top = score > torch.quantile(score, 1 - w.o2m_topk / len(score), dim=0, keepdim=True)
+    q, t = torch.nonzero(top & (score > w.o2m_threshold), as_tuple=True)
+    return q, t
+
+
 def iou_aware_bce(logits: torch.Tensor, q: torch.Tensor, ious: torch.Tensor, w: Sam3LossWeights) -> torch.Tensor:
     """Meta's IABCE for one phrase: matched queries learn the soft target clamp(p^0.25 · IoU^0.75, 0.01) (detached)
     with weight ``pos_weight``, the others BCE towards 0 damped by p^gamma; the mean over queries."""
@@ -105,15 +123,14 @@ def iou_aware_bce(logits: torch.Tensor, q: torch.Tensor, ious: torch.Tensor, w: 
     return loss.mean()
 
 
-def _box_terms(logits, boxes, target_boxes, w) -> tuple[torch.Tensor, ...]:
+def _box_terms(logits, boxes, target_boxes, w, matcher=match) -> tuple[torch.Tensor, ...]:
     """Matching, then (class, L1, 1 - GIoU) sums and the matched pairs, for one phrase at one decoder layer."""
-    q, t = match(logits, boxes, target_boxes, w)
+    q, t = matcher(logits, boxes, target_boxes, w)
     pb, tb = boxes[q].float(), target_boxes[t]
     giou = torch.diag(generalized_iou(pb, tb))
     iou = torch.diag(box_iou(pb, tb))
     l1 = F.l1_loss(xyxy_to_cxcywh(pb), xyxy_to_cxcywh(tb), reduction="none").sum()  # Meta's L1 is on (cx, cy, w, h)
     return iou_aware_bce(logits, q, iou, w), l1, (1 - giou).sum(), q, t
-
 
 
 def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(), layers=None) -> dict[str, torch.Tensor]:
@@ -145,3 +162,23 @@ def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights()
     named["presence"] = terms["presence"] / len(targets)
     total = sum(scale[k] * named[k] for k in scale) + w.loss_presence * named["presence"]
     return {"loss": total, **{f"{k}_loss": v.detach() for k, v in named.items()}}
+
+
+def one_to_many_losses(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict],
+                       w: Sam3LossWeights = Sam3LossWeights()) -> dict[str, torch.Tensor]:
+    """The DAC branch's named losses (``loss`` their weighted sum, o2m_weight included) from the self-attention-free
+    query copies' ``logits (L, B, Q)`` and XYXY ``boxes (L, B, Q, 4)``, first layer first: the last layer matched
+    one-to-many, the earlier ones one-to-one; normalised as ``sam3_losses`` (instances; phrases for classes)."""
+    terms = {k: torch.zeros((), device=logits.device) for k in ("class", "bbox", "giou")}
+    for b, target in enumerate(targets):
+        if not len(target["boxes"]):
+            continue
+        tb = target["boxes"].to(logits.device)
+        for k in range(len(logits)):
+            matcher = match_one_to_many if k == len(logits) - 1 else match
+            cls, l1, giou, _, _ = _box_terms(logits[k, b], boxes[k, b], tb, w, matcher)
+            terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
+    n_total = max(1, sum(len(t["boxes"]) for t in targets))
+    named = {"class": terms["class"] / len(targets), "bbox": terms["bbox"] / n_total, "giou": terms["giou"] / n_total}
+    total = w.o2m_weight * (w.loss_class * named["class"] + w.loss_bbox * named["bbox"] + w.loss_giou * named["giou"])
+    return {"loss": total, **{f"{k}_loss_o2m": v.detach() for k, v in named.items()}}
