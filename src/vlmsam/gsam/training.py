@@ -156,8 +156,9 @@ class Sam3TrainingModel(nn.Module):
         seen: dict = {}
         hooks = [getattr(self.sam3, name).register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o))
                  for name in ("detr_encoder", "detr_decoder")]
-        hooks.append(self.sam3.detr_decoder.register_forward_pre_hook(
-            lambda m, a, kw: seen.__setitem__("decoder_inputs", kw), with_kwargs=True))
+        for name in ("detr_decoder", "mask_decoder"):
+            hooks.append(getattr(self.sam3, name).register_forward_pre_hook(
+                lambda m, a, kw, name=name: seen.__setitem__(f"{name}_inputs", kw), with_kwargs=True))
         try:
             out = self.sam3(vision_embeds=shared, input_ids=batch.input_ids.to(device), attention_mask=mask)
         finally:
@@ -165,14 +166,16 @@ class Sam3TrainingModel(nn.Module):
                 h.remove()
         named = sam3_losses(out, batch.targets, layers=self._earlier_layers(seen, mask))
         if self.config.dac:
-            o2m = one_to_many_losses(*self.one_to_many_queries(seen["decoder_inputs"]), batch.targets)
+            logits, boxes, masks = self.one_to_many_queries(seen["detr_decoder_inputs"], seen["mask_decoder_inputs"])
+            o2m = one_to_many_losses(logits, boxes, batch.targets, masks=masks)
             named = {**named, **o2m, "loss": named["loss"] + o2m["loss"]}
         return PhraseOutput(named)
 
-    def one_to_many_queries(self, decoder_inputs: dict):
-        """Class logits ``(L, B, Q)`` and XYXY boxes ``(L, B, Q, 4)`` of every layer for DAC's query copies: the
-        decoder run again on the same inputs with each layer's self-attention contributing nothing (Meta's o2m
-        queries skip it; nothing else in a layer mixes queries, so a second pass equals their joint one)."""
+    def one_to_many_queries(self, decoder_inputs: dict, mask_inputs: dict | None = None):
+        """Class logits ``(L, B, Q)`` and XYXY boxes ``(L, B, Q, 4)`` of every layer for DAC's query copies, and the
+        last layer's masks (with ``mask_inputs`` and ``dac_masks``; else None): the decoder run again on the same
+        inputs with each layer's self-attention contributing nothing (Meta's o2m queries skip it; nothing else in a
+        layer mixes queries, so a second pass equals their joint one)."""
         from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
 
         decoder = self.sam3.detr_decoder
@@ -187,7 +190,10 @@ class Sam3TrainingModel(nn.Module):
         boxes = box_cxcywh_to_xyxy((inverse_sigmoid(dec.reference_boxes) + decoder.box_head(hidden)).sigmoid())
         logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=decoder_inputs["text_features"],
                                                text_mask=decoder_inputs["text_mask"]).squeeze(-1)
-        return logits, boxes
+        masks = None
+        if mask_inputs is not None and self.config.dac_masks:
+            masks = self.sam3.mask_decoder(**{**mask_inputs, "decoder_queries": hidden[-1]}).pred_masks
+        return logits, boxes, masks
 
     def _earlier_layers(self, seen: dict, mask: torch.Tensor):
         """Class logits, boxes and presence logits of every decoder layer before the last, computed as Sam3Model

@@ -31,6 +31,7 @@ class Sam3TrainConfig(DeclaredParts):
     # Meta's one-to-many (DAC) branch: each query also runs without self-attention and is matched one-to-many
     # (several queries per instance), which gives the decoder more positives to learn from (sam3_losses)
     dac: bool = False
+    dac_masks: bool = True  # the copies' masks too, as Meta's o2m_mask_predict; false: their classes and boxes only
     # LoRA: adapters on the chosen parts' layers named in lora_targets; every base weight stays frozen
     use_lora: bool = False
     lora_r: int = 16

@@ -6,7 +6,8 @@ and the presence logit's half-BCE (20), at every decoder layer; mask focal (200)
 layer's matches. A phrase that names nothing trains the presence head only. ``one_to_many_losses`` is Meta's
 DAC branch (``dac: True`` in its training configs): copies of the queries that skip self-attention, matched
 one-to-many on the last layer (``BinaryOneToManyMatcher``: alpha 0.3, threshold 0.4, top 4; the earlier layers
-Hungarian, as ``use_o2m_matcher_on_o2m_aux: false``), classes and boxes only (``o2m_mask: false``), weight 2.
+Hungarian, as ``use_o2m_matcher_on_o2m_aux: false``), classes, boxes and (as Meta's ``o2m_mask_predict``) the
+last layer's masks, weight 2.
 Not here: its sqrt(batch) loss scale and its resize / crop augmentation; targets are resized to the mask
 head's size rather than the predictions to the targets'.
 """
@@ -164,21 +165,29 @@ def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights()
     return {"loss": total, **{f"{k}_loss": v.detach() for k, v in named.items()}}
 
 
-def one_to_many_losses(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict],
-                       w: Sam3LossWeights = Sam3LossWeights()) -> dict[str, torch.Tensor]:
+def one_to_many_losses(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(),
+                       masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The DAC branch's named losses (``loss`` their weighted sum, o2m_weight included) from the self-attention-free
-    query copies' ``logits (L, B, Q)`` and XYXY ``boxes (L, B, Q, 4)``, first layer first: the last layer matched
-    one-to-many, the earlier ones one-to-one; normalised as ``sam3_losses`` (instances; phrases for classes)."""
-    terms = {k: torch.zeros((), device=logits.device) for k in ("class", "bbox", "giou")}
+    query copies' ``logits (L, B, Q)``, XYXY ``boxes (L, B, Q, 4)`` (first layer first) and, if given, the last
+    layer's ``masks (B, Q, m, m)``: the last layer matched one-to-many, the earlier ones one-to-one; normalised as
+    ``sam3_losses`` (by instances; classes by phrases)."""
+    terms = {k: torch.zeros((), device=logits.device) for k in ("class", "bbox", "giou", "mask", "dice")}
     for b, target in enumerate(targets):
         if not len(target["boxes"]):
             continue
         tb = target["boxes"].to(logits.device)
         for k in range(len(logits)):
-            matcher = match_one_to_many if k == len(logits) - 1 else match
-            cls, l1, giou, _, _ = _box_terms(logits[k, b], boxes[k, b], tb, w, matcher)
+            last = k == len(logits) - 1
+            cls, l1, giou, q, t = _box_terms(logits[k, b], boxes[k, b], tb, w, match_one_to_many if last else match)
             terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
+            if last and masks is not None:
+                pm, tm = masks[b, q].float(), target["masks"].to(logits.device)[t]
+                terms["mask"] = terms["mask"] + focal_loss(pm, tm, w.alpha, w.gamma).flatten(1).mean(1).sum()
+                terms["dice"] = terms["dice"] + dice_loss(pm, tm).sum()
     n_total = max(1, sum(len(t["boxes"]) for t in targets))
-    named = {"class": terms["class"] / len(targets), "bbox": terms["bbox"] / n_total, "giou": terms["giou"] / n_total}
-    total = w.o2m_weight * (w.loss_class * named["class"] + w.loss_bbox * named["bbox"] + w.loss_giou * named["giou"])
-    return {"loss": total, **{f"{k}_loss_o2m": v.detach() for k, v in named.items()}}
+    named = {k: terms[k] / n_total for k in ("bbox", "giou", "mask", "dice")}
+    named["class"] = terms["class"] / len(targets)
+    scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
+    keep = scale if masks is not None else {k: v for k, v in scale.items() if k not in ("mask", "dice")}
+    total = w.o2m_weight * sum(keep[k] * named[k] for k in keep)
+    return {"loss": total, **{f"{k}_loss_o2m": named[k].detach() for k in keep}}
