@@ -84,7 +84,7 @@ def train(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sam = load_sam_backend(str(SAM3), device="cpu")
-    runtime = VlmRuntime.load(str(BASE_VLM), dtype="fp32", device="cpu")
+    runtime = VlmRuntime.load(str(args.base), dtype="fp32", device="cpu")
     model, processor = runtime.model, runtime.processor
     pairs, tally = examples(Path(args.data), "train", args.scenes, sam)
     print(f"{len(pairs)} examples from {args.scenes} scenes; teacher endings {tally}", flush=True)
@@ -120,7 +120,7 @@ def train(args) -> None:
                 ckpt.with_suffix(".tmp").replace(ckpt)
     model.eval()
     runtime.save_pretrained(out / "vlm")
-    (out / "train_config.json").write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "func"}, "base_vlm": "vlmsam-tiny-grounding/vlm",
+    (out / "train_config.json").write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "func"}, "base_vlm": str(args.base),
                                                        "sam": "sam3-tiny/sam", "teacher_endings": tally,
                                                        "examples": len(pairs)}, indent=2))
 
@@ -165,6 +165,8 @@ def main() -> None:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--save-every", type=int, default=250)
+    t.add_argument("--base", default=str(BASE_VLM), help="the VLM to start from (default: vlmsam-tiny-grounding's; "
+                   "weights/agent-tiny/vlm continues the bundled agent)")
     t.set_defaults(func=train)
     c = sub.add_parser("ceiling")
     c.add_argument("data")
