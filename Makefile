@@ -203,13 +203,16 @@ sam3-model: $(STAMP) build/fresh-original
 	$(PY) -m tools.sam3_bundle build/runs/sam3-tiny/checkpoints/step_005000 $(WEIGHTS)/sam3-tiny build/eval/sam3-tiny \
 		docs/bundled/sam3-tiny
 
-# Rebuilds the bundled agent-tiny (weights/agent-tiny, about 60 minutes on 2 CPU cores): teacher traces of 8,000
+# Rebuilds the bundled agent-tiny (weights/agent-tiny, about 100 minutes on 2 CPU cores): teacher traces of 8,000
 # rich-worded training scenes through the real loop with the bundled tiny SAM 3 as the tool, the tiny VLM taught
-# them (tools/agent_default.py), bundled, then evaluated on the 500 fresh test scenes (docs/agent.md).
+# them (run A, tools/agent_default.py), then taught further on 16,000 scenes' traces at half the rate (run B),
+# bundled, then evaluated on the 500 fresh test scenes (docs/agent.md).
 agent-model: $(STAMP) build/fresh-original
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
 	$(PY) -m tools.agent_default train build/synth-rich build/runs/agent-tiny --scenes 8000 --steps 4000
-	$(PY) -m tools.agent_default bundle build/runs/agent-tiny $(WEIGHTS)/agent-tiny
+	$(PY) -m tools.agent_default train build/synth-rich build/runs/agent-tiny-b --scenes 16000 --steps 2500 --lr 2.5e-4 \
+		--base build/runs/agent-tiny/vlm
+	$(PY) -m tools.agent_default bundle build/runs/agent-tiny-b $(WEIGHTS)/agent-tiny
 	$(PY) -m vlmsam evaluate --model $(WEIGHTS)/agent-tiny --dataset reason_seg:test --dataset-dir build/fresh-original \
 		--out build/eval/agent-tiny
 	$(PY) -c "from tools.bundles import file_evaluation; file_evaluation('build/eval/agent-tiny', '$(WEIGHTS)/agent-tiny')"
