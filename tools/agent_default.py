@@ -120,7 +120,7 @@ def train(args) -> None:
                 ckpt.with_suffix(".tmp").replace(ckpt)
     model.eval()
     runtime.save_pretrained(out / "vlm")
-    (out / "train_config.json").write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "func"}, "base_vlm": str(args.base),
+    (out / "train_config.json").write_text(json.dumps({**{k: v for k, v in vars(args).items() if k != "func"},
                                                        "sam": "sam3-tiny/sam", "teacher_endings": tally,
                                                        "examples": len(pairs)}, indent=2))
 

@@ -156,7 +156,7 @@ class Sam3TrainingModel(nn.Module):
         seen: dict = {}
         hooks = [getattr(self.sam3, name).register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o))
                  for name in ("detr_encoder", "detr_decoder")]
-        for name in ("detr_decoder", "mask_decoder"):
+        for name in ("detr_decoder", "mask_decoder") if self.config.dac else ():  # DAC re-runs them on these inputs
             hooks.append(getattr(self.sam3, name).register_forward_pre_hook(
                 lambda m, a, kw, name=name: seen.__setitem__(f"{name}_inputs", kw), with_kwargs=True))
         try:
@@ -176,8 +176,6 @@ class Sam3TrainingModel(nn.Module):
         last layer's masks (with ``mask_inputs`` and ``dac_masks``; else None): the decoder run again on the same
         inputs with each layer's self-attention contributing nothing (Meta's o2m queries skip it; nothing else in a
         layer mixes queries, so a second pass equals their joint one)."""
-        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
-
         decoder = self.sam3.detr_decoder
         silence = [layer.self_attn.register_forward_hook(lambda m, a, o: (torch.zeros_like(o[0]), *o[1:]))
                    for layer in decoder.layers]
@@ -187,9 +185,8 @@ class Sam3TrainingModel(nn.Module):
             for h in silence:
                 h.remove()
         hidden = dec.intermediate_hidden_states
-        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(dec.reference_boxes) + decoder.box_head(hidden)).sigmoid())
-        logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=decoder_inputs["text_features"],
-                                               text_mask=decoder_inputs["text_mask"]).squeeze(-1)
+        logits, boxes = self._layer_predictions(hidden, dec.reference_boxes, decoder_inputs["text_features"],
+                                                decoder_inputs["text_mask"])
         masks = None
         if mask_inputs is not None and self.config.dac_masks:
             masks = self.sam3.mask_decoder(**{**mask_inputs, "decoder_queries": hidden[-1]}).pred_masks
@@ -197,17 +194,22 @@ class Sam3TrainingModel(nn.Module):
 
     def _earlier_layers(self, seen: dict, mask: torch.Tensor):
         """Class logits, boxes and presence logits of every decoder layer before the last, computed as Sam3Model
-        computes the last one's (box head on the refined reference boxes, dot-product scoring against the text)."""
-        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
-
+        computes the last one's."""
         dec, enc = seen["detr_decoder"], seen["detr_encoder"]
         hidden, ref, presence = dec.intermediate_hidden_states[:-1], dec.reference_boxes[:-1], dec.presence_logits[:-1]
         if not len(hidden):
             return None
-        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(ref) + self.sam3.detr_decoder.box_head(hidden)).sigmoid())
-        logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=enc.text_features,
-                                               text_mask=mask.bool()).squeeze(-1)
-        return logits, boxes, presence
+        return (*self._layer_predictions(hidden, ref, enc.text_features, mask.bool()), presence)
+
+    def _layer_predictions(self, hidden: torch.Tensor, reference_boxes: torch.Tensor, text_features, text_mask):
+        """Class logits ``(L, B, Q)`` and XYXY boxes ``(L, B, Q, 4)`` of decoder layers' outputs, as Sam3Model makes
+        its last layer's: the box head on the refined reference boxes, dot-product scoring against the text."""
+        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(reference_boxes) + self.sam3.detr_decoder.box_head(hidden)).sigmoid())
+        logits = self.sam3.dot_product_scoring(decoder_hidden_states=hidden, text_features=text_features,
+                                               text_mask=text_mask).squeeze(-1)
+        return logits, boxes
 
     def segmenter(self):
         from vlmsam.gsam.segmenter import GroundedSegmenter

@@ -134,6 +134,16 @@ def _box_terms(logits, boxes, target_boxes, w, matcher=match) -> tuple[torch.Ten
     return iou_aware_bce(logits, q, iou, w), l1, (1 - giou).sum(), q, t
 
 
+def _mask_terms(pred: torch.Tensor, target: torch.Tensor, w: Sam3LossWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask focal and Dice sums over matched pairs (prediction logits, target masks at the mask head's size)."""
+    pred = pred.float()
+    return focal_loss(pred, target, w.alpha, w.gamma).flatten(1).mean(1).sum(), dice_loss(pred, target).sum()
+
+
+def _scales(w: Sam3LossWeights) -> dict[str, float]:
+    return {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
+
+
 def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights(), layers=None) -> dict[str, torch.Tensor]:
     """Named losses (``loss`` is their weighted sum) of a Sam3Model output for a batch of phrases.
     ``targets[b]``: ``boxes (n, 4)`` XYXY in [0, 1] and ``masks (n, m, m)`` float at the mask head's size.
@@ -154,10 +164,9 @@ def sam3_losses(out, targets: list[dict], w: Sam3LossWeights = Sam3LossWeights()
             cls, l1, giou, q, t = _box_terms(logits[b], boxes[b], tb, w)
             terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
             if k == 0:  # the final layer's matches draw the masks
-                pm = out.pred_masks[b, q].float()
-                terms["mask"] = terms["mask"] + focal_loss(pm, tm[t], w.alpha, w.gamma).flatten(1).mean(1).sum()
-                terms["dice"] = terms["dice"] + dice_loss(pm, tm[t]).sum()
-    scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
+                focal, dice = _mask_terms(out.pred_masks[b, q], tm[t], w)
+                terms["mask"], terms["dice"] = terms["mask"] + focal, terms["dice"] + dice
+    scale = _scales(w)
     named = {k: terms[k] / n_total for k in ("bbox", "giou", "mask", "dice")}
     named["class"] = terms["class"] / len(targets)  # Meta: the mean over every phrase's queries, negatives' zeros included
     named["presence"] = terms["presence"] / len(targets)
@@ -181,13 +190,11 @@ def one_to_many_losses(logits: torch.Tensor, boxes: torch.Tensor, targets: list[
             cls, l1, giou, q, t = _box_terms(logits[k, b], boxes[k, b], tb, w, match_one_to_many if last else match)
             terms["class"], terms["bbox"], terms["giou"] = terms["class"] + cls, terms["bbox"] + l1, terms["giou"] + giou
             if last and masks is not None:
-                pm, tm = masks[b, q].float(), target["masks"].to(logits.device)[t]
-                terms["mask"] = terms["mask"] + focal_loss(pm, tm, w.alpha, w.gamma).flatten(1).mean(1).sum()
-                terms["dice"] = terms["dice"] + dice_loss(pm, tm).sum()
+                focal, dice = _mask_terms(masks[b, q], target["masks"].to(logits.device)[t], w)
+                terms["mask"], terms["dice"] = terms["mask"] + focal, terms["dice"] + dice
     n_total = max(1, sum(len(t["boxes"]) for t in targets))
     named = {k: terms[k] / n_total for k in ("bbox", "giou", "mask", "dice")}
     named["class"] = terms["class"] / len(targets)
-    scale = {"class": w.loss_class, "bbox": w.loss_bbox, "giou": w.loss_giou, "mask": w.loss_mask, "dice": w.loss_dice}
-    keep = scale if masks is not None else {k: v for k, v in scale.items() if k not in ("mask", "dice")}
+    keep = {k: v for k, v in _scales(w).items() if masks is not None or k not in ("mask", "dice")}
     total = w.o2m_weight * sum(keep[k] * named[k] for k in keep)
     return {"loss": total, **{f"{k}_loss_o2m": named[k].detach() for k in keep}}
