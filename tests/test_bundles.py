@@ -72,3 +72,30 @@ def test_a_stage_installs_only_when_it_beats_the_installed_bundle(tmp_path, caps
     (bundle / "eval" / "metrics-heldout.json").unlink()
     write(tmp_path / "new-heldout", 0.54)
     assert beats_installed(tmp_path / "new", bundle)
+
+
+def test_a_soup_averages_the_trained_weights_and_keeps_the_frozen_parts(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tools.bundles import soup
+
+    heads = [{"w": torch.randn(3, 4), "b": torch.randn(4)} for _ in range(3)]
+    bundles = []
+    for k, head in enumerate(heads):
+        b = _bundle(tmp_path, f"run{k}", {"vlm": "vlm"}, ("vlm",))
+        (b / "vlm" / "model.safetensors").write_text("the same frozen VLM")
+        (b / "vlm" / "tokenizer.json").write_text(f"copied beside it {k}")  # not a weight: may differ
+        save_file(head, str(b / "head.safetensors"))
+        (b / "provenance.json").write_text(json.dumps({"run": f"run{k}"}))
+        bundles.append(b)
+    out = soup(bundles, tmp_path / "soup")
+    averaged = load_file(str(out / "head.safetensors"))
+    for key in ("w", "b"):
+        torch.testing.assert_close(averaged[key], (heads[0][key] + heads[1][key] + heads[2][key]) / 3)
+    assert (out / "vlm" / "model.safetensors").read_text() == "the same frozen VLM"
+    assert json.loads((out / "provenance.json").read_text())["soup_of"] == [str(b) for b in bundles]
+    (bundles[2] / "vlm" / "model.safetensors").write_text("another VLM")
+    with pytest.raises(ValueError, match="vlm differs"):
+        soup(bundles, tmp_path / "soup2")

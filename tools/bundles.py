@@ -131,3 +131,34 @@ def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[s
     print(f"{' / '.join(splits)}: new {' / '.join(f'{g:.3f}' for g in new)}, installed {' / '.join(f'{g:.3f}' for g in old)}"
           f" -> {'install' if better else 'the installed bundle stays'}")
     return better
+
+
+def soup(bundles: list[str | Path], out: str | Path) -> Path:
+    """A uniform weight average ("model soup", Wortsman et al. 2022) of bundles fine-tuned from one start whose
+    frozen parts are the same: every ``*.safetensors`` at the bundle's top (what the runs trained, e.g. the
+    selection head) is averaged tensor by tensor; the rest is the first bundle's. Averaging runs of several seeds
+    keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does."""
+    from safetensors.torch import load_file, save_file
+
+    bundles, out = [Path(b) for b in bundles], Path(out)
+    first = bundles[0]
+    for other in bundles[1:]:
+        for part in (p for p in first.iterdir() if p.is_dir() and p.name != "eval"):
+            weights = {f for f in _files(part) | _files(other / part.name) if f.suffix == ".safetensors"}
+            if not all((other / part.name / f).is_file() and (part / f).is_file() and _same(part / f, other / part.name / f)
+                       for f in weights):  # the weights decide; a copied tokenizer file beside them does not
+                raise ValueError(f"{other}: its {part.name} differs from {first}'s; a soup averages runs over the same frozen parts")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(first, out, ignore=shutil.ignore_patterns("eval"))
+    for weights in sorted(first.glob("*.safetensors")):
+        states = [load_file(str(b / weights.name)) for b in bundles]
+        if any(s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s) for s in states):
+            raise ValueError(f"{weights.name}: the bundles hold different tensors; a soup needs one architecture")
+        save_file({k: sum(s[k].double() for s in states).div(len(states)).to(states[0][k].dtype) for k in states[0]},
+                  str(out / weights.name))
+    record = out / "provenance.json"
+    provenance = json.loads(record.read_text()) if record.is_file() else {}
+    provenance["soup_of"] = [str(b) for b in bundles]
+    record.write_text(json.dumps(provenance, indent=2) + "\n")
+    return out
