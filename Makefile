@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
 .PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model agent-model \
-	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing box-prompt-model-grpo fresh sam3-model
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing llmseg-model-soup box-prompt-model-grpo fresh sam3-model
 
 setup: $(STAMP)
 
@@ -172,24 +172,46 @@ llmseg-model: $(STAMP)
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)
 	$(MAKE) llmseg-model-phrasing
+	$(MAKE) llmseg-model-soup
+
+# The starting head (the installed one), 2,500 rich-worded scenes (seed 11), the VLM and their automatic proposals.
+llmseg_phrasing_data = rm -rf build/llmseg-phrasing && \
+	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-llmseg', 'build/llmseg-phrasing/start')" && \
+	$(PY) -m vlmsam data synth --out build/llmseg-phrasing/synth --n 2500 --seed 11 --phrasing rich && \
+	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/llmseg-phrasing/vlm')" && \
+	$(LLMSEG_ENV) $(VENV)/bin/torchrun --nproc_per_node=2 -m vlmsam proposals --dataset-dir build/llmseg-phrasing/synth \
+		--datasets reason_seg:train --out build/llmseg-phrasing/proposals --sam build/llmseg-phrasing/start/sam \
+		--points-per-side 16 --pred-iou-thresh 0.7 --stability-score-thresh 0.85
 
 # Stage 2 of vlmsam-tiny-llmseg (about 30 minutes on 2 cores): the installed selection head trained further over
 # vlmsam-tiny's VLM as installed now (after its wording stage), on scenes in the rich grammar's wordings, with their
 # automatic proposals (configs/llmseg_tiny_phrasing.yaml); exported, evaluated on the three splits, installed.
 llmseg-model-phrasing: $(STAMP) fresh
-	rm -rf build/llmseg-phrasing build/runs/llmseg-tiny-phrasing build/vlmsam-tiny-llmseg
-	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-llmseg', 'build/llmseg-phrasing/start')"
-	$(PY) -m vlmsam data synth --out build/llmseg-phrasing/synth --n 2500 --seed 11 --phrasing rich
-	$(PY) -c "from vlmsam.seg_token import SegTokenModel; SegTokenModel.from_pretrained('$(WEIGHTS)/vlmsam-tiny').save_merged('build/llmseg-phrasing/vlm')"
-	$(LLMSEG_ENV) $(VENV)/bin/torchrun --nproc_per_node=2 -m vlmsam proposals --dataset-dir build/llmseg-phrasing/synth \
-		--datasets reason_seg:train --out build/llmseg-phrasing/proposals --sam build/llmseg-phrasing/start/sam \
-		--points-per-side 16 --pred-iou-thresh 0.7 --stability-score-thresh 0.85
+	rm -rf build/runs/llmseg-tiny-phrasing build/vlmsam-tiny-llmseg
+	$(llmseg_phrasing_data)
 	$(PY) -m vlmsam train configs/llmseg_tiny_phrasing.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny-phrasing', 'build/vlmsam-tiny-llmseg', select_single=True)"
 	$(call eval_splits,vlmsam-tiny-llmseg,build/vlmsam-tiny-llmseg)
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
 	$(call file_evals,vlmsam-tiny-llmseg)
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)
+
+# Stage 3 of vlmsam-tiny-llmseg (about 30 minutes on 2 cores): two more runs of stage 2's config from the installed
+# head (seeds 1 and 2), averaged with it weight by weight (tools.bundles.soup), evaluated on the three splits and
+# installed only if the sum of its gIoU beats the installed bundle's.
+llmseg-model-soup: $(STAMP) fresh
+	rm -rf build/runs/llmseg-s1 build/runs/llmseg-s2 build/llmseg-s1 build/llmseg-s2 build/llmseg-soup
+	$(llmseg_phrasing_data)
+	for s in 1 2; do $(PY) -m vlmsam train configs/llmseg_tiny_phrasing.yaml train.seed=$$s \
+		train.run_dir=build/runs/llmseg-s$$s --overwrite && $(PY) -c "from tools.default_model import export_llmseg; \
+		export_llmseg('build/runs/llmseg-s'+'$$s', 'build/llmseg-s'+'$$s', select_single=True)" || exit 1; done
+	$(PY) -c "from tools.bundles import soup; soup(['build/llmseg-phrasing/start', 'build/llmseg-s1', 'build/llmseg-s2'], \
+		'build/llmseg-soup', made_by='averaged with two further runs of configs/llmseg_tiny_phrasing.yaml from it, seeds 1 and 2 (make llmseg-model-soup)')"
+	$(call eval_splits,vlmsam-tiny-llmseg,build/llmseg-soup)
+	if $(PY) -c "import sys; from tools.bundles import beats_installed; \
+		sys.exit(0 if beats_installed('build/eval/vlmsam-tiny-llmseg', '$(WEIGHTS)/vlmsam-tiny-llmseg') else 1)"; then \
+		rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/llmseg-soup $(WEIGHTS)/vlmsam-tiny-llmseg && \
+		$(call file_evals,vlmsam-tiny-llmseg) && $(call share_parts,vlmsam-tiny-llmseg,vlm); fi
 
 # grounded's offline default (weights/sam3-tiny, about an hour on 2 cores): a tiny transformers Sam3Model trained from
 # random weights on noun phrases over synthetic scenes (configs/sam3_tiny.yaml), scored per instance on the 500 fresh

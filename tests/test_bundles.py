@@ -90,12 +90,13 @@ def test_a_soup_averages_the_trained_weights_and_keeps_the_frozen_parts(tmp_path
         save_file(head, str(b / "head.safetensors"))
         (b / "provenance.json").write_text(json.dumps({"run": f"run{k}"}))
         bundles.append(b)
-    out = soup(bundles, tmp_path / "soup")
+    out = soup(bundles, tmp_path / "soup", made_by="averaged")
     averaged = load_file(str(out / "head.safetensors"))
     for key in ("w", "b"):
         torch.testing.assert_close(averaged[key], (heads[0][key] + heads[1][key] + heads[2][key]) / 3)
     assert (out / "vlm" / "model.safetensors").read_text() == "the same frozen VLM"
-    assert json.loads((out / "provenance.json").read_text())["soup_of"] == [str(b) for b in bundles]
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["soup_of"] == [str(b) for b in bundles] and provenance["made_by"] == "averaged"
     (bundles[2] / "vlm" / "model.safetensors").write_text("another VLM")
     with pytest.raises(ValueError, match="vlm differs"):
         soup(bundles, tmp_path / "soup2")

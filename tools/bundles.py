@@ -133,11 +133,12 @@ def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[s
     return better
 
 
-def soup(bundles: list[str | Path], out: str | Path) -> Path:
+def soup(bundles: list[str | Path], out: str | Path, made_by: str = "") -> Path:
     """A uniform weight average ("model soup", Wortsman et al. 2022) of bundles fine-tuned from one start whose
     frozen parts are the same: every ``*.safetensors`` at the bundle's top (what the runs trained, e.g. the
     selection head) is averaged tensor by tensor; the rest is the first bundle's. Averaging runs of several seeds
-    keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does."""
+    keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does.
+    ``made_by`` is added to the provenance's account of how the bundle was made."""
     from safetensors.torch import load_file, save_file
 
     bundles, out = [Path(b) for b in bundles], Path(out)
@@ -160,5 +161,7 @@ def soup(bundles: list[str | Path], out: str | Path) -> Path:
     record = out / "provenance.json"
     provenance = json.loads(record.read_text()) if record.is_file() else {}
     provenance["soup_of"] = [str(b) for b in bundles]
+    if made_by:
+        provenance["made_by"] = f"{provenance['made_by']}, then {made_by}" if provenance.get("made_by") else made_by
     record.write_text(json.dumps(provenance, indent=2) + "\n")
     return out
