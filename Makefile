@@ -143,10 +143,9 @@ box-prompt-model-phrasing: $(STAMP) fresh
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-phrasing', \
 		'build/vlmsam-tiny-grounding')"
 	$(call eval_splits,vlmsam-tiny-grounding,build/vlmsam-tiny-grounding)
-	if $(PY) -c "import sys; from tools.bundles import beats_installed; \
-		sys.exit(0 if beats_installed('build/eval/vlmsam-tiny-grounding', '$(WEIGHTS)/vlmsam-tiny-grounding') else 1)"; then \
+	$(PY) -m tools.bundles beats build/eval/vlmsam-tiny-grounding $(WEIGHTS)/vlmsam-tiny-grounding; rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
 		rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/ && \
-		$(call file_evals,vlmsam-tiny-grounding) && $(call share_parts,vlmsam-tiny-grounding,sam); fi
+		$(call file_evals,vlmsam-tiny-grounding) && $(call share_parts,vlmsam-tiny-grounding,sam); }
 
 # The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores): vlmsam-tiny's SAM
 # with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2
@@ -208,10 +207,9 @@ llmseg-model-soup: $(STAMP) fresh
 	$(PY) -c "from tools.bundles import soup; soup(['build/llmseg-phrasing/start', 'build/llmseg-s1', 'build/llmseg-s2'], \
 		'build/llmseg-soup', made_by='averaged with two further runs of configs/llmseg_tiny_phrasing.yaml from it, seeds 1 and 2 (make llmseg-model-soup)')"
 	$(call eval_splits,vlmsam-tiny-llmseg,build/llmseg-soup)
-	if $(PY) -c "import sys; from tools.bundles import beats_installed; \
-		sys.exit(0 if beats_installed('build/eval/vlmsam-tiny-llmseg', '$(WEIGHTS)/vlmsam-tiny-llmseg') else 1)"; then \
+	$(PY) -m tools.bundles beats build/eval/vlmsam-tiny-llmseg $(WEIGHTS)/vlmsam-tiny-llmseg; rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
 		rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/llmseg-soup $(WEIGHTS)/vlmsam-tiny-llmseg && \
-		$(call file_evals,vlmsam-tiny-llmseg) && $(call share_parts,vlmsam-tiny-llmseg,vlm); fi
+		$(call file_evals,vlmsam-tiny-llmseg) && $(call share_parts,vlmsam-tiny-llmseg,vlm); }
 
 # grounded's offline default (weights/sam3-tiny, about an hour on 2 cores): a tiny transformers Sam3Model trained from
 # random weights on noun phrases over synthetic scenes (configs/sam3_tiny.yaml), scored per instance on the 500 fresh

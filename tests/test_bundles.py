@@ -74,29 +74,70 @@ def test_a_stage_installs_only_when_it_beats_the_installed_bundle(tmp_path, caps
     assert beats_installed(tmp_path / "new", bundle)
 
 
+def _soup_ingredients(tmp_path, heads):
+    from safetensors.torch import save_file
+
+    bundles = []
+    for k, head in enumerate(heads):
+        b = _bundle(tmp_path, f"run{k}", {"vlm": "vlm", "head_dim": 4}, ("vlm",))
+        (b / "vlm" / "model.safetensors").write_text("the same frozen VLM")
+        (b / "vlm" / "tokenizer.json").write_text(f"copied beside it {k}")  # not a weight: may differ
+        save_file(head, str(b / "head.safetensors"))
+        (b / "provenance.json").write_text(json.dumps({"run": f"runs/run{k}", "checkpoint": "step_001000"}))
+        (b / "train_config.yaml").write_text(f"train:\n  seed: {k}\n")
+        (b / "eval").mkdir()
+        (b / "eval" / "metrics.json").write_text("{}")
+        bundles.append(b)
+    return bundles
+
+
 def test_a_soup_averages_the_trained_weights_and_keeps_the_frozen_parts(tmp_path):
-    import pytest
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from tools.bundles import soup
 
     heads = [{"w": torch.randn(3, 4), "b": torch.randn(4)} for _ in range(3)]
-    bundles = []
-    for k, head in enumerate(heads):
-        b = _bundle(tmp_path, f"run{k}", {"vlm": "vlm"}, ("vlm",))
-        (b / "vlm" / "model.safetensors").write_text("the same frozen VLM")
-        (b / "vlm" / "tokenizer.json").write_text(f"copied beside it {k}")  # not a weight: may differ
-        save_file(head, str(b / "head.safetensors"))
-        (b / "provenance.json").write_text(json.dumps({"run": f"run{k}"}))
-        bundles.append(b)
+    bundles = _soup_ingredients(tmp_path, heads)
     out = soup(bundles, tmp_path / "soup", made_by="averaged")
     averaged = load_file(str(out / "head.safetensors"))
     for key in ("w", "b"):
         torch.testing.assert_close(averaged[key], (heads[0][key] + heads[1][key] + heads[2][key]) / 3)
     assert (out / "vlm" / "model.safetensors").read_text() == "the same frozen VLM"
+    assert not (out / "eval").exists()  # the ingredients' evaluations say nothing about the soup
     provenance = json.loads((out / "provenance.json").read_text())
-    assert provenance["soup_of"] == [str(b) for b in bundles] and provenance["made_by"] == "averaged"
-    (bundles[2] / "vlm" / "model.safetensors").write_text("another VLM")
+    assert provenance["made_by"] == "averaged"
+    assert [(i["run"], i["checkpoint"], i["seed"]) for i in provenance["soup_of"]] == [
+        (f"runs/run{k}", "step_001000", k) for k in range(3)]
+
+
+def test_a_soup_refuses_bundles_that_are_not_runs_of_one_recipe_over_one_frozen_model(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from tools.bundles import soup
+
+    def fresh(name):
+        return _soup_ingredients(tmp_path / name, [{"w": torch.randn(3, 4)} for _ in range(2)])
+
+    bundles = fresh("frozen")
+    (bundles[1] / "vlm" / "model.safetensors").write_text("another VLM")
     with pytest.raises(ValueError, match="vlm differs"):
-        soup(bundles, tmp_path / "soup2")
+        soup(bundles, tmp_path / "out")
+    bundles = fresh("shape")
+    save_file({"w": torch.randn(4, 4)}, str(bundles[1] / "head.safetensors"))
+    with pytest.raises(ValueError, match="different tensors"):
+        soup(bundles, tmp_path / "out")
+    bundles = fresh("files")
+    save_file({"w": torch.randn(3, 4)}, str(bundles[1] / "extra.safetensors"))
+    with pytest.raises(ValueError, match="other weight files"):
+        soup(bundles, tmp_path / "out")
+    bundles = fresh("recipe")
+    (bundles[1] / CONFIG_NAME).write_text(json.dumps({"vlm": "vlm", "head_dim": 8}))
+    with pytest.raises(ValueError, match="differs"):
+        soup(bundles, tmp_path / "out")
+    bundles = fresh("shared")
+    (bundles[0] / CONFIG_NAME).write_text(json.dumps({"vlm": "../base/vlm", "head_dim": 4}))
+    with pytest.raises(ValueError, match="named by a path"):
+        soup(bundles, tmp_path / "out")

@@ -125,7 +125,7 @@ def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[s
     """Whether a new build's evaluations (``<eval_prefix>-<split>/metrics.json``) sum to a higher gIoU over the
     wording splits than the installed ``bundle``'s own (``eval/metrics[-split].json``); a split the bundle has no
     figure for counts as 0. Printed either way, so a stage that does not help leaves the bundle as it is."""
-    new = [giou(f"{eval_prefix}-{s}", missing=0.0) for s in splits]
+    new = [giou(f"{eval_prefix}-{s}") for s in splits]  # the new build must have every figure
     old = [giou(Path(bundle) / "eval", "metrics.json" if s == "original" else f"metrics-{s}.json", missing=0.0) for s in splits]
     better = sum(new) > sum(old)
     print(f"{' / '.join(splits)}: new {' / '.join(f'{g:.3f}' for g in new)}, installed {' / '.join(f'{g:.3f}' for g in old)}"
@@ -133,26 +133,55 @@ def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[s
     return better
 
 
-def soup(bundles: list[str | Path], out: str | Path, made_by: str = "") -> Path:
-    """A uniform weight average ("model soup", Wortsman et al. 2022) of bundles fine-tuned from one start whose
-    frozen parts are the same: every ``*.safetensors`` at the bundle's top (what the runs trained, e.g. the
-    selection head) is averaged tensor by tensor; the rest is the first bundle's. Averaging runs of several seeds
-    keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does.
-    ``made_by`` is added to the provenance's account of how the bundle was made."""
-    from safetensors.torch import load_file, save_file
-
-    bundles, out = [Path(b) for b in bundles], Path(out)
+def _check_soup(bundles: list[Path]) -> None:
+    """Bundles a soup may average: each holds its parts itself (not by a path into another bundle), their settings
+    are the same, their frozen parts' weights are byte for byte the same, and they hold the same trained files."""
     first = bundles[0]
-    for other in bundles[1:]:
+    configs = [json.loads((b / CONFIG_NAME).read_text()) for b in bundles]
+    for b, config in zip(bundles, configs):
+        named = [part for part in PARTS if isinstance(config.get(part), str) and config[part] != part]
+        if named:
+            raise ValueError(f"{b}: {named[0]} is named by a path ({config[named[0]]}); soup standalone copies (tools.bundles.standalone_copy)")
+    settings = [{k: v for k, v in c.items() if k not in PARTS} for c in configs]
+    for other, setting in zip(bundles[1:], settings[1:]):
+        if setting != settings[0]:
+            raise ValueError(f"{other}: its {CONFIG_NAME} differs from {first}'s; a soup averages runs of one recipe")
+        if {w.name for w in other.glob("*.safetensors")} != {w.name for w in first.glob("*.safetensors")}:
+            raise ValueError(f"{other}: it holds other weight files than {first}")
         for part in (p for p in first.iterdir() if p.is_dir() and p.name != "eval"):
             weights = {f for f in _files(part) | _files(other / part.name) if f.suffix == ".safetensors"}
             if not all((other / part.name / f).is_file() and (part / f).is_file() and _same(part / f, other / part.name / f)
                        for f in weights):  # the weights decide; a copied tokenizer file beside them does not
                 raise ValueError(f"{other}: its {part.name} differs from {first}'s; a soup averages runs over the same frozen parts")
+
+
+def _ingredient(bundle: Path) -> dict:
+    """What a soup records of one bundle it averaged: where it was, and the run, checkpoint and seed it came from."""
+    provenance = json.loads((bundle / "provenance.json").read_text()) if (bundle / "provenance.json").is_file() else {}
+    seed = None
+    if (bundle / "train_config.yaml").is_file():
+        import yaml
+
+        seed = (yaml.safe_load((bundle / "train_config.yaml").read_text()).get("train") or {}).get("seed")
+    return {"bundle": str(bundle), "run": provenance.get("run"), "checkpoint": provenance.get("checkpoint"), "seed": seed}
+
+
+def soup(bundles: list[str | Path], out: str | Path, made_by: str = "") -> Path:
+    """A uniform weight average ("model soup", Wortsman et al. 2022) of bundles fine-tuned from one start whose
+    frozen parts are the same: every ``*.safetensors`` at the bundle's top (what the runs trained, e.g. the
+    selection head) is averaged tensor by tensor; the rest is the first bundle's. Averaging runs of several seeds
+    keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does.
+    ``made_by`` is added to the provenance's account of how the bundle was made; ``soup_of`` lists each
+    ingredient's run, checkpoint and seed."""
+    from safetensors.torch import load_file, save_file
+
+    bundles, out = [Path(b) for b in bundles], Path(out)
+    _check_soup(bundles)
+    ingredients = [_ingredient(b) for b in bundles]
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(first, out, ignore=shutil.ignore_patterns("eval"))
-    for weights in sorted(first.glob("*.safetensors")):
+    shutil.copytree(bundles[0], out, ignore=shutil.ignore_patterns("eval"))
+    for weights in sorted(bundles[0].glob("*.safetensors")):
         states = [load_file(str(b / weights.name)) for b in bundles]
         if any(s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s) for s in states):
             raise ValueError(f"{weights.name}: the bundles hold different tensors; a soup needs one architecture")
@@ -160,8 +189,16 @@ def soup(bundles: list[str | Path], out: str | Path, made_by: str = "") -> Path:
                   str(out / weights.name))
     record = out / "provenance.json"
     provenance = json.loads(record.read_text()) if record.is_file() else {}
-    provenance["soup_of"] = [str(b) for b in bundles]
+    provenance["soup_of"] = ingredients
     if made_by:
         provenance["made_by"] = f"{provenance['made_by']}, then {made_by}" if provenance.get("made_by") else made_by
     record.write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+if __name__ == "__main__":  # make's install step: `python -m tools.bundles beats EVAL_PREFIX BUNDLE`
+    import sys
+
+    if sys.argv[1:2] != ["beats"] or len(sys.argv) != 4:
+        sys.exit("usage: python -m tools.bundles beats EVAL_PREFIX BUNDLE  (exit 0: install, 3: keep the installed one)")
+    sys.exit(0 if beats_installed(sys.argv[2], sys.argv[3]) else 3)  # any other status is an error, and make stops
