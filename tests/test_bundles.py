@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tools.bundles import file_evaluation, share_parts, standalone_copy
 from vlmsam.engine.registry import CONFIG_NAME
 
@@ -112,7 +114,6 @@ def test_a_soup_averages_the_trained_weights_and_keeps_the_frozen_parts(tmp_path
 
 
 def test_a_soup_refuses_bundles_that_are_not_runs_of_one_recipe_over_one_frozen_model(tmp_path):
-    import pytest
     import torch
     from safetensors.torch import save_file
 
@@ -139,5 +140,25 @@ def test_a_soup_refuses_bundles_that_are_not_runs_of_one_recipe_over_one_frozen_
         soup(bundles, tmp_path / "out")
     bundles = fresh("shared")
     (bundles[0] / CONFIG_NAME).write_text(json.dumps({"vlm": "../base/vlm", "head_dim": 4}))
-    with pytest.raises(ValueError, match="named by a path"):
+    with pytest.raises(ValueError, match="name their vlm differently"):
         soup(bundles, tmp_path / "out")
+
+
+def test_a_soup_averages_a_trained_part_and_keeps_a_shared_one(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tools.bundles import soup
+
+    (tmp_path / "shared" / "sam").mkdir(parents=True)
+    vlms = [{"w": torch.randn(2, 3)} for _ in range(2)]
+    bundles = []
+    for k, vlm in enumerate(vlms):
+        b = _bundle(tmp_path, f"agent{k}", {"vlm": "vlm", "sam": "../shared/sam"}, ("vlm",))
+        save_file(vlm, str(b / "vlm" / "model.safetensors"))
+        bundles.append(b)
+    out = soup(bundles, tmp_path / "agent-soup", trained=("vlm",))
+    torch.testing.assert_close(load_file(str(out / "vlm" / "model.safetensors"))["w"], (vlms[0]["w"] + vlms[1]["w"]) / 2)
+    assert json.loads((out / CONFIG_NAME).read_text())["sam"] == "../shared/sam"
+    with pytest.raises(ValueError, match="leads to other folders"):
+        soup(bundles, tmp_path / "elsewhere" / "agent-soup", trained=("vlm",))

@@ -133,15 +133,24 @@ def beats_installed(eval_prefix: str | Path, bundle: str | Path, splits: tuple[s
     return better
 
 
-def _check_soup(bundles: list[Path]) -> None:
-    """Bundles a soup may average: each holds its parts itself (not by a path into another bundle), their settings
-    are the same, their frozen parts' weights are byte for byte the same, and they hold the same trained files."""
+def _check_soup(bundles: list[Path], out: Path, trained: tuple[str, ...]) -> None:
+    """Bundles a soup may average: their settings are the same, a part named by a path is the very same folder for
+    every bundle and for ``out``, their frozen parts' weights are byte for byte the same, and they hold the same
+    trained files (the top-level ``*.safetensors`` and the ``trained`` parts' weights)."""
     first = bundles[0]
     configs = [json.loads((b / CONFIG_NAME).read_text()) for b in bundles]
-    for b, config in zip(bundles, configs):
-        named = [part for part in PARTS if isinstance(config.get(part), str) and config[part] != part]
-        if named:
-            raise ValueError(f"{b}: {named[0]} is named by a path ({config[named[0]]}); soup standalone copies (tools.bundles.standalone_copy)")
+    for part in PARTS:
+        named = {c.get(part) for c in configs}
+        if len(named) > 1:
+            raise ValueError(f"the bundles name their {part} differently ({sorted(map(str, named))}); soup standalone copies "
+                             "(tools.bundles.standalone_copy)")
+        if len(named) == 1 and isinstance(c0 := configs[0].get(part), str) and c0 != part:
+            places = {(b / c0).resolve() for b in bundles} | {(out / c0).resolve()}
+            if len(places) > 1:
+                raise ValueError(f"{part} is named by a path ({c0}) that leads to other folders from {out}; "
+                                 "soup standalone copies (tools.bundles.standalone_copy)")
+            if part in trained:
+                raise ValueError(f"{part} is shared by path ({c0}); a shared part cannot be one a run trained")
     settings = [{k: v for k, v in c.items() if k not in PARTS} for c in configs]
     for other, setting in zip(bundles[1:], settings[1:]):
         if setting != settings[0]:
@@ -150,7 +159,10 @@ def _check_soup(bundles: list[Path]) -> None:
             raise ValueError(f"{other}: it holds other weight files than {first}")
         for part in (p for p in first.iterdir() if p.is_dir() and p.name != "eval"):
             weights = {f for f in _files(part) | _files(other / part.name) if f.suffix == ".safetensors"}
-            if not all((other / part.name / f).is_file() and (part / f).is_file() and _same(part / f, other / part.name / f)
+            if part.name in trained:
+                if not all((other / part.name / f).is_file() and (part / f).is_file() for f in weights):
+                    raise ValueError(f"{other}: its {part.name} holds other weight files than {first}'s")
+            elif not all((other / part.name / f).is_file() and (part / f).is_file() and _same(part / f, other / part.name / f)
                        for f in weights):  # the weights decide; a copied tokenizer file beside them does not
                 raise ValueError(f"{other}: its {part.name} differs from {first}'s; a soup averages runs over the same frozen parts")
 
@@ -166,27 +178,30 @@ def _ingredient(bundle: Path) -> dict:
     return {"bundle": str(bundle), "run": provenance.get("run"), "checkpoint": provenance.get("checkpoint"), "seed": seed}
 
 
-def soup(bundles: list[str | Path], out: str | Path, made_by: str = "") -> Path:
+def soup(bundles: list[str | Path], out: str | Path, made_by: str = "", trained: tuple[str, ...] = ()) -> Path:
     """A uniform weight average ("model soup", Wortsman et al. 2022) of bundles fine-tuned from one start whose
     frozen parts are the same: every ``*.safetensors`` at the bundle's top (what the runs trained, e.g. the
     selection head) is averaged tensor by tensor; the rest is the first bundle's. Averaging runs of several seeds
     keeps what they agree on, which tends to carry better to inputs none of them saw than any one run does.
+    ``trained`` names parts the runs trained (an agent's ``vlm``): their ``*.safetensors`` are averaged too.
     ``made_by`` is added to the provenance's account of how the bundle was made; ``soup_of`` lists each
     ingredient's run, checkpoint and seed."""
     from safetensors.torch import load_file, save_file
 
     bundles, out = [Path(b) for b in bundles], Path(out)
-    _check_soup(bundles)
+    _check_soup(bundles, out, trained)
     ingredients = [_ingredient(b) for b in bundles]
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bundles[0], out, ignore=shutil.ignore_patterns("eval"))
-    for weights in sorted(bundles[0].glob("*.safetensors")):
-        states = [load_file(str(b / weights.name)) for b in bundles]
+    averaged = [w.relative_to(bundles[0]) for w in bundles[0].glob("*.safetensors")]
+    averaged += [w.relative_to(bundles[0]) for part in trained for w in (bundles[0] / part).rglob("*.safetensors")]
+    for weights in sorted(averaged):
+        states = [load_file(str(b / weights)) for b in bundles]
         if any(s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s) for s in states):
-            raise ValueError(f"{weights.name}: the bundles hold different tensors; a soup needs one architecture")
+            raise ValueError(f"{weights}: the bundles hold different tensors; a soup needs one architecture")
         save_file({k: sum(s[k].double() for s in states).div(len(states)).to(states[0][k].dtype) for k in states[0]},
-                  str(out / weights.name))
+                  str(out / weights), metadata={"format": "pt"})
     record = out / "provenance.json"
     provenance = json.loads(record.read_text()) if record.is_file() else {}
     provenance["soup_of"] = ingredients
