@@ -148,7 +148,7 @@ box-prompt-model-phrasing: $(STAMP) fresh
 		rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/ && \
 		$(call file_evals,vlmsam-tiny-grounding) && $(call share_parts,vlmsam-tiny-grounding,sam); }
 
-# The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores): vlmsam-tiny's SAM
+# The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores, then its wording stage and soup): vlmsam-tiny's SAM
 # with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2
 # pre-trained densely here, automatic proposals over 2,000 training scenes (two processes under torchrun), the
 # selection head trained over them on vlmsam-tiny's frozen VLM (configs/llmseg_tiny.yaml), exported to
