@@ -125,11 +125,12 @@ box-prompt-model: $(STAMP)
 # Stage 4 of vlmsam-tiny-grounding: GRPO of the installed bundle with SAM-R1's reward (configs/box_prompt_tiny_grpo.yaml,
 # docs/rl.md), evaluated on the three splits; installed only if it beats the bundle on the fresh test scenes.
 GRPO_STEPS ?= 300  # run D, the bundle, ran 1,500 from run C's bundle (docs/rl.md)
+GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 box-prompt-model-grpo: $(STAMP) fresh
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
 	rm -rf build/grounding-rl-start build/eval/grounding-grpo-*
 	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
-	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=$(GRPO_STEPS) --overwrite
+	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=$(GRPO_STEPS) $(GRPO_ARGS) --overwrite
 	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/final)
 	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/box-prompt-tiny-grpo', \
 		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original')" 
