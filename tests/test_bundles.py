@@ -4,6 +4,9 @@ filed per wording split. Plain files stand in for weights: these functions only 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +77,17 @@ def test_a_stage_installs_only_when_it_beats_the_installed_bundle(tmp_path, caps
     (bundle / "eval" / "metrics-heldout.json").unlink()
     write(tmp_path / "new-heldout", 0.54)
     assert beats_installed(tmp_path / "new", bundle)
+
+    # make's form: exit 0 installs, 3 keeps the bundle, anything else (here a new figure missing) stops make
+    def beats(prefix):
+        return subprocess.run([sys.executable, "-m", "tools.bundles", "beats", str(prefix), str(bundle)],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True).returncode
+
+    assert beats(tmp_path / "new") == 0
+    write(tmp_path / "worse-original", 0.1), write(tmp_path / "worse-rich", 0.1), write(tmp_path / "worse-heldout", 0.1)
+    assert beats(tmp_path / "worse") == 3
+    (tmp_path / "worse-rich" / "metrics.json").unlink()
+    assert beats(tmp_path / "worse") not in (0, 3)
 
 
 def _soup_ingredients(tmp_path, heads):
