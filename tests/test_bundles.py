@@ -1,5 +1,6 @@
-"""The bundles' workshop (tools/bundles.py): a standalone copy of a bundle that shares a part, and evaluations
-filed per wording split. Plain files stand in for weights: these functions only move files."""
+"""The bundles' workshop (tools/bundles.py): a standalone copy of a bundle that shares a part, evaluations filed
+per wording split, the install decision, and soups. Plain files stand in for frozen parts (these functions only move
+or compare them); what a soup averages is real safetensors."""
 
 from __future__ import annotations
 
