@@ -68,6 +68,10 @@ file_evals = for p in $(PHRASINGS); do $(PY) -c "from tools.bundles import file_
 	file_evaluation('build/eval/$(1)-$$p', '$(WEIGHTS)/$(1)', split='' if '$$p' == 'original' else '$$p')" || exit 1; done
 # A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice.
 share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WEIGHTS)/$(1)', ('$(2)',))"
+# $(1) a bundle's name, $(2) its new build, $(3) the part it shares with vlmsam-tiny: installed, its evaluations filed,
+# only when its gIoU summed over the splits (build/eval/$(1)-<split>) beats the installed one's; an error stops make.
+install_if_better = $(PY) -m tools.bundles beats build/eval/$(1) $(WEIGHTS)/$(1); rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
+	rm -rf $(WEIGHTS)/$(1) && cp -r $(2) $(WEIGHTS)/$(1) && $(call file_evals,$(1)) && $(call share_parts,$(1),$(3)); }
 
 # Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
@@ -145,9 +149,7 @@ box-prompt-model-phrasing: $(STAMP) fresh
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-phrasing', \
 		'build/vlmsam-tiny-grounding')"
 	$(call eval_splits,vlmsam-tiny-grounding,build/vlmsam-tiny-grounding)
-	$(PY) -m tools.bundles beats build/eval/vlmsam-tiny-grounding $(WEIGHTS)/vlmsam-tiny-grounding; rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
-		rm -rf $(WEIGHTS)/vlmsam-tiny-grounding && cp -r build/vlmsam-tiny-grounding $(WEIGHTS)/ && \
-		$(call file_evals,vlmsam-tiny-grounding) && $(call share_parts,vlmsam-tiny-grounding,sam); }
+	$(call install_if_better,vlmsam-tiny-grounding,build/vlmsam-tiny-grounding,sam)
 
 # The proposal_select design's offline default, selector llmseg (about 30 minutes on 2 cores, then its wording stage and soup): vlmsam-tiny's SAM
 # with its multimask outputs and IoU head trained (what automatic mask generation ranks by), a tiny DINOv2
@@ -209,9 +211,7 @@ llmseg-model-soup: $(STAMP) fresh
 	$(PY) -c "from tools.bundles import soup; soup(['build/llmseg-phrasing/start', 'build/llmseg-s1', 'build/llmseg-s2'], \
 		'build/llmseg-soup', made_by='averaged with two further runs of configs/llmseg_tiny_phrasing.yaml from it, seeds 1 and 2 (make llmseg-model-soup)')"
 	$(call eval_splits,vlmsam-tiny-llmseg,build/llmseg-soup)
-	$(PY) -m tools.bundles beats build/eval/vlmsam-tiny-llmseg $(WEIGHTS)/vlmsam-tiny-llmseg; rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
-		rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/llmseg-soup $(WEIGHTS)/vlmsam-tiny-llmseg && \
-		$(call file_evals,vlmsam-tiny-llmseg) && $(call share_parts,vlmsam-tiny-llmseg,vlm); }
+	$(call install_if_better,vlmsam-tiny-llmseg,build/llmseg-soup,vlm)
 
 # grounded's offline default (weights/sam3-tiny, about an hour on 2 cores): a tiny transformers Sam3Model trained from
 # random weights on noun phrases over synthetic scenes (configs/sam3_tiny.yaml), scored per instance on the 500 fresh

@@ -144,13 +144,13 @@ def _check_soup(bundles: list[Path], out: Path, trained: tuple[str, ...]) -> Non
         if len(named) > 1:
             raise ValueError(f"the bundles name their {part} differently ({sorted(map(str, named))}); soup standalone copies "
                              "(tools.bundles.standalone_copy)")
-        if len(named) == 1 and isinstance(c0 := configs[0].get(part), str) and c0 != part:
-            places = {(b / c0).resolve() for b in bundles} | {(out / c0).resolve()}
-            if len(places) > 1:
-                raise ValueError(f"{part} is named by a path ({c0}) that leads to other folders from {out}; "
-                                 "soup standalone copies (tools.bundles.standalone_copy)")
+        path = configs[0].get(part)
+        if isinstance(path, str) and path != part:  # shared by a path: one folder from every bundle and from out
             if part in trained:
-                raise ValueError(f"{part} is shared by path ({c0}); a shared part cannot be one a run trained")
+                raise ValueError(f"{part} is shared by path ({path}); a shared part cannot be one a run trained")
+            if len({(b / path).resolve() for b in [*bundles, out]}) > 1:
+                raise ValueError(f"{part} is named by a path ({path}) that leads to other folders from {out}; "
+                                 "soup standalone copies (tools.bundles.standalone_copy)")
     settings = [{k: v for k, v in c.items() if k not in PARTS} for c in configs]
     for other, setting in zip(bundles[1:], settings[1:]):
         if setting != settings[0]:
@@ -158,13 +158,13 @@ def _check_soup(bundles: list[Path], out: Path, trained: tuple[str, ...]) -> Non
         if {w.name for w in other.glob("*.safetensors")} != {w.name for w in first.glob("*.safetensors")}:
             raise ValueError(f"{other}: it holds other weight files than {first}")
         for part in (p for p in first.iterdir() if p.is_dir() and p.name != "eval"):
-            weights = {f for f in _files(part) | _files(other / part.name) if f.suffix == ".safetensors"}
-            if part.name in trained:
-                if not all((other / part.name / f).is_file() and (part / f).is_file() for f in weights):
-                    raise ValueError(f"{other}: its {part.name} holds other weight files than {first}'s")
-            elif not all((other / part.name / f).is_file() and (part / f).is_file() and _same(part / f, other / part.name / f)
-                       for f in weights):  # the weights decide; a copied tokenizer file beside them does not
-                raise ValueError(f"{other}: its {part.name} differs from {first}'s; a soup averages runs over the same frozen parts")
+            frozen, mine, theirs = part.name not in trained, part, other / part.name
+            weights = {f for f in _files(mine) | _files(theirs) if f.suffix == ".safetensors"}  # a tokenizer may differ
+            if not all((mine / f).is_file() and (theirs / f).is_file() and (not frozen or _same(mine / f, theirs / f))
+                       for f in weights):
+                why = (f"differs from {first}'s; a soup averages runs over the same frozen parts" if frozen
+                       else f"holds other weight files than {first}'s")
+                raise ValueError(f"{other}: its {part.name} {why}")
 
 
 def _ingredient(bundle: Path) -> dict:
