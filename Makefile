@@ -127,7 +127,8 @@ box-prompt-model: $(STAMP)
 	$(MAKE) box-prompt-model-phrasing
 
 # Stage 4 of vlmsam-tiny-grounding: GRPO of the installed bundle with SAM-R1's reward (configs/box_prompt_tiny_grpo.yaml,
-# docs/rl.md), evaluated on the three splits; installed only if it beats the bundle on the fresh test scenes.
+# docs/rl.md), evaluated on the three splits; installed only if its gIoU summed over them beats the bundle's and its
+# mask for the demo's request covers the right shape (tools/rl_bundle.py).
 GRPO_STEPS ?= 300  # run D, the bundle, ran 1,500 from run C's bundle (docs/rl.md)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 box-prompt-model-grpo: $(STAMP) fresh
