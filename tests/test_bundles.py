@@ -177,3 +177,14 @@ def test_a_soup_averages_a_trained_part_and_keeps_a_shared_one(tmp_path):
     assert json.loads((out / CONFIG_NAME).read_text())["sam"] == "../shared/sam"
     with pytest.raises(ValueError, match="leads to other folders"):
         soup(bundles, tmp_path / "elsewhere" / "agent-soup", trained=("vlm",))
+
+
+def test_a_chained_stage_records_its_own_settings(tmp_path):
+    """Stages that start from the installed bundle chain their provenances; each keeps what told it apart."""
+    from tools.default_model import stage_settings
+
+    (tmp_path / "config.yaml").write_text("model:\n  vlm: x\ndata:\n  dataset_dir: d\n  synth_absent_anchor: 0.5\n"
+                                          "  synth_request_noise: 0.3\ntrain:\n  seed: 6\n  lr: 0.0005\n  epochs: 1\n")
+    settings = stage_settings(tmp_path / "config.yaml")
+    assert settings["data"] == {"synth_absent_anchor": 0.5, "synth_request_noise": 0.3}
+    assert settings["train"]["seed"] == 6 and settings["train"]["lr"] == 0.0005 and "epochs" not in settings["train"]

@@ -278,6 +278,18 @@ def export_phrasing(run: str | Path, start: str | Path, out_dir: str | Path, *, 
         "data": "vlmsam data synth --n 25000 --seed 0 --phrasing rich (train split); each scene's further requests "
                 "in the generator's own words or the rich grammar's, half and half",
         "evaluation": "vlmsam data synth --n 5000 --seed 7 [--phrasing rich|heldout] (test split) -> eval/metrics[-rich|-heldout].json",
+        "settings": stage_settings(run / "config.yaml"),  # what this stage ran with; the stages chain, so each records its own
         "base": json.loads((start / "base_provenance.json").read_text()),
     }, indent=2))
     return out
+
+
+def stage_settings(config_yaml: str | Path) -> dict:
+    """A run's request options (``data.synth_*``) and its seed, length and rate: what tells one stage of a chain from
+    the next in a provenance."""
+    import yaml
+
+    config = yaml.safe_load(Path(config_yaml).read_text())
+    train = config.get("train", {})
+    return {"data": {k: v for k, v in config.get("data", {}).items() if k.startswith("synth_")},
+            "train": {k: train.get(k) for k in ("seed", "steps_per_epoch", "batch_size", "lr", "init_from")}}
