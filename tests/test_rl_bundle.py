@@ -72,3 +72,18 @@ def test_a_run_better_on_paper_whose_demo_misses_the_target_stays_out(tmp_path, 
     assert "covered less than" in capsys.readouterr().out
     assert json.loads((bundle / "provenance.json").read_text()) == {"made_by": "the start"}
     assert not (tmp_path / "records").exists()
+
+
+def test_the_ceiling_prompts_each_part_of_the_target_once():
+    """tools.grounding_ceiling: one point (inside the part) and one tight box per connected part; specks are dropped."""
+    import numpy as np
+
+    from tools.grounding_ceiling import truth_prompts
+
+    truth = np.zeros((40, 60), bool)
+    truth[5:15, 5:25] = True  # a 20 x 10 part
+    truth[20:36, 40:56] = True  # a 16 x 16 part
+    truth[0, 59] = True  # a speck
+    points, boxes = truth_prompts(truth)
+    assert boxes.tolist() == [[5, 5, 25, 15], [40, 20, 56, 36]]
+    assert all(truth[int(y), int(x)] for (x, y), in points)
