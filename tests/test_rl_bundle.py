@@ -87,3 +87,17 @@ def test_the_ceiling_prompts_each_part_of_the_target_once():
     points, boxes = truth_prompts(truth)
     assert boxes.tolist() == [[5, 5, 25, 15], [40, 20, 56, 36]]
     assert all(truth[int(y), int(x)] for (x, y), in points)
+
+
+def test_a_run_rewarded_through_another_sam_brings_it_along(tmp_path, grounding):
+    """A run whose final/ names another SAM (here vlmsam-tiny-llmseg's, point-trained) installs with that SAM, shared
+    by a path where it is byte for byte the bundled one."""
+    from tools.bundles import DEFAULT_MODEL_DIR
+
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55})
+    llmseg_sam = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-llmseg" / "sam"
+    config = json.loads((run / "final" / CONFIG_NAME).read_text())
+    (run / "final" / CONFIG_NAME).write_text(json.dumps({**config, "sam": str(llmseg_sam)}))
+    assert install_if_better(run, bundle, ev, records=tmp_path / "records")
+    assert (bundle / json.loads((bundle / CONFIG_NAME).read_text())["sam"]).resolve() == llmseg_sam.resolve()
+    assert "rewarded through" in json.loads((bundle / "provenance.json").read_text())["sam"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.bundles import EVAL_RECORDS, beats_installed, file_evaluation, share_parts
+from vlmsam.engine.registry import DEFAULT_MODEL_DIR
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_REQUEST = "Find the one shape that is below the orange hexagon."  # make demo's
@@ -47,15 +48,38 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     provenance = json.loads((bundle / "provenance.json").read_text())
     shutil.rmtree(bundle / "vlm")
     shutil.copytree(run / "final" / "vlm", bundle / "vlm")
+    sam = run_sam(run)
+    if not _same_folder(sam, bundle / settings["sam"]):  # the run was rewarded through another SAM: it comes along
+        if (bundle / "sam").is_dir():
+            shutil.rmtree(bundle / "sam")
+        shutil.copytree(sam, bundle / "sam")
+        settings["sam"] = "sam"
+        provenance["sam"] = f"the SAM the GRPO run was rewarded through ({sam})"
     settings["max_new_tokens"] = json.loads((run / "final" / "vlmsam_config.json").read_text())["max_new_tokens"]
     (bundle / "vlmsam_config.json").write_text(json.dumps(settings, indent=2))
     provenance["made_by"] += ", then configs/box_prompt_tiny_grpo.yaml (GRPO, SAM-R1's reward; make box-prompt-model-grpo)"
     provenance["grpo_run"] = str(run)
     (bundle / "provenance.json").write_text(json.dumps(provenance, indent=2))
     shutil.copy(run / "config.yaml", bundle / "grpo_config.yaml")
-    share_parts(bundle, ("sam",))
+    if settings["sam"] == "sam" and not share_parts(bundle, ("sam",)):  # vlmsam-tiny's, else llmseg's point-trained one
+        share_parts(bundle, ("sam",), DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-llmseg")
     for split in ("original", "rich", "heldout"):  # the run's evaluations become the bundle's record
         found = Path(str(eval_dir).replace("-original", f"-{split}"))
         if (found / "metrics.json").is_file():
             file_evaluation(found, bundle, records, split="" if split == "original" else split)
     return True
+
+
+def run_sam(run: Path) -> Path:
+    """The SAM a GRPO run's ``final/`` names (its config's ``model.sam``, a folder)."""
+    named = Path(json.loads((run / "final" / "vlmsam_config.json").read_text())["sam"])
+    return named if named.is_absolute() else (run / "final" / named)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Both folders hold the same files, byte for byte."""
+    import filecmp
+
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return (files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+            and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files))
