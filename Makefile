@@ -66,14 +66,17 @@ eval_splits = for p in $(PHRASINGS); do $(PY) -m vlmsam evaluate --model $(2) --
 	--dataset-dir build/fresh-$$p --out build/eval/$(1)-$$p || exit 1; done
 file_evals = for p in $(PHRASINGS); do $(PY) -c "from tools.bundles import file_evaluation; \
 	file_evaluation('build/eval/$(1)-$$p', '$(WEIGHTS)/$(1)', split='' if '$$p' == 'original' else '$$p')" || exit 1; done
-# A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice.
+# A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice; before a bundle is replaced,
+# the bundles that name a part of it get their own copies (vlmsam-tiny-grounding may name vlmsam-tiny-llmseg's SAM).
+unshare_dependents = $(PY) -c "from tools.bundles import unshare_dependents; unshare_dependents('$(WEIGHTS)/$(1)')"
 share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WEIGHTS)/$(1)', ('$(2)',))"
 # $(1) a bundle's name, $(2) its new build, $(3) the part it shares with vlmsam-tiny: installed, its evaluations filed,
 # only when its gIoU summed over the splits (build/eval/$(1)-<split>) beats the installed one's; an error stops make.
 install_if_better = $(PY) -m tools.bundles beats build/eval/$(1) $(WEIGHTS)/$(1); rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
-	rm -rf $(WEIGHTS)/$(1) && cp -r $(2) $(WEIGHTS)/$(1) && $(call file_evals,$(1)) && $(call share_parts,$(1),$(3)); }
+	$(call unshare_dependents,$(1)) && rm -rf $(WEIGHTS)/$(1) && cp -r $(2) $(WEIGHTS)/$(1) && $(call file_evals,$(1)) && \
+	$(call share_parts,$(1),$(3)); }
 
-# Rebuilds the bundled vlmsam-tiny from scratch (about 115 minutes on 2 CPU cores): synthetic scenes,
+# Rebuilds the bundled vlmsam-tiny from scratch (about 150 minutes on 2 CPU cores, its wording stage included): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
 # export into the package, and an evaluation on freshly generated test scenes (a seed not used in
 # training). The bundles made from it get their own copies of its parts first (tools/bundles.py).
@@ -128,7 +131,8 @@ box-prompt-model: $(STAMP)
 
 # Stage 4 of vlmsam-tiny-grounding: GRPO of the installed bundle with SAM-R1's reward (configs/box_prompt_tiny_grpo.yaml,
 # docs/rl.md), evaluated on the three splits; installed only if its gIoU summed over them beats the bundle's and its
-# mask for the demo's request covers the right shape (tools/rl_bundle.py).
+# mask for the demo's request covers at least 75 % of the right shape; a run rewarded through another SAM
+# (GRPO_ARGS="model.sam=...") is installed with it (tools/rl_bundle.py).
 GRPO_STEPS ?= 300  # run D, the bundle, ran 1,500 from run C's bundle (docs/rl.md)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 box-prompt-model-grpo: $(STAMP) fresh
@@ -173,6 +177,7 @@ llmseg-model: $(STAMP)
 	# the single best proposal per [SEG]: chosen on the 250 validation scenes of build/llmseg/synth (gIoU 0.808 against
 	# 0.793 for LLM-Seg's union of proposals above 0.5), never on the test scenes
 	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny', 'build/vlmsam-tiny-llmseg', select_single=True)"
+	$(call unshare_dependents,vlmsam-tiny-llmseg)
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)
 	$(MAKE) llmseg-model-phrasing
@@ -196,6 +201,7 @@ llmseg-model-phrasing: $(STAMP) fresh
 	$(PY) -m vlmsam train configs/llmseg_tiny_phrasing.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny-phrasing', 'build/vlmsam-tiny-llmseg', select_single=True)"
 	$(call eval_splits,vlmsam-tiny-llmseg,build/vlmsam-tiny-llmseg)
+	$(call unshare_dependents,vlmsam-tiny-llmseg)
 	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
 	$(call file_evals,vlmsam-tiny-llmseg)
 	$(call share_parts,vlmsam-tiny-llmseg,vlm)

@@ -187,4 +187,5 @@ def test_a_chained_stage_records_its_own_settings(tmp_path):
                                           "  synth_request_noise: 0.3\ntrain:\n  seed: 6\n  lr: 0.0005\n  epochs: 1\n")
     settings = stage_settings(tmp_path / "config.yaml")
     assert settings["data"] == {"synth_absent_anchor": 0.5, "synth_request_noise": 0.3}
-    assert settings["train"]["seed"] == 6 and settings["train"]["lr"] == 0.0005 and "epochs" not in settings["train"]
+    assert settings["train"]["seed"] == 6 and settings["train"]["lr"] == 0.0005 and settings["train"]["epochs"] == 1
+    assert "model" not in settings

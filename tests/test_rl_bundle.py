@@ -1,49 +1,61 @@
-"""The GRPO stage's install rule (tools/rl_bundle.py), on copies of the bundled vlmsam-tiny-grounding: a run is
-installed only when its gIoU summed over the wording splits beats the bundle's and its mask for `make demo`'s request
-covers the right shape; the demo's mask is the real segmenter's."""
+"""The GRPO stage's install rule (tools/rl_bundle.py), on copies of the bundled vlmsam-tiny-grounding laid out as
+installed (its SAM named as ``../vlmsam-tiny/sam``): a run is installed only when its gIoU summed over the wording
+splits beats the bundle's and its mask for `make demo`'s request covers the right shape (the real segmenter's mask);
+a run rewarded through another SAM brings it along; a failure leaves the installed bundle as it was."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from tools.bundles import standalone_copy
 from tools.rl_bundle import DEMO_COVERAGE, demo_coverage, install_if_better
-from vlmsam.engine.registry import CONFIG_NAME
+from vlmsam.engine.registry import CONFIG_NAME, DEFAULT_MODEL_DIR
 
 INSTALLED = {"original": 0.65, "rich": 0.59, "heldout": 0.54}
+WEIGHTS = DEFAULT_MODEL_DIR.parent
 
 
 @pytest.fixture(scope="module")
 def grounding(tmp_path_factory):
-    from tools.bundles import DEFAULT_MODEL_DIR
-
-    return standalone_copy(DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-grounding", tmp_path_factory.mktemp("w") / "start")
+    return standalone_copy(WEIGHTS / "vlmsam-tiny-grounding", tmp_path_factory.mktemp("w") / "start")
 
 
-def _setup(tmp_path, grounding, new: dict, max_new_tokens: int | None = None):
-    import shutil
-
-    bundle = tmp_path / "weights" / "grounding"
-    shutil.copytree(grounding, bundle)
+def _setup(tmp_path, grounding, new: dict, sam=None, **settings):
+    """``weights/`` with vlmsam-tiny's and vlmsam-tiny-llmseg's SAMs and the grounding bundle naming the first by a
+    path; a run whose ``final/`` names ``sam`` (default: a copy of the bundle's, as `make` makes it) by absolute path;
+    its evaluations. ``settings``: changes to the run's ``final/`` config."""
+    weights = tmp_path / "weights"
+    for name in ("vlmsam-tiny", "vlmsam-tiny-llmseg"):
+        shutil.copytree(WEIGHTS / name / "sam", weights / name / "sam")
+    bundle = weights / "grounding"
+    shutil.copytree(grounding / "vlm", bundle / "vlm")
+    config = json.loads((grounding / CONFIG_NAME).read_text())
+    (bundle / CONFIG_NAME).write_text(json.dumps({**config, "sam": "../vlmsam-tiny/sam"}))
     (bundle / "provenance.json").write_text(json.dumps({"made_by": "the start"}))
     (bundle / "eval").mkdir()
     for split, giou in INSTALLED.items():
-        name = "metrics.json" if split == "original" else f"metrics-{split}.json"
-        (bundle / "eval" / name).write_text(json.dumps({"giou": giou}))
+        (bundle / "eval" / ("metrics.json" if split == "original" else f"metrics-{split}.json")).write_text(
+            json.dumps({"giou": giou}))
     run = tmp_path / "run"
-    shutil.copytree(grounding, run / "final")
+    shutil.copytree(grounding / "vlm", run / "final" / "vlm")
+    if sam is None:
+        sam = shutil.copytree(grounding / "sam", tmp_path / "rl-start" / "sam")
+    (run / "final" / CONFIG_NAME).write_text(json.dumps({**config, "sam": str(sam), **settings}))
     (run / "config.yaml").write_text("train:\n  method: grpo\n")
-    if max_new_tokens is not None:  # an answer cut short: no mask for the demo's request
-        config = json.loads((run / "final" / CONFIG_NAME).read_text())
-        (run / "final" / CONFIG_NAME).write_text(json.dumps({**config, "max_new_tokens": max_new_tokens}))
     for split, giou in new.items():
-        (tmp_path / "eval" / f"run-{split}").mkdir(parents=True)
-        (tmp_path / "eval" / f"run-{split}" / "metrics.json").write_text(json.dumps({"giou": giou}))
-        (tmp_path / "eval" / f"run-{split}" / "predictions.jsonl").write_text("")
-        (tmp_path / "eval" / f"run-{split}" / "summary.png").write_bytes(b"png")
+        ev = tmp_path / "eval" / f"run-{split}"
+        ev.mkdir(parents=True)
+        (ev / "metrics.json").write_text(json.dumps({"giou": giou}))
+        (ev / "predictions.jsonl").write_text("")
+        (ev / "summary.png").write_bytes(b"png")
     return bundle, run, tmp_path / "eval" / "run-original"
+
+
+def _config(bundle):
+    return json.loads((bundle / CONFIG_NAME).read_text())
 
 
 def test_the_bundled_weights_cover_the_demo_target(grounding):
@@ -52,11 +64,14 @@ def test_the_bundled_weights_cover_the_demo_target(grounding):
 
 
 def test_a_run_better_on_the_sum_and_right_on_the_demo_is_installed(tmp_path, grounding):
-    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.64, "rich": 0.60, "heldout": 0.56})  # -0.01, +0.03
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.64, "rich": 0.60, "heldout": 0.56}, max_new_tokens=100)
     assert install_if_better(run, bundle, ev, records=tmp_path / "records")
     assert "make box-prompt-model-grpo" in json.loads((bundle / "provenance.json").read_text())["made_by"]
+    assert _config(bundle)["sam"] == "../vlmsam-tiny/sam"  # the same SAM: still named by its path
+    assert _config(bundle)["max_new_tokens"] == 100  # the settings the run was evaluated with
     assert json.loads((bundle / "eval" / "metrics-heldout.json").read_text())["giou"] == 0.56
     assert (tmp_path / "records" / "grounding" / "rich" / "predictions.jsonl").is_file()
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["grounding", "vlmsam-tiny", "vlmsam-tiny-llmseg"]
 
 
 def test_a_run_worse_on_the_sum_stays_out(tmp_path, grounding, capsys):
@@ -68,36 +83,26 @@ def test_a_run_worse_on_the_sum_stays_out(tmp_path, grounding, capsys):
 
 def test_a_run_better_on_paper_whose_demo_misses_the_target_stays_out(tmp_path, grounding, capsys):
     bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.70, "rich": 0.65, "heldout": 0.60}, max_new_tokens=2)
-    assert not install_if_better(run, bundle, ev, records=tmp_path / "records")
+    assert not install_if_better(run, bundle, ev, records=tmp_path / "records")  # an answer cut short: no mask
     assert "covered less than" in capsys.readouterr().out
     assert json.loads((bundle / "provenance.json").read_text()) == {"made_by": "the start"}
     assert not (tmp_path / "records").exists()
 
 
-def test_the_ceiling_prompts_each_part_of_the_target_once():
-    """tools.grounding_ceiling: one point (inside the part) and one tight box per connected part; specks are dropped."""
-    import numpy as np
-
-    from tools.grounding_ceiling import truth_prompts
-
-    truth = np.zeros((40, 60), bool)
-    truth[5:15, 5:25] = True  # a 20 x 10 part
-    truth[20:36, 40:56] = True  # a 16 x 16 part
-    truth[0, 59] = True  # a speck
-    points, boxes = truth_prompts(truth)
-    assert boxes.tolist() == [[5, 5, 25, 15], [40, 20, 56, 36]]
-    assert all(truth[int(y), int(x)] for (x, y), in points)
-
-
 def test_a_run_rewarded_through_another_sam_brings_it_along(tmp_path, grounding):
-    """A run whose final/ names another SAM (here vlmsam-tiny-llmseg's, point-trained) installs with that SAM, shared
-    by a path where it is byte for byte the bundled one."""
-    from tools.bundles import DEFAULT_MODEL_DIR
-
-    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55})
-    llmseg_sam = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-llmseg" / "sam"
-    config = json.loads((run / "final" / CONFIG_NAME).read_text())
-    (run / "final" / CONFIG_NAME).write_text(json.dumps({**config, "sam": str(llmseg_sam)}))
+    """The run's final/ names vlmsam-tiny-llmseg's point-trained SAM: the bundle then names it by its path."""
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55},
+                             sam=WEIGHTS / "vlmsam-tiny-llmseg" / "sam")
     assert install_if_better(run, bundle, ev, records=tmp_path / "records")
-    assert (bundle / json.loads((bundle / CONFIG_NAME).read_text())["sam"]).resolve() == llmseg_sam.resolve()
+    assert _config(bundle)["sam"] == "../vlmsam-tiny-llmseg/sam"
     assert "rewarded through" in json.loads((bundle / "provenance.json").read_text())["sam"]
+
+
+def test_a_failure_while_installing_leaves_the_bundle_as_it_was(tmp_path, grounding):
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55})
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    (run / "config.yaml").unlink()  # found missing halfway through making the new bundle
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        install_if_better(run, bundle, ev, records=tmp_path / "records")
+    assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["grounding", "vlmsam-tiny", "vlmsam-tiny-llmseg"]

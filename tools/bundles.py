@@ -3,8 +3,9 @@
 A bundle whose part (its VLM, SAM, ...) is byte for byte another bundle's names that part by a path
 relative to itself (``"vlm": "../vlmsam-tiny/vlm"`` in its ``vlmsam_config.json``); every design's
 loader resolves a part relative to the bundle, so the wheel carries the 7 MB VLM once, not twice.
-``vlmsam-tiny`` is the base the others are made from; rebuilding it first gives the bundles that share
-its parts their own copies again (:func:`unshare_dependents`), so no bundle changes under another.
+``vlmsam-tiny`` is the base the others are made from (and vlmsam-tiny-grounding may name vlmsam-tiny-llmseg's
+point-trained SAM); replacing a bundle first gives the bundles that share its parts their own copies again
+(:func:`unshare_dependents`), so no bundle changes under another.
 
 A bundle keeps its ``eval/metrics.json`` (with ``provenance.json``, its model card); an evaluation's
 ``predictions.jsonl`` and ``summary.png`` are the record of that evaluation, kept in git under

@@ -145,7 +145,7 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
     shutil.copy(run / "config.yaml", out / "train_config.yaml")
     import yaml
 
-    started = yaml.safe_load((run / "config.yaml").read_text())["model"]["vlm"]
+    started, sam = (yaml.safe_load((run / "config.yaml").read_text())["model"][k] for k in ("vlm", "sam"))
     (out / "provenance.json").write_text(json.dumps({
         "design": "box_prompt",
         "made_by": "make box-prompt-model: configs/box_prompt_tiny.yaml (vlmsam-tiny's VLM merged, one token per number "
@@ -153,7 +153,7 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
                    + (", exported, then configs/box_prompt_tiny_phrasing.yaml (make box-prompt-model-phrasing)"
                       if run.name.endswith("-phrasing") else ""),
         "run": str(run), "checkpoint": checkpoint.name, "this_run_started_from": started,
-        "sam": "vlmsam-tiny's pre-trained SAM, unchanged",
+        "sam": f"the run's frozen SAM ({sam}: vlmsam-tiny's, or vlmsam-tiny-llmseg's point-trained one), unchanged",
         "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
     return out
 
@@ -286,10 +286,10 @@ def export_phrasing(run: str | Path, start: str | Path, out_dir: str | Path, *, 
 
 def stage_settings(config_yaml: str | Path) -> dict:
     """A run's request options (``data.synth_*``) and its seed, length and rate: what tells one stage of a chain from
-    the next in a provenance."""
+    the next in a provenance (each starts from the bundle installed before it, so where it started says nothing)."""
     import yaml
 
     config = yaml.safe_load(Path(config_yaml).read_text())
     train = config.get("train", {})
     return {"data": {k: v for k, v in config.get("data", {}).items() if k.startswith("synth_")},
-            "train": {k: train.get(k) for k in ("seed", "steps_per_epoch", "batch_size", "lr", "init_from")}}
+            "train": {k: train.get(k) for k in ("seed", "epochs", "steps_per_epoch", "stop_at_step", "batch_size", "lr")}}

@@ -5,8 +5,9 @@ test split of ``DATA`` if every answer were the truth itself: one prompt per con
 point, the mask pixel nearest the part's centre of mass, as the grounding answers are made; its tight box; or
 both), the masks joined; a request with no target scores 1 (the VLM says so).
 
-``python -m tools.grounding_ceiling points PREDICTIONS DATA``: where an evaluation's answered points fall: inside
-the target, within 3 or 6 pixels of it, inside the answer's own box.
+``python -m tools.grounding_ceiling points PREDICTIONS DATA [--processor DIR]``: where an evaluation's answered
+points fall: inside the target, within 3 or 6 pixels of it, inside the answer's own box (``--processor``: the
+grounding VLM's, whose resized frame the answers' coordinates are in; default the bundled one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmsam.engine.registry import DEFAULT_MODEL_DIR
+
 MIN_PART = 16  # pixels, as GRPO's truth (vlmsam.train.grpo_data)
+GROUNDING_VLM = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-grounding" / "vlm"
 
 
 def truth_prompts(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,6 +41,7 @@ def truth_prompts(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ceiling(data: str, sam_path: str, n: int = 0) -> dict:
+    """gIoU over the first ``n`` test scenes of ``data`` (0: all) when SAM is prompted with the truth's own prompts."""
     from vlmsam.data.reason_seg import ReasonSegDataset
     from vlmsam.io.images import load_image
     from vlmsam.metrics.iou import intersection_union, pair_iou
@@ -63,6 +68,7 @@ def ceiling(data: str, sam_path: str, n: int = 0) -> dict:
 
 
 def points(predictions: str, data: str, processor_from: str) -> dict:
+    """Shares of an evaluation's answered points inside, near and off the target (and inside their own box)."""
     import cv2
 
     from vlmsam.data.reason_seg import ReasonSegDataset
@@ -101,7 +107,7 @@ def main() -> None:
     q = sub.add_parser("points")
     q.add_argument("predictions")
     q.add_argument("data")
-    q.add_argument("--processor", default="src/vlmsam/weights/vlmsam-tiny", help="where the VLM's processor is")
+    q.add_argument("--processor", default=str(GROUNDING_VLM), help="the grounding VLM's folder (for its processor)")
     args = p.parse_args()
     out = ceiling(args.data, args.sam, args.n) if args.what == "ceiling" else points(args.predictions, args.data, args.processor)
     print(json.dumps(out))
