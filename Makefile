@@ -70,11 +70,13 @@ file_evals = for p in $(PHRASINGS); do $(PY) -c "from tools.bundles import file_
 # the bundles that name a part of it get their own copies (vlmsam-tiny-grounding may name vlmsam-tiny-llmseg's SAM).
 unshare_dependents = $(PY) -c "from tools.bundles import unshare_dependents; unshare_dependents('$(WEIGHTS)/$(1)')"
 share_parts = $(PY) -c "from tools.bundles import share_parts; share_parts('$(WEIGHTS)/$(1)', ('$(2)',))"
-# $(1) a bundle's name, $(2) its new build, $(3) the part it shares with vlmsam-tiny: installed, its evaluations filed,
-# only when its gIoU summed over the splits (build/eval/$(1)-<split>) beats the installed one's; an error stops make.
-install_if_better = $(PY) -m tools.bundles beats build/eval/$(1) $(WEIGHTS)/$(1); rc=$$?; [ $$rc = 3 ] || { [ $$rc = 0 ] && \
-	$(call unshare_dependents,$(1)) && rm -rf $(WEIGHTS)/$(1) && cp -r $(2) $(WEIGHTS)/$(1) && $(call file_evals,$(1)) && \
-	$(call share_parts,$(1),$(3)); }
+# $(1) a bundle's name, $(2) its new build, $(3) the part it shares with vlmsam-tiny: installed, its evaluations
+# (build/eval/$(1)-<split>) filed; install_if_better only when their gIoU summed over the splits beats the installed
+# one's (an error stops make).
+install = $(call unshare_dependents,$(1)) && rm -rf $(WEIGHTS)/$(1) && cp -r $(2) $(WEIGHTS)/$(1) && \
+	$(call file_evals,$(1)) && $(call share_parts,$(1),$(3))
+install_if_better = $(PY) -m tools.bundles beats build/eval/$(1) $(WEIGHTS)/$(1); rc=$$?; [ $$rc = 3 ] || \
+	{ [ $$rc = 0 ] && $(call install,$(1),$(2),$(3)); }
 
 # Rebuilds the bundled vlmsam-tiny from scratch (about 150 minutes on 2 CPU cores, its wording stage included): synthetic scenes,
 # the untrained base, SAM's promptable pre-training, the VLM vision tower's dense pre-training, [SEG] training with configs/vlmsam_tiny.yaml,
@@ -201,10 +203,7 @@ llmseg-model-phrasing: $(STAMP) fresh
 	$(PY) -m vlmsam train configs/llmseg_tiny_phrasing.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_llmseg; export_llmseg('build/runs/llmseg-tiny-phrasing', 'build/vlmsam-tiny-llmseg', select_single=True)"
 	$(call eval_splits,vlmsam-tiny-llmseg,build/vlmsam-tiny-llmseg)
-	$(call unshare_dependents,vlmsam-tiny-llmseg)
-	rm -rf $(WEIGHTS)/vlmsam-tiny-llmseg && cp -r build/vlmsam-tiny-llmseg $(WEIGHTS)/
-	$(call file_evals,vlmsam-tiny-llmseg)
-	$(call share_parts,vlmsam-tiny-llmseg,vlm)
+	$(call install,vlmsam-tiny-llmseg,build/vlmsam-tiny-llmseg,vlm)
 
 # Stage 3 of vlmsam-tiny-llmseg (about 30 minutes on 2 cores): two more runs of stage 2's config from the installed
 # head (seeds 1 and 2), averaged with it weight by weight (tools.bundles.soup), evaluated on the three splits and

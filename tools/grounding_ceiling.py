@@ -20,24 +20,17 @@ import numpy as np
 
 from vlmsam.engine.registry import DEFAULT_MODEL_DIR
 
-MIN_PART = 16  # pixels, as GRPO's truth (vlmsam.train.grpo_data)
 GROUNDING_VLM = DEFAULT_MODEL_DIR.parent / "vlmsam-tiny-grounding" / "vlm"
 
 
 def truth_prompts(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(points (N, 1, 2), boxes (N, 4))`` in original pixels, one per connected part of ``truth``."""
-    import cv2
+    """``(points (N, 1, 2), boxes (N, 4))`` in original pixels, one per connected part of ``truth``: GRPO's truth
+    (the grounding answers' box and point) in the image's own frame."""
+    from vlmsam.train.grpo_data import truth_objects
 
-    n, labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
-    points, boxes = [], []
-    for part in (labels == k for k in range(1, n)):
-        ys, xs = np.nonzero(part)
-        if len(xs) < MIN_PART:
-            continue
-        j = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-        points.append([[xs[j], ys[j]]])  # pixel index: the prompt encoder adds the 0.5
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return np.array(points, np.float32).reshape(-1, 1, 2), np.array(boxes, np.float32).reshape(-1, 4)
+    objects = truth_objects(truth.astype(np.uint8), truth.shape, published_rounding=False)
+    return (np.array(objects["points"], np.float32).reshape(-1, 1, 2),
+            np.array(objects["boxes"], np.float32).reshape(-1, 4))
 
 
 def ceiling(data: str, sam_path: str, n: int = 0) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.bundles import EVAL_RECORDS, beats_installed, file_evaluation, share_parts
+from tools.bundles import EVAL_RECORDS, _files, _same, beats_installed, file_evaluation, share_parts
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_COVERAGE = 0.75  # share of the demo's target the mask must cover: run D's covers 0.87 of it, run E's 0.64 (docs/rl.md)
@@ -21,13 +21,15 @@ def demo_coverage(model: str | Path) -> tuple[float, float]:
     """The share of ``make demo``'s target (examples/scene.json, the white triangle) that ``model``'s mask for the
     demo's request (the annotation's own text, as the Makefile asks it) covers, and the mask's IoU with it."""
     from vlmsam.data.reason_seg import mask_from_shapes, read_annotation
+    from vlmsam.metrics.iou import intersection_union, pair_iou
     from vlmsam.segmenter import load_segmenter
 
     anno = read_annotation(EXAMPLES / "scene.json")
     truth = mask_from_shapes(anno["shapes"], anno["imageHeight"], anno["imageWidth"], EXAMPLES / "scene.json") == 1
     masks = load_segmenter(str(model)).segment(anno["text"][0], image=str(EXAMPLES / "scene.jpg")).masks
     mask = masks.any(0) if len(masks) else np.zeros_like(truth)
-    return float((mask & truth).sum() / truth.sum()), float((mask & truth).sum() / max(1, (mask | truth).sum()))
+    inter, union = intersection_union(mask, truth)
+    return float(inter / truth.sum()), pair_iou(inter, union)
 
 
 def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path, records: str | Path = EVAL_RECORDS) -> bool:
@@ -103,10 +105,4 @@ def run_sam(run: Path) -> Path:
 
 def _same_folder(a: Path, b: Path) -> bool:
     """Both folders exist and hold the same files, byte for byte."""
-    import filecmp
-
-    if not (a.is_dir() and b.is_dir()):
-        return False
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    return (files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-            and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files))
+    return a.is_dir() and b.is_dir() and _files(a) == _files(b) and all(_same(a / f, b / f) for f in _files(a))
