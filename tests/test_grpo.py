@@ -191,3 +191,48 @@ def test_shipped_grpo_configs_pass_the_checks():
         cfg = TrainConfig.load(path)
         assert cfg.train.method == "grpo"
         check(cfg)
+
+
+def test_synthetic_scenes_give_their_further_requests_as_training_draws_them(scenes):
+    """``datasets: synth``: each row is one of a scene's requests, its own or a further one drawn by the
+    ``data.synth_*`` settings (the same draw for row k every time), its truth that request's targets."""
+    import random
+
+    import numpy as np
+
+    from vlmsam.data.masks import fill_polygon
+    from vlmsam.data.reason_seg import read_annotation
+    from vlmsam.train.grpo_data import GrpoRequests, truth_objects
+
+    cfg = TrainConfig.from_dict(config(scenes, scenes / "unused", **{
+        "data.datasets": "synth", "data.synth_extra_requests": 3, "data.synth_extra_phrasing": "rich",
+        "data.synth_extra_kind_weights": "attribute=0,relation=0,superlative=0,uniqueness=0,multiple=0,none=1",
+        "data.synth_absent_anchor": 1.0, "grpo.max_requests": 0}))
+    same = lambda h, w: (h, w)  # noqa: E731 -- answers in the image's own pixels
+    rows, again = GrpoRequests(cfg.data, "qwen2_5_vl", same, seed=3), GrpoRequests(cfg.data, "qwen2_5_vl", same, seed=3)
+    assert len(rows) == 24
+    own = extra = 0
+    for k in range(len(rows)):
+        row = rows[k]
+        assert (row["query"], row["truth"]) == (again[k]["query"], again[k]["truth"])
+        ds, i = rows.items[k]
+        anno = read_annotation(ds.items[i])
+        if row["query"] == anno["text"][0]:
+            own += 1
+            continue
+        extra += 1
+        drawn = ds._more_requests(anno["scene"], random.Random(f"3-{k}"))
+        assert row["query"] in [text for text, *_ in drawn]
+        # only no-target further requests are drawn: each one's truth is empty
+        assert json.loads(row["truth"]) == {"boxes": [], "points": []} and not row["target"].any()
+    assert own and extra
+    own_rows = GrpoRequests(TrainConfig.from_dict(config(scenes, scenes / "unused", **{
+        "data.datasets": "synth", "grpo.max_requests": 0})).data, "qwen2_5_vl", same, seed=3)
+    for k in range(4):  # no further requests: each row is the scene's own request and the scene's own target
+        ds, i = own_rows.items[k]
+        anno, row = read_annotation(ds.items[i]), own_rows[k]
+        target = np.max([fill_polygon(s["points"], anno["imageHeight"], anno["imageWidth"]) for s in anno["shapes"]]
+                        or [np.zeros((anno["imageHeight"], anno["imageWidth"]), np.uint8)], axis=0)
+        assert row["query"] == anno["text"][0] and (row["target"] == (target == 1)).all()
+        assert json.loads(row["truth"]) == truth_objects(target, (anno["imageHeight"], anno["imageWidth"]),
+                                                         published_rounding=False)

@@ -365,4 +365,11 @@ def caption(scene: list[dict]) -> str:
     return f"There are {len(names)} shapes: {prompts.english_list(names)}."
 
 
-from vlmsam.data.synth_dataset import SynthDataset  # noqa: E402,F401 -- it reads what this module writes
+def __getattr__(name: str):
+    # SynthDataset (which reads what this module writes) is importable from here too; loaded on first use,
+    # so that importing vlmsam.data.synth_dataset first is not a circular import.
+    if name == "SynthDataset":
+        from vlmsam.data.synth_dataset import SynthDataset
+
+        return SynthDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -78,6 +78,27 @@ class SynthDataset(ReasonSegDataset):
         return lambda text, sentence: ask(
             with_unknown_words(text, noise) if noise.random() < self.request_noise else text, sentence)
 
+    def load_requests(self, i: int, rng: random.Random) -> Sample:
+        """Every request about scene ``i`` as bare text with its target mask, as ``load_eval`` gives them
+        (``meta["queries"]``, ``meta["is_sentence"]``, one mask each): the scene's own and its further
+        requests, worded and noised as in training. What reinforcement learning asks (vlmsam.train.grpo_data)."""
+        anno, mask = self._read(i)
+        h, w = self.image_size(i)
+        noise = random.Random(str(rng.getstate())) if self.request_noise else None
+
+        def worded(text: str) -> str:
+            return with_unknown_words(text, noise) if noise and noise.random() < self.request_noise else text
+
+        texts, sentences, masks = [worded(anno.texts[0])], [anno.is_sentence], [mask]
+        scene = read_annotation(self.items[i]).get("scene")
+        for text, sentence, _, targets in (self._more_requests(scene, rng) if self.extra_requests and scene else []):
+            shapes = [fill_polygon(scene[k]["points"], h, w) for k in targets]
+            texts.append(worded(text))
+            sentences.append(sentence)
+            masks.append(np.max(shapes, axis=0) if shapes else np.zeros((h, w), np.uint8))
+        return Sample(self.image_path(i), [[(t, "")] for t in texts], np.stack(masks), self.source,
+                      self.items[i].stem, {"queries": texts, "is_sentence": sentences})
+
     def load(self, i: int, rng: random.Random) -> Sample:
         path = self.items[i]
         anno = read_annotation(path)

@@ -4,7 +4,8 @@ Each evaluation-style request of the configured families (``data.datasets``, the
 becomes one row: the conversation trl renders (the request in the style's words), the image the VLM sees (840
 x 840 bilinear for the published styles), and the truth the rewards compare with: one object per connected
 part of the target mask, its tight box and one point inside it, in the frame the style answers in. A request
-whose target is empty is a no-target row (an empty truth).
+whose target is empty is a no-target row (an empty truth). Synthetic scenes (``datasets: synth``) also give their
+further requests, drawn, worded and noised by the ``data.synth_*`` settings as supervised training draws them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def truth_objects(mask: np.ndarray, frame: tuple[int, int], *, published_roundin
     return {"boxes": boxes, "points": points}
 
 
+def synth_options(family: str, data) -> dict:
+    """The further requests of synthetic scenes as supervised training draws them (the ``data.synth_*`` settings)."""
+    if family != "synth":
+        return {}
+    return {"captions": False, "extra_requests": data.synth_extra_requests, "extra_phrasing": data.synth_extra_phrasing,
+            "extra_kind_weights": data.synth_extra_kind_weights or None, "request_noise": data.synth_request_noise,
+            "absent_anchor": data.synth_absent_anchor}
+
+
 class GrpoRequests(torch.utils.data.Dataset):
     """Rows ``{"prompt", "image", "truth", "image_key"}`` for trl (see the module docstring).
 
@@ -63,16 +73,15 @@ class GrpoRequests(torch.utils.data.Dataset):
     """
 
     def __init__(self, data, style: str, resized, *, seed: int = 0, max_requests: int = 0):
-        self.style, self.resized = style, resized
+        self.style, self.resized, self.seed = style, resized, seed
         families = split_list(data.datasets)
         rates = [float(r) for r in split_list(data.sample_rates)]
-        lists = {"reason_seg": data.reason_seg_data, "refer_seg": data.refer_seg_data}
+        lists = {"reason_seg": data.reason_seg_data, "refer_seg": data.refer_seg_data, "synth": None}
         pools = []
         for family, rate in zip(families, rates):
             if family not in lists:
-                raise BadSample(family, "GRPO learns from requests with targets: use reason_seg (and synthetic scenes "
-                                "in its layout) or refer_seg")
-            for ds in build_family(family, data.dataset_dir, lists[family]):
+                raise BadSample(family, "GRPO learns from requests with targets: use reason_seg, refer_seg or synth")
+            for ds in build_family(family, data.dataset_dir, lists[family], **synth_options(family, data)):
                 pools.append((rate, [(ds, i) for i in range(len(ds))]))
         rng = random.Random(seed)
         items = []
@@ -92,8 +101,8 @@ class GrpoRequests(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         for step in range(len(self.items)):
             ds, i = self.items[(k + step) % len(self.items)]
-            try:
-                sample = ds.load_eval(i)
+            try:  # a synthetic scene: one of its own and further requests, drawn the same for row k in every run
+                sample = ds.load_requests(i, random.Random(f"{self.seed}-{k}")) if ds.source == "synth" else ds.load_eval(i)
                 image = load_image(sample.image)
             except (BadSample, OSError, ValueError) as exc:
                 self.bad += 1
