@@ -135,7 +135,7 @@ box-prompt-model: $(STAMP)
 # docs/rl.md), evaluated on the three splits; installed only if its gIoU summed over them beats the bundle's and its
 # mask for the demo's request covers at least 75 % of the right shape; a run rewarded through another SAM
 # (GRPO_ARGS="model.sam=...") is installed with it (tools/rl_bundle.py).
-GRPO_STEPS ?= 300  # run D, the bundle, ran 1,500 from run C's bundle (docs/rl.md)
+GRPO_STEPS ?= 300  # run I, the bundle, ran 1,200 from run D's bundle with GRPO_ARGS=train.seed=3 (docs/rl.md)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 box-prompt-model-grpo: $(STAMP) fresh
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich

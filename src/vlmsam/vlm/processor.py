@@ -121,10 +121,18 @@ class VlmProcessor:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         ip = self.image_processor
-        size = ip.size if isinstance(ip.size, dict) else {}
+
+        def bound(edge: str, pixels: str, default: int) -> int:
+            # ``size`` is a SizeDict (attributes) in transformers 5, a dict before; either way it is what the
+            # processor resizes by. Reading only a dict let a SizeDict's bounds fall through to None, and the
+            # frame became the image's own size rounded, not the one the model sees (tests/test_vlm_frame.py).
+            size = ip.size
+            value = size.get(edge) if isinstance(size, dict) else getattr(size, edge, None)
+            return value or getattr(ip, pixels, None) or default
+
         return smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
-                            min_pixels=size.get("shortest_edge", getattr(ip, "min_pixels", 56 * 56)),
-                            max_pixels=size.get("longest_edge", getattr(ip, "max_pixels", 14 * 14 * 4 * 1280)))
+                            min_pixels=bound("shortest_edge", "min_pixels", 56 * 56),
+                            max_pixels=bound("longest_edge", "max_pixels", 14 * 14 * 4 * 1280))
 
     def image_inputs(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``pixel_values``, ``image_grid_thw (1, 3)`` and the number of image tokens."""
