@@ -137,14 +137,17 @@ box-prompt-model: $(STAMP)
 # (GRPO_ARGS="model.sam=...") is installed with it (tools/rl_bundle.py).
 GRPO_STEPS ?= 300  # run I, the bundle, ran 1,200 from run D's bundle with GRPO_ARGS=train.seed=3 (docs/rl.md)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
+GRPO_KEEP_SAM ?= 0  # 1: a run rewarded through another SAM (model.sam=...) is judged and installed with the bundle's own (run L)
 box-prompt-model-grpo: $(STAMP) fresh
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
 	rm -rf build/grounding-rl-start build/eval/grounding-grpo-*
 	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
 	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=$(GRPO_STEPS) $(GRPO_ARGS) --overwrite
-	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/final)
+	$(PY) -c "from tools.rl_bundle import pair_with_bundle_sam; pair_with_bundle_sam('build/runs/box-prompt-tiny-grpo', \
+		'$(WEIGHTS)/vlmsam-tiny-grounding')"
+	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/$(if $(filter 1,$(GRPO_KEEP_SAM)),paired,final))
 	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/box-prompt-tiny-grpo', \
-		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original')" 
+		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original', keep_sam=$(if $(filter 1,$(GRPO_KEEP_SAM)),True,False))" 
 
 # Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.

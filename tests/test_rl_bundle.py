@@ -90,11 +90,13 @@ def test_a_run_better_on_paper_whose_demo_misses_the_target_stays_out(tmp_path, 
 
 
 def test_a_run_rewarded_through_another_sam_brings_it_along(tmp_path, grounding):
-    """The run's final/ names vlmsam-tiny-llmseg's point-trained SAM: the bundle then names it by its path."""
-    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55},
-                             sam=WEIGHTS / "vlmsam-tiny-llmseg" / "sam")
+    """The run's final/ names a SAM that is not the bundle's (the same weights, its config written otherwise, so
+    that the demo is drawn alike): the bundle gets its own copy of it."""
+    other = shutil.copytree(grounding / "sam", tmp_path / "other-sam")
+    (other / "config.json").write_text(json.dumps(json.loads((other / "config.json").read_text()), indent=1))
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55}, sam=other)
     assert install_if_better(run, bundle, ev, records=tmp_path / "records")
-    assert _config(bundle)["sam"] == "../vlmsam-tiny-llmseg/sam"
+    assert _config(bundle)["sam"] == "sam" and (bundle / "sam" / "config.json").read_bytes() == (other / "config.json").read_bytes()
     assert "rewarded through" in json.loads((bundle / "provenance.json").read_text())["sam"]
 
 
@@ -106,3 +108,15 @@ def test_a_failure_while_installing_leaves_the_bundle_as_it_was(tmp_path, ground
         install_if_better(run, bundle, ev, records=tmp_path / "records")
     assert {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in bundle.parent.iterdir()) == ["grounding", "vlmsam-tiny", "vlmsam-tiny-llmseg"]
+
+
+def test_a_run_rewarded_through_another_sam_can_be_installed_with_the_bundles(tmp_path, grounding):
+    """``keep_sam``: the run's VLM with the bundle's own SAM, the pairing the evaluations and the demo check were of."""
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55},
+                             sam=WEIGHTS / "vlmsam-tiny-llmseg" / "sam")
+    assert install_if_better(run, bundle, ev, records=tmp_path / "records", keep_sam=True)
+    paired = json.loads((run / "paired" / CONFIG_NAME).read_text())
+    assert paired["sam"] == str((bundle.parent / "vlmsam-tiny" / "sam").resolve())
+    assert _config(bundle)["sam"] == "../vlmsam-tiny/sam"
+    provenance = json.loads((bundle / "provenance.json").read_text())
+    assert "vlmsam-tiny-llmseg/sam" in provenance["grpo_reward_sam"] and "sam" not in provenance

@@ -32,17 +32,32 @@ def demo_coverage(model: str | Path) -> tuple[float, float]:
     return float(inter / truth.sum()), pair_iou(inter, union)
 
 
-def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path, records: str | Path = EVAL_RECORDS) -> bool:
+def pair_with_bundle_sam(run: str | Path, bundle: str | Path) -> Path:
+    """``run/paired``: the run's VLM and settings with the bundle's own SAM (for a run rewarded through another SAM
+    that is to be installed with the bundle's, ``keep_sam``); evaluate it as a box_prompt checkpoint."""
+    run, bundle = Path(run), Path(bundle)
+    settings = json.loads((run / "final" / "vlmsam_config.json").read_text())
+    sam = (bundle / json.loads((bundle / "vlmsam_config.json").read_text())["sam"]).resolve()
+    out = run / "paired"
+    out.mkdir(exist_ok=True)
+    settings.update(vlm=str((run / "final" / "vlm").resolve()), sam=str(sam))
+    (out / "vlmsam_config.json").write_text(json.dumps(settings, indent=2))
+    return out
+
+
+def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path, records: str | Path = EVAL_RECORDS,
+                      *, keep_sam: bool = False) -> bool:
     """Install ``run/final`` as ``bundle`` when its gIoU summed over the splits (``eval_dir`` names the original
     wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its demo mask covers at least
     ``DEMO_COVERAGE`` of the demo's target. The run's VLM and settings replace the bundle's; so does its SAM where the
-    run was rewarded through another. The new bundle is made beside the old one and swapped in whole, so a failure
-    leaves the installed bundle as it was. The evaluations' predictions and pictures go to ``records``."""
+    run was rewarded through another, unless ``keep_sam`` (then the evaluations are of ``pair_with_bundle_sam``'s
+    pairing). The new bundle is made beside the old one and swapped in whole, so a failure leaves the installed
+    bundle as it was. The evaluations' predictions and pictures go to ``records``."""
     run, bundle = Path(run), Path(bundle)
     prefix = str(eval_dir).removesuffix("-original")
     if not beats_installed(prefix, bundle):
         return False
-    covered, iou = demo_coverage(run / "final")
+    covered, iou = demo_coverage(pair_with_bundle_sam(run, bundle) if keep_sam else run / "final")
     print(f"make demo's request: the mask covers {covered:.0%} of the target (IoU {iou:.2f})")
     if covered < DEMO_COVERAGE:
         print(f"the installed bundle stays (the demo's target is covered less than {DEMO_COVERAGE:.0%})")
@@ -54,7 +69,7 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     new = bundle.with_name(bundle.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
     try:
-        _make(run, bundle, new)
+        _make(run, bundle, new, keep_sam)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -67,12 +82,14 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     return True
 
 
-def _make(run: Path, bundle: Path, new: Path) -> None:
-    """``new``: ``bundle`` with the run's VLM, settings and SAM; its SAM shared by a path where it is byte for byte
-    vlmsam-tiny's or vlmsam-tiny-llmseg's (the point-trained one), the bundle's siblings."""
+def _make(run: Path, bundle: Path, new: Path, keep_sam: bool = False) -> None:
+    """``new``: ``bundle`` with the run's VLM, settings and SAM (the bundle's own with ``keep_sam``); its SAM shared
+    by a path where it is byte for byte vlmsam-tiny's or vlmsam-tiny-llmseg's (the point-trained one), the bundle's
+    siblings."""
     settings = json.loads((bundle / "vlmsam_config.json").read_text())
     ran = json.loads((run / "final" / "vlmsam_config.json").read_text())
-    sam = run_sam(run)
+    rewarded_through = run_sam(run)
+    sam = (bundle / settings["sam"]).resolve() if keep_sam else rewarded_through
     provenance = json.loads((bundle / "provenance.json").read_text())
     shutil.copytree(bundle, new, ignore=shutil.ignore_patterns("vlm", "sam", "eval"))
     shutil.copytree(run / "final" / "vlm", new / "vlm")
@@ -87,6 +104,8 @@ def _make(run: Path, bundle: Path, new: Path) -> None:
     (new / "vlmsam_config.json").write_text(json.dumps(settings, indent=2))
     provenance["made_by"] += ", then configs/box_prompt_tiny_grpo.yaml (GRPO, SAM-R1's reward; make box-prompt-model-grpo)"
     provenance["grpo_run"] = str(run)
+    if keep_sam and not _same_folder(rewarded_through, sam):
+        provenance["grpo_reward_sam"] = f"{rewarded_through.parent.name}/{rewarded_through.name} (installed with the bundle's own SAM)"
     (new / "provenance.json").write_text(json.dumps(provenance, indent=2))
     shutil.copy(run / "config.yaml", new / "grpo_config.yaml")
     if settings["sam"] == "sam" and not share_parts(new, ("sam",), bundle.parent / "vlmsam-tiny"):
