@@ -134,8 +134,8 @@ box-prompt-model: $(STAMP)
 # Stage 4 of vlmsam-tiny-grounding: GRPO of the installed bundle with SAM-R1's reward (configs/box_prompt_tiny_grpo.yaml,
 # docs/rl.md), evaluated on the three splits; installed only if its gIoU summed over them beats the bundle's and its
 # mask for the demo's request covers at least 75 % of the right shape; a run rewarded through another SAM
-# (GRPO_ARGS="model.sam=...") is installed with it (tools/rl_bundle.py).
-GRPO_STEPS ?= 300  # run I, the bundle, ran 1,200 from run D's bundle with GRPO_ARGS=train.seed=3 (docs/rl.md)
+# (GRPO_ARGS="model.sam=...") is installed with it, or with the bundle's own SAM where GRPO_KEEP_SAM=1 (tools/rl_bundle.py).
+GRPO_STEPS ?= 300  # run L, the bundle, ran 1,200 from run K's bundle (docs/rl.md has its GRPO_ARGS and GRPO_KEEP_SAM)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 GRPO_KEEP_SAM ?= 0  # 1: a run rewarded through another SAM (model.sam=...) is judged and installed with the bundle's own (run L)
 box-prompt-model-grpo: $(STAMP) fresh

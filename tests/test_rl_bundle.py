@@ -120,3 +120,13 @@ def test_a_run_rewarded_through_another_sam_can_be_installed_with_the_bundles(tm
     assert _config(bundle)["sam"] == "../vlmsam-tiny/sam"
     provenance = json.loads((bundle / "provenance.json").read_text())
     assert "vlmsam-tiny-llmseg/sam" in provenance["grpo_reward_sam"] and "sam" not in provenance
+
+
+def test_a_sam_byte_for_byte_a_siblings_is_named_by_its_path(tmp_path, grounding):
+    """The bundle made from a run rewarded through vlmsam-tiny-llmseg's SAM names that SAM, not a copy of it."""
+    from tools.rl_bundle import _make
+
+    bundle, run, _ = _setup(tmp_path, grounding, {}, sam=WEIGHTS / "vlmsam-tiny-llmseg" / "sam")
+    _make(run, bundle, bundle.with_name("grounding.new"))
+    assert _config(bundle.with_name("grounding.new"))["sam"] == "../vlmsam-tiny-llmseg/sam"
+    assert not (bundle.with_name("grounding.new") / "sam").exists()

@@ -82,6 +82,12 @@ class SynthDataset(ReasonSegDataset):
         """Every request about scene ``i`` as bare text with its target mask, as ``load_eval`` gives them
         (``meta["queries"]``, ``meta["is_sentence"]``, one mask each): the scene's own and its further
         requests, worded and noised as in training. What reinforcement learning asks (vlmsam.train.grpo_data)."""
+        try:  # a hand-edited scene json: any field of the wrong shape is a bad sample, named (as in ``load``)
+            return self._requests(i, rng)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+            raise BadSample(self.items[i], f"not a synthetic-scene annotation ({type(exc).__name__}: {exc})") from None
+
+    def _requests(self, i: int, rng: random.Random) -> Sample:
         anno, mask = self._read(i)
         h, w = self.image_size(i)
         noise = random.Random(str(rng.getstate())) if self.request_noise else None
