@@ -143,8 +143,8 @@ box-prompt-model-grpo: $(STAMP) fresh
 	rm -rf build/grounding-rl-start build/eval/grounding-grpo-*
 	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
 	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=$(GRPO_STEPS) $(GRPO_ARGS) --overwrite
-	$(PY) -c "from tools.rl_bundle import pair_with_bundle_sam; pair_with_bundle_sam('build/runs/box-prompt-tiny-grpo', \
-		'$(WEIGHTS)/vlmsam-tiny-grounding')"
+	$(if $(filter 1,$(GRPO_KEEP_SAM)),$(PY) -c "from tools.rl_bundle import pair_with_bundle_sam; \
+		pair_with_bundle_sam('build/runs/box-prompt-tiny-grpo', '$(WEIGHTS)/vlmsam-tiny-grounding')")
 	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/$(if $(filter 1,$(GRPO_KEEP_SAM)),paired,final))
 	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/box-prompt-tiny-grpo', \
 		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original', keep_sam=$(if $(filter 1,$(GRPO_KEEP_SAM)),True,False))" 

@@ -71,12 +71,18 @@ class SynthDataset(ReasonSegDataset):
                 return prompts.question(text, sentence, rng)
         if not self.request_noise:
             return ask
-        # Its own generator, seeded from the sample's without drawing from it: the same scenes, requests
-        # and targets as without noise, only worded with made-up words. A str seed (hashed with SHA-512) is
-        # the same in every process; hash() of the state is not (hash(None) is its address before 3.12).
+        noised = self._noised(rng)
+        return lambda text, sentence: ask(noised(text), sentence)
+
+    def _noised(self, rng: random.Random):
+        """``text -> text``: made-up words in a share ``request_noise`` of the requests. Its own generator, seeded
+        from the sample's without drawing from it: the same scenes, requests and targets as without noise, only
+        worded with made-up words. A str seed (hashed with SHA-512) is the same in every process; hash() of the
+        state is not (hash(None) is its address before 3.12)."""
+        if not self.request_noise:
+            return lambda text: text
         noise = random.Random(str(rng.getstate()))
-        return lambda text, sentence: ask(
-            with_unknown_words(text, noise) if noise.random() < self.request_noise else text, sentence)
+        return lambda text: with_unknown_words(text, noise) if noise.random() < self.request_noise else text
 
     def load_requests(self, i: int, rng: random.Random) -> Sample:
         """Every request about scene ``i`` as bare text with its target mask, as ``load_eval`` gives them
@@ -90,11 +96,7 @@ class SynthDataset(ReasonSegDataset):
     def _requests(self, i: int, rng: random.Random) -> Sample:
         anno, mask = self._read(i)
         h, w = self.image_size(i)
-        noise = random.Random(str(rng.getstate())) if self.request_noise else None
-
-        def worded(text: str) -> str:
-            return with_unknown_words(text, noise) if noise and noise.random() < self.request_noise else text
-
+        worded = self._noised(rng)
         texts, sentences, masks = [worded(anno.texts[0])], [anno.is_sentence], [mask]
         scene = read_annotation(self.items[i]).get("scene")
         for text, sentence, _, targets in (self._more_requests(scene, rng) if self.extra_requests and scene else []):

@@ -46,6 +46,14 @@ class DataConfig:
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
+    def synth_options(self) -> dict:
+        """The ``data.synth_*`` settings as :class:`vlmsam.data.synth_dataset.SynthDataset` takes them (supervised
+        training and GRPO build the synthetic scenes from this one mapping)."""
+        return {"describe_first": self.synth_describe_first, "extra_requests": self.synth_extra_requests,
+                "extra_kind_weights": self.synth_extra_kind_weights, "answer_format": self.synth_answer_format,
+                "extra_phrasing": self.synth_extra_phrasing, "request_noise": self.synth_request_noise,
+                "absent_anchor": self.synth_absent_anchor}
+
 
 @dataclass
 class OptimConfig:

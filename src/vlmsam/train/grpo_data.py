@@ -54,15 +54,6 @@ def truth_objects(mask: np.ndarray, frame: tuple[int, int], *, published_roundin
     return {"boxes": boxes, "points": points}
 
 
-def synth_options(family: str, data) -> dict:
-    """The further requests of synthetic scenes as supervised training draws them (the ``data.synth_*`` settings)."""
-    if family != "synth":
-        return {}
-    return {"captions": False, "extra_requests": data.synth_extra_requests, "extra_phrasing": data.synth_extra_phrasing,
-            "extra_kind_weights": data.synth_extra_kind_weights or None, "request_noise": data.synth_request_noise,
-            "absent_anchor": data.synth_absent_anchor}
-
-
 class GrpoRequests(torch.utils.data.Dataset):
     """Rows ``{"prompt", "image", "truth", "image_key"}`` for trl (see the module docstring).
 
@@ -81,7 +72,10 @@ class GrpoRequests(torch.utils.data.Dataset):
         for family, rate in zip(families, rates):
             if family not in lists:
                 raise BadSample(family, "GRPO learns from requests with targets: use reason_seg, refer_seg or synth")
-            for ds in build_family(family, data.dataset_dir, lists[family], **synth_options(family, data)):
+            # synthetic scenes' further requests as supervised training draws them; only the requests are asked
+            # here, so the answer settings (captions, format) are the plain ones
+            options = {**data.synth_options(), "captions": False, "answer_format": "seg"} if family == "synth" else {}
+            for ds in build_family(family, data.dataset_dir, lists[family], **options):
                 pools.append((rate, [(ds, i) for i in range(len(ds))]))
         rng = random.Random(seed)
         items = []

@@ -132,10 +132,7 @@ def build_mixture(cfg: TrainConfig, rank: int, prepare, frame=None) -> Mixture:
     built = {}
     for family in families:
         kwargs = {"reason_seg": {"explanatory": d.explanatory},
-                  "synth": {"describe_first": d.synth_describe_first, "extra_requests": d.synth_extra_requests,
-                            "extra_kind_weights": d.synth_extra_kind_weights, "answer_format": d.synth_answer_format,
-                            "frame": frame, "extra_phrasing": d.synth_extra_phrasing,
-                            "request_noise": d.synth_request_noise, "absent_anchor": d.synth_absent_anchor}}.get(family, {})
+                  "synth": {**d.synth_options(), "frame": frame}}.get(family, {})
         built[family] = build_family(family, d.dataset_dir, lists.get(family), **kwargs)
     return Mixture(built, dict(zip(families, rates)), seed=t.seed, rank=rank,
                    samples_per_epoch=t.steps_per_epoch * t.batch_size * t.grad_accumulation_steps,
