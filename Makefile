@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
 .PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model agent-model \
-	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing llmseg-model-soup box-prompt-model-grpo fresh sam3-model
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing llmseg-model-soup box-prompt-model-grpo box-prompt-model-soup fresh sam3-model
 
 setup: $(STAMP)
 
@@ -148,6 +148,24 @@ box-prompt-model-grpo: $(STAMP) fresh
 	$(call eval_splits,grounding-grpo,build/runs/box-prompt-tiny-grpo/$(if $(filter 1,$(GRPO_KEEP_SAM)),paired,final))
 	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/box-prompt-tiny-grpo', \
 		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-original', keep_sam=$(if $(filter 1,$(GRPO_KEEP_SAM)),True,False))" 
+
+# Stage 5 of vlmsam-tiny-grounding (about 75 minutes on 2 cores): two GRPO runs from the installed bundle through its
+# own SAM (runs N and O of docs/rl.md: seed 8; seed 9 with more no-target requests), their VLMs averaged weight by
+# weight (tools.bundles.soup), evaluated on the three splits and installed if better.
+box-prompt-model-soup: $(STAMP) fresh
+	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	rm -rf build/grounding-rl-start build/runs/grpo-n build/runs/grpo-o build/runs/grounding-soup build/eval/grounding-soup-*
+	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
+	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=1200 train.seed=8 \
+		train.run_dir=build/runs/grpo-n --overwrite
+	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=1200 train.seed=9 \
+		data.synth_extra_kind_weights="uniqueness=0.3,none=0.4" train.run_dir=build/runs/grpo-o --overwrite
+	$(PY) -c "from tools.bundles import soup; soup(['build/runs/grpo-n/final', 'build/runs/grpo-o/final'], \
+		'build/runs/grounding-soup/final', trained=('vlm',))"
+	cp build/runs/grpo-o/config.yaml build/runs/grounding-soup/config.yaml
+	$(call eval_splits,grounding-soup,build/runs/grounding-soup/final)
+	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/grounding-soup', \
+		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-soup-original')"
 
 # Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.
