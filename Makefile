@@ -135,7 +135,7 @@ box-prompt-model: $(STAMP)
 # docs/rl.md), evaluated on the three splits; installed only if its gIoU summed over them beats the bundle's and its
 # mask for the demo's request covers at least 75 % of the right shape; a run rewarded through another SAM
 # (GRPO_ARGS="model.sam=...") is installed with it, or with the bundle's own SAM where GRPO_KEEP_SAM=1 (tools/rl_bundle.py).
-GRPO_STEPS ?= 300  # run L, the bundle, ran 1,200 from run K's bundle (docs/rl.md has its GRPO_ARGS and GRPO_KEEP_SAM)
+GRPO_STEPS ?= 300  # run L, bundled until the soup, ran 1,200 from run K's bundle (docs/rl.md has its GRPO_ARGS and GRPO_KEEP_SAM)
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 GRPO_KEEP_SAM ?= 0  # 1: a run rewarded through another SAM (model.sam=...) is judged and installed with the bundle's own (run L)
 box-prompt-model-grpo: $(STAMP) fresh
@@ -151,7 +151,8 @@ box-prompt-model-grpo: $(STAMP) fresh
 
 # Stage 5 of vlmsam-tiny-grounding (about 75 minutes on 2 cores): two GRPO runs from the installed bundle through its
 # own SAM (runs N and O of docs/rl.md: seed 8; seed 9 with more no-target requests), their VLMs averaged weight by
-# weight (tools.bundles.soup), evaluated on the three splits and installed if better.
+# weight (tools.bundles.soup), evaluated on the three splits and installed if better. It starts from the installed
+# bundle: to rebuild today's, first put run L's back (`git checkout 1256ea7 -- src/vlmsam/weights/vlmsam-tiny-grounding`).
 box-prompt-model-soup: $(STAMP) fresh
 	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
 	rm -rf build/grounding-rl-start build/runs/grpo-n build/runs/grpo-o build/runs/grounding-soup build/eval/grounding-soup-*
