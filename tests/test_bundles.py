@@ -128,6 +128,19 @@ def test_a_soup_averages_the_trained_weights_and_keeps_the_frozen_parts(tmp_path
         (f"runs/run{k}", "step_001000", k) for k in range(3)]
 
 
+def test_a_soup_of_grpo_runs_records_each_run_and_seed(tmp_path):
+    """A GRPO run's final/ has no provenance of its own: its ingredient record comes from the run's config.yaml."""
+    from tools.bundles import _ingredient
+
+    final = tmp_path / "runs" / "grpo-n" / "final"
+    final.mkdir(parents=True)
+    (final.parent / "config.yaml").write_text("train:\n  method: grpo\n  seed: 8\n")
+    assert _ingredient(final) == {"bundle": str(final), "run": str(final.parent), "checkpoint": None, "seed": 8}
+    bare = tmp_path / "elsewhere"
+    bare.mkdir()
+    assert _ingredient(bare) == {"bundle": str(bare), "run": None, "checkpoint": None, "seed": None}
+
+
 def test_a_soup_refuses_bundles_that_are_not_runs_of_one_recipe_over_one_frozen_model(tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -74,6 +74,20 @@ def test_a_run_better_on_the_sum_and_right_on_the_demo_is_installed(tmp_path, gr
     assert sorted(p.name for p in bundle.parent.iterdir()) == ["grounding", "vlmsam-tiny", "vlmsam-tiny-llmseg"]
 
 
+def test_a_soup_of_runs_is_recorded_as_one(tmp_path, grounding):
+    """A run that is a soup of GRPO runs brings its ingredients and how it was made into the bundle's provenance; the
+    old run's reward SAM is not left behind as if it were this one's."""
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.64, "rich": 0.60, "heldout": 0.56})
+    (bundle / "provenance.json").write_text(json.dumps({"made_by": "the start", "grpo_reward_sam": "an old run's",
+                                                        "soup_of": [{"run": "an older soup"}]}))
+    ingredients = [{"run": "runs/n", "seed": 8}, {"run": "runs/o", "seed": 9}]
+    (run / "final" / "provenance.json").write_text(json.dumps({"soup_of": ingredients}))
+    assert install_if_better(run, bundle, ev, records=tmp_path / "records", made_by="two runs averaged")
+    provenance = json.loads((bundle / "provenance.json").read_text())
+    assert provenance["made_by"] == "the start, then two runs averaged"
+    assert provenance["soup_of"] == ingredients and "grpo_reward_sam" not in provenance
+
+
 def test_a_run_worse_on_the_sum_stays_out(tmp_path, grounding, capsys):
     bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.58, "heldout": 0.53})  # +0.01, -0.02
     assert not install_if_better(run, bundle, ev, records=tmp_path / "records")

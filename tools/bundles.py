@@ -171,12 +171,15 @@ def _check_soup(bundles: list[Path], out: Path, trained: tuple[str, ...]) -> Non
 def _ingredient(bundle: Path) -> dict:
     """What a soup records of one bundle it averaged: where it was, and the run, checkpoint and seed it came from."""
     provenance = json.loads((bundle / "provenance.json").read_text()) if (bundle / "provenance.json").is_file() else {}
+    # an exported bundle keeps its run's config as train_config.yaml; a GRPO run's final/ sits in the run itself
+    config = bundle / "train_config.yaml" if (bundle / "train_config.yaml").is_file() else bundle.parent / "config.yaml"
+    run = provenance.get("run") or (str(bundle.parent) if bundle.name == "final" and config.is_file() else None)
     seed = None
-    if (bundle / "train_config.yaml").is_file():
+    if config.is_file():
         import yaml
 
-        seed = (yaml.safe_load((bundle / "train_config.yaml").read_text()).get("train") or {}).get("seed")
-    return {"bundle": str(bundle), "run": provenance.get("run"), "checkpoint": provenance.get("checkpoint"), "seed": seed}
+        seed = (yaml.safe_load(config.read_text()).get("train") or {}).get("seed")
+    return {"bundle": str(bundle), "run": run, "checkpoint": provenance.get("checkpoint"), "seed": seed}
 
 
 def soup(bundles: list[str | Path], out: str | Path, made_by: str = "", trained: tuple[str, ...] = ()) -> Path:

@@ -46,12 +46,12 @@ def pair_with_bundle_sam(run: str | Path, bundle: str | Path) -> Path:
 
 
 def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path, records: str | Path = EVAL_RECORDS,
-                      *, keep_sam: bool = False) -> bool:
+                      *, keep_sam: bool = False, made_by: str = "") -> bool:
     """Install ``run/final`` as ``bundle`` when its gIoU summed over the splits (``eval_dir`` names the original
     wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its demo mask covers at least
     ``DEMO_COVERAGE`` of the demo's target. The run's VLM and settings replace the bundle's; so does its SAM where the
     run was rewarded through another, unless ``keep_sam`` (then the evaluations are of ``pair_with_bundle_sam``'s
-    pairing). The new bundle is made beside the old one and swapped in whole, so a failure leaves the installed
+    pairing). ``made_by`` says how the run was made (default: the GRPO stage). The new bundle is made beside the old one and swapped in whole, so a failure leaves the installed
     bundle as it was. The evaluations' predictions and pictures go to ``records``."""
     run, bundle = Path(run), Path(bundle)
     prefix = str(eval_dir).removesuffix("-original")
@@ -69,7 +69,7 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     new = bundle.with_name(bundle.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
     try:
-        _make(run, bundle, new, keep_sam)
+        _make(run, bundle, new, keep_sam, made_by)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
@@ -82,7 +82,7 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     return True
 
 
-def _make(run: Path, bundle: Path, new: Path, keep_sam: bool = False) -> None:
+def _make(run: Path, bundle: Path, new: Path, keep_sam: bool = False, made_by: str = "") -> None:
     """``new``: ``bundle`` with the run's VLM, settings and SAM (the bundle's own with ``keep_sam``); its SAM shared
     by a path where it is byte for byte vlmsam-tiny's or vlmsam-tiny-llmseg's (the point-trained one), the bundle's
     siblings."""
@@ -102,8 +102,15 @@ def _make(run: Path, bundle: Path, new: Path, keep_sam: bool = False) -> None:
         settings["sam"] = "sam"
         provenance["sam"] = f"the SAM the GRPO run was rewarded through ({sam.parent.name}/{sam.name} when it ran)"
     (new / "vlmsam_config.json").write_text(json.dumps(settings, indent=2))
-    provenance["made_by"] += ", then configs/box_prompt_tiny_grpo.yaml (GRPO, SAM-R1's reward; make box-prompt-model-grpo)"
+    made_by = made_by or "configs/box_prompt_tiny_grpo.yaml (GRPO, SAM-R1's reward; make box-prompt-model-grpo)"
+    provenance["made_by"] += f", then {made_by}"
     provenance["grpo_run"] = str(run)
+    ran_provenance = run / "final" / "provenance.json"
+    soup_of = json.loads(ran_provenance.read_text()).get("soup_of") if ran_provenance.is_file() else None
+    provenance.pop("soup_of", None)
+    if soup_of:  # the run is a soup of GRPO runs (tools.bundles.soup): its ingredients, not the bundle's old ones
+        provenance["soup_of"] = soup_of
+    provenance.pop("grpo_reward_sam", None)  # the old run's; the SAM this one was rewarded through is said below
     if keep_sam and not _same_folder(rewarded_through, sam):
         provenance["grpo_reward_sam"] = f"{rewarded_through.parent.name}/{rewarded_through.name} (installed with the bundle's own SAM)"
     (new / "provenance.json").write_text(json.dumps(provenance, indent=2))
