@@ -66,6 +66,10 @@ eval_splits = for p in $(PHRASINGS); do $(PY) -m vlmsam evaluate --model $(2) --
 	--dataset-dir build/fresh-$$p --out build/eval/$(1)-$$p || exit 1; done
 file_evals = for p in $(PHRASINGS); do $(PY) -c "from tools.bundles import file_evaluation; \
 	file_evaluation('build/eval/$(1)-$$p', '$(WEIGHTS)/$(1)', split='' if '$$p' == 'original' else '$$p')" || exit 1; done
+# The rich-worded training scenes the wording and GRPO stages learn from (made once, kept).
+synth_rich = test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+# $(1): a standalone copy of the installed vlmsam-tiny-grounding (its shared SAM copied in), where a stage starts.
+grounding_copy = $(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', '$(1)')"
 # A part byte for byte vlmsam-tiny's is named by a relative path instead of shipped twice; before a bundle is replaced,
 # the bundles that name a part of it get their own copies (vlmsam-tiny-grounding may name vlmsam-tiny-llmseg's SAM).
 unshare_dependents = $(PY) -c "from tools.bundles import unshare_dependents; unshare_dependents('$(WEIGHTS)/$(1)')"
@@ -139,9 +143,9 @@ GRPO_STEPS ?= 300  # run L, bundled until the soup, ran 1,200 from run K's bundl
 GRPO_ARGS ?=  # more overrides of the config, e.g. "grpo.num_generations=16 grpo.temperature=1.0" (run E)
 GRPO_KEEP_SAM ?= 0  # 1: a run rewarded through another SAM (model.sam=...) is judged and installed with the bundle's own (run L)
 box-prompt-model-grpo: $(STAMP) fresh
-	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(synth_rich)
 	rm -rf build/grounding-rl-start build/eval/grounding-grpo-*
-	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
+	$(call grounding_copy,build/grounding-rl-start)
 	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=$(GRPO_STEPS) $(GRPO_ARGS) --overwrite
 	$(if $(filter 1,$(GRPO_KEEP_SAM)),$(PY) -c "from tools.rl_bundle import pair_with_bundle_sam; \
 		pair_with_bundle_sam('build/runs/box-prompt-tiny-grpo', '$(WEIGHTS)/vlmsam-tiny-grounding')")
@@ -154,9 +158,9 @@ box-prompt-model-grpo: $(STAMP) fresh
 # weight (tools.bundles.soup), evaluated on the three splits and installed if better. It starts from the installed
 # bundle: to rebuild today's, first put run L's back (`git checkout 1256ea7 -- src/vlmsam/weights/vlmsam-tiny-grounding`).
 box-prompt-model-soup: $(STAMP) fresh
-	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(synth_rich)
 	rm -rf build/grounding-rl-start build/runs/grpo-n build/runs/grpo-o build/runs/grounding-soup build/eval/grounding-soup-*
-	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-rl-start')"
+	$(call grounding_copy,build/grounding-rl-start)
 	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=1200 train.seed=8 \
 		train.run_dir=build/runs/grpo-n --overwrite
 	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=1200 train.seed=9 \
@@ -173,9 +177,9 @@ box-prompt-model-soup: $(STAMP) fresh
 # Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.
 box-prompt-model-phrasing: $(STAMP) fresh
-	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(synth_rich)
 	rm -rf build/grounding-start build/runs/box-prompt-tiny-phrasing build/vlmsam-tiny-grounding
-	$(PY) -c "from tools.bundles import standalone_copy; standalone_copy('$(WEIGHTS)/vlmsam-tiny-grounding', 'build/grounding-start')"
+	$(call grounding_copy,build/grounding-start)
 	$(PY) -m vlmsam train configs/box_prompt_tiny_phrasing.yaml --overwrite
 	$(PY) -c "from tools.default_model import export_box_prompt; export_box_prompt('build/runs/box-prompt-tiny-phrasing', \
 		'build/vlmsam-tiny-grounding')"
@@ -247,7 +251,7 @@ llmseg-model-soup: $(STAMP) fresh
 # random weights on noun phrases over synthetic scenes (configs/sam3_tiny.yaml), scored per instance on the 500 fresh
 # test scenes, installed with its figures (tools/sam3_bundle.py).
 sam3-model: $(STAMP) build/fresh-original
-	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(synth_rich)
 	$(PY) -m vlmsam train configs/sam3_tiny.yaml --overwrite
 	$(PY) -m tools.sam3_bundle threshold build/runs/sam3-tiny/checkpoints/step_005000 build/synth-rich
 	$(PY) -m vlmsam evaluate --model build/runs/sam3-tiny/checkpoints/step_005000 --dataset phrases:test \
@@ -260,7 +264,7 @@ sam3-model: $(STAMP) build/fresh-original
 # them (run A, tools/agent_default.py), then taught further on 16,000 scenes' traces at half the rate (run B),
 # bundled, then evaluated on the 500 fresh test scenes (docs/agent.md).
 agent-model: $(STAMP) build/fresh-original
-	test -d build/synth-rich || $(PY) -m vlmsam data synth --out build/synth-rich --n 25000 --seed 0 --phrasing rich
+	$(synth_rich)
 	$(PY) -m tools.agent_default train build/synth-rich build/runs/agent-tiny --scenes 8000 --steps 4000
 	$(PY) -m tools.agent_default train build/synth-rich build/runs/agent-tiny-b --scenes 16000 --steps 2500 --lr 2.5e-4 \
 		--base build/runs/agent-tiny/vlm

@@ -171,9 +171,9 @@ def _check_soup(bundles: list[Path], out: Path, trained: tuple[str, ...]) -> Non
 def _ingredient(bundle: Path) -> dict:
     """What a soup records of one bundle it averaged: where it was, and the run, checkpoint and seed it came from."""
     provenance = json.loads((bundle / "provenance.json").read_text()) if (bundle / "provenance.json").is_file() else {}
-    # an exported bundle keeps its run's config as train_config.yaml; a GRPO run's final/ sits in the run itself
-    config = bundle / "train_config.yaml" if (bundle / "train_config.yaml").is_file() else bundle.parent / "config.yaml"
-    run = provenance.get("run") or (str(bundle.parent) if bundle.name == "final" and config.is_file() else None)
+    config, run = bundle / "train_config.yaml", provenance.get("run")
+    if not config.is_file() and bundle.name == "final" and (bundle.parent / "config.yaml").is_file():
+        config, run = bundle.parent / "config.yaml", run or str(bundle.parent)  # a GRPO run's final/, in the run
     seed = None
     if config.is_file():
         import yaml

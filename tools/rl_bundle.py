@@ -51,8 +51,9 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
     wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its demo mask covers at least
     ``DEMO_COVERAGE`` of the demo's target. The run's VLM and settings replace the bundle's; so does its SAM where the
     run was rewarded through another, unless ``keep_sam`` (then the evaluations are of ``pair_with_bundle_sam``'s
-    pairing). ``made_by`` says how the run was made (default: the GRPO stage). The new bundle is made beside the old one and swapped in whole, so a failure leaves the installed
-    bundle as it was. The evaluations' predictions and pictures go to ``records``."""
+    pairing). ``made_by`` says how the run was made (default: the GRPO stage). The new bundle is made beside the old
+    one and swapped in whole, so a failure leaves the installed bundle as it was. The evaluations' predictions and
+    pictures go to ``records``."""
     run, bundle = Path(run), Path(bundle)
     prefix = str(eval_dir).removesuffix("-original")
     if not beats_installed(prefix, bundle):
