@@ -190,14 +190,15 @@ def test_cli_writes_the_trace(server, scene, tmp_path):
     assert record["num_masks"] == 1 and record["info"]["trace"] == f"{path.stem}_trace.json"
 
 
-def test_a_local_conversation_reuses_its_cache_and_answers_the_same(tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_a_local_conversation_reuses_its_cache_and_answers_the_same(tmp_path, family):
     """Each turn of a growing (and then pruned) multi-image conversation: the same greedy answers with the
     key/value cache carried over as recomputed from scratch, with fewer tokens run."""
     from vlmsam.vlm.messages import Message
     from vlmsam.vlm.runtime import VlmRuntime
     from vlmsam.vlm.tiny import save_tiny_vlm
 
-    runtime = VlmRuntime.load(save_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl"), dtype="fp32", device="cpu")
+    runtime = VlmRuntime.load(save_tiny_vlm(tmp_path / "vlm", family), dtype="fp32", device="cpu")
     rng = np.random.default_rng(0)
     image, other, third = (Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)) for _ in range(3))
     prefix = runtime.encode_image(image)

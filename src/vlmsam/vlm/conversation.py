@@ -12,9 +12,24 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from vlmsam.vlm.messages import Message
+
+
+def _first_image(output) -> tuple:
+    """One image's slice of ``get_image_features``'s output: its features and, for Qwen3-VL, the features
+    its deepstack layers add to the language model's early layers (``None`` for Qwen2/2.5-VL)."""
+    deep = getattr(output, "deepstack_features", None)
+    return output.pooler_output[0], None if deep is None else [layer[0] for layer in deep], type(output)
+
+
+def _joined(features: list[tuple]):
+    """The encoder output ``mm_encoder_outputs`` takes for the images in ``features``, in order."""
+    kind = features[0][2]
+    out = kind(pooler_output=[f[0] for f in features])
+    if features[0][1] is not None:  # Qwen3-VL's deepstack: per layer, the images' features in order
+        out.deepstack_features = [[f[1][layer] for f in features] for layer in range(len(features[0][1]))]
+    return out
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -36,7 +51,7 @@ class LocalConversation:
         self._threads: dict[str, tuple[list[int], DynamicCache]] = {}
         self.fed_tokens = 0  # tokens run through the language model (the benchmark reads it)
         if prefix is not None and image is not None and reuse:
-            self._images[id(image)] = (image, prefix.grid, prefix.n_tokens, prefix.features.pooler_output[0], 0)
+            self._images[id(image)] = (image, prefix.grid, prefix.n_tokens, _first_image(prefix.features), 0)
 
     def _image(self, image) -> tuple:
         found = self._images.get(id(image))
@@ -44,7 +59,7 @@ class LocalConversation:
             pixel_values, grid, n_tokens = self.processor.image_inputs(image)
             device = self.runtime.device
             grid = grid.to(device)
-            features = self.base.model.get_image_features(pixel_values.to(device), grid, return_dict=True).pooler_output[0]
+            features = _first_image(self.base.model.get_image_features(pixel_values.to(device), grid, return_dict=True))
             found = (image, grid, n_tokens, features, len(self._images))  # held: its id is never reused meanwhile
             if self.reuse:
                 self._images[id(image)] = found
@@ -83,7 +98,7 @@ class LocalConversation:
         else:
             cache.crop(common - cache.get_seq_length())  # transformers 5: a negative count removes that many
         fed = [e for start, e in spans if start >= common]
-        vision = {"image": BaseModelOutputWithPooling(pooler_output=[e[3] for e in fed])} if fed else None
+        vision = {"image": _joined([e[3] for e in fed])} if fed else None
         out = self.base.model(input_ids=ids_t[:, common:], attention_mask=torch.ones_like(ids_t),
                               position_ids=positions[:, :, common:], past_key_values=cache, use_cache=True,
                               mm_token_type_ids=kinds[:, common:], mm_encoder_outputs=vision,
