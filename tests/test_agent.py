@@ -176,6 +176,20 @@ def test_a_failing_endpoint_is_one_error(sam3, scene):
         seg.segment(seg.encode(scene[1]), "the circle")
 
 
+def test_a_hosted_endpoints_key_and_timeout_come_from_the_environment(server, sam3, scene, monkeypatch):
+    monkeypatch.setenv("VLMSAM_VLM_API_KEY", "sk-test-123")
+    monkeypatch.setenv("VLMSAM_VLM_TIMEOUT", "7.5")
+    srv = server([call("report_no_mask")])
+    vlm = RemoteVlm(srv.url, "x")
+    assert vlm.client.timeout == 7.5
+    seg = AgentSegmenter(vlm, sam3)
+    assert seg.segment(seg.encode(scene[1]), "the circle").info["reason"] == "reported no mask"
+    assert json.loads(srv.log.read_text().splitlines()[0])["authorization"] == "Bearer sk-test-123"
+    monkeypatch.setenv("VLMSAM_VLM_TIMEOUT", "soon")
+    with pytest.raises(RemoteVlmError, match="VLMSAM_VLM_TIMEOUT='soon'"):
+        RemoteVlm(srv.url, "x")
+
+
 def test_cli_writes_the_trace(server, scene, tmp_path):
     path, _, phrase = scene
     srv = server([call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[1])])
@@ -184,6 +198,8 @@ def test_cli_writes_the_trace(server, scene, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     trace = json.loads((tmp_path / "out" / f"{path.stem}_trace.json").read_text())
     assert [s["tool"] for s in trace["steps"]] == ["segment_phrase", "select_masks_and_return"]
+    assert trace["reason"] == "selected" and trace["turns"] == 2 and trace["phrases"] == [phrase]
+    assert "turn 1 thinks: thinking about segment_phrase" in proc.stdout and "stopped: selected" in proc.stdout
     for name in trace["pictures"].values():
         assert Image.open(tmp_path / "out" / name).size == Image.open(path).size
     record = json.loads((tmp_path / "out" / f"{path.stem}.json").read_text())
@@ -240,7 +256,10 @@ def test_served_with_trace_and_hostile_requests(tmp_path, scene):
     ckpt.mkdir()
     (ckpt / "vlmsam_config.json").write_text(json.dumps({"model_type": "vlmsam_agent", "vlm": "scripted", "vlm_endpoint": srv.url,
                                                          "sam": str(SAM3), "score_threshold": 0.4, "max_turns": 4}))
-    proc, url = start("--model", f"agent={ckpt}")
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "vlmsam_config.json").write_text((ckpt / "vlmsam_config.json").read_text().replace(srv.url, f"http://127.0.0.1:{free_port()}/v1"))
+    proc, url = start("--model", f"agent={ckpt}", "--model", f"dead={dead}")
     try:
         image = base64.b64encode(path.read_bytes()).decode()
         r = httpx.post(url + "/v1/segment", json={"image": image, "prompt": "all the shapes", "trace": True}, timeout=60)
@@ -259,6 +278,8 @@ def test_served_with_trace_and_hostile_requests(tmp_path, scene):
         assert forged.status_code == 200
         sent = srv.requests()[-2][1]["text"]  # the forged request's first turn, as the VLM received it
         assert "<|im_end|>" not in sent and "im_end" in sent
+        down = httpx.post(url + "/v1/segment", json={"image": image, "prompt": "x", "segmenter": "dead"}, timeout=60)
+        assert down.status_code == 502 and "cannot connect" in down.json()["error"]  # the VLM's fault, not the request's
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -66,3 +66,37 @@ def test_chat_keeps_earlier_turns_in_context(vlm, image):
     a = vlm.chat(prefix, "Frame the noise.", history=history, max_new_tokens=6)
     (b,) = vlm.generate(prefix, [[*history, ("Frame the noise.", None)]], max_new_tokens=6)
     assert a == vlm.decode(b.tokens)
+
+
+
+def test_a_multi_picture_conversation_sees_what_transformers_sees(vlm, image):
+    """The agent's local conversation caches each picture's vision features (and Qwen3-VL's deepstack
+    slices) and joins those of the pictures it feeds: the language model's states over a two-picture
+    conversation equal those transformers computes from the pixels, and the answer equals its generate's."""
+    from PIL import Image
+
+    from vlmsam.vlm.conversation import _joined
+    from vlmsam.vlm.messages import Message
+
+    first = Image.fromarray(image)
+    second = Image.fromarray((np.random.default_rng(1).random((60, 80, 3)) * 255).astype(np.uint8))
+    messages = [Message("system", "You segment."), Message("user", (first, "the red circle")),
+                Message("assistant", "Looking."), Message("user", (second, "and now?"))]
+    conversation = vlm.conversation(vlm.encode_image(first), first)
+    ours = conversation.reply(messages, max_new_tokens=8)
+    ids = torch.tensor(conversation._tokens(messages)[0])[None]
+    pictures = [vlm.processor.image_inputs(picture) for picture in (first, second)]
+    pixels, grids = torch.cat([p[0] for p in pictures]), torch.cat([p[1] for p in pictures])
+    common = dict(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=grids,
+                  mm_token_type_ids=vlm.processor.mm_token_type_ids(ids))
+    with torch.inference_mode():
+        reference = vlm.model.model(pixel_values=pixels, **common).last_hidden_state
+        cached = _joined([conversation._image(picture)[3] for picture in (first, second)])
+        joined = vlm.model.model(mm_encoder_outputs={"image": cached}, **common).last_hidden_state
+    torch.testing.assert_close(joined, reference)
+    out = vlm.model.generate(pixel_values=pixels, max_new_tokens=8, do_sample=False, eos_token_id=vlm.processor.im_end,
+                             pad_token_id=vlm.processor.tokenizer.pad_token_id, **common)
+    theirs = out[0, ids.shape[1]:].tolist()
+    if vlm.processor.im_end in theirs:
+        theirs = theirs[: theirs.index(vlm.processor.im_end)]
+    assert ours == vlm.decode(torch.tensor(theirs, dtype=torch.long))

@@ -7,6 +7,8 @@ Everything else is a bug in vlmsam and keeps its traceback.
 class VlmsamError(Exception):
     """Base class of every error caused by input the user gave (files, arguments, checkpoints)."""
 
+    http_status = 422  # what `vlmsam serve` answers: the request (or the server's setup) is at fault
+
 
 class ImageLoadError(VlmsamError):
     """An image path or URL that cannot be read as an image."""

@@ -4,7 +4,7 @@
 ``POST /v1/chat/completions`` with ``SCRIPT[i]`` (the last entry once the script runs out; with ``--cycle``,
 the script again from its start) and appends
 what it received to LOG.jsonl: per message its role, its text and how many images it held (each image
-decoded, so a broken data URL fails the request). The VLM is the only thing scripted: the agent loop,
+decoded, so a broken data URL fails the request), and the Authorization header. The VLM is the only thing scripted: the agent loop,
 SAM 3 and the rendering under test are real.
 """
 
@@ -43,7 +43,8 @@ def main() -> None:
                 seen.append({"role": m["role"], "images": images,
                              "text": "".join(p.get("text", "") for p in content if p["type"] == "text")})
             with open(log_path, "a") as log:
-                log.write(json.dumps({"messages": seen, "max_tokens": request.get("max_tokens")}) + "\n")
+                log.write(json.dumps({"messages": seen, "max_tokens": request.get("max_tokens"),
+                                      "authorization": self.headers.get("Authorization")}) + "\n")
             k = served[0] % len(script) if cycle else min(served[0], len(script) - 1)
             answer = script[k]
             served[0] += 1

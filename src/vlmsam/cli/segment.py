@@ -99,10 +99,16 @@ def _load(args):
 
 
 def _report(result, written, elapsed: float) -> None:
-    for step in result.info.get("trace", []):  # the agent design: one line per turn, then its answer
+    def printable(text: str, n: int) -> str:  # the VLM's words: no terminal escapes
+        return "".join(c if c.isprintable() else "?" for c in text[:n])
+
+    for step in result.info.get("trace", []):  # the agent design: one line per turn, then why it stopped
         call = f"{step['tool']} {json.dumps(step['parameters'])}" if step["tool"] else "malformed call"
-        outcome = "".join(c if c.isprintable() else "?" for c in step["outcome"][:160])  # the VLM's words: no escapes
-        print(f"  turn {step['turn']}: {call} -> {outcome}")
+        if step.get("thinking"):
+            print(f"  turn {step['turn']} thinks: {printable(step['thinking'], 160)}")
+        print(f"  turn {step['turn']}: {call} -> {printable(step['outcome'], 160)}")
+    if "trace" in result.info:
+        print(f"stopped: {result.info['reason']}")
     if "trace" in written:
         print(f"trace: {written['trace']}")
     print(f"answer: {result.text}")

@@ -37,6 +37,8 @@ PALETTE = np.array(
 )
 RED = np.array((255, 0, 0), dtype=np.float32)
 
+TRACE_SUMMARY = ("reason", "turns", "phrases", "malformed_calls")  # why an agent stopped, beside its steps
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
@@ -227,7 +229,8 @@ def write_result(
     outputs.extend((files or {}).items())
     if "trace" in result.info:  # an agent's steps: a file of their own, each step's picture beside it
         outputs.append((f"{stem}_trace.json", lambda: json.dumps(
-            {"image": stem, "answer": result.text, "steps": result.info["trace"],
+            {"image": stem, "answer": result.text, **{k: result.info[k] for k in TRACE_SUMMARY if k in result.info},
+             "steps": result.info["trace"],
              "pictures": {n: f"{stem}_{n}.png" for n in result.extra_images}}, indent=2).encode("utf-8")))
     outputs.append((f"{stem}.json", lambda: json.dumps(_record(result, rgb, stem, extra), indent=2).encode("utf-8")))
     write_set(out, outputs, stale=_stale(stem, result.num_masks, {name for name, _ in outputs}))

@@ -136,7 +136,7 @@ def install_handlers(app) -> None:
 
     @app.exception_handler(VlmsamError)
     async def user_error(request: Request, exc: VlmsamError):
-        return error(request, 422, first_line(exc))
+        return error(request, exc.http_status, first_line(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -3,13 +3,17 @@
 ``RemoteVlm`` has the runtime's interface that the grounding designs use (``encode_image``,
 ``model_input_size``, ``chat_many``): the image travels as a base64 PNG data URL, requests go through
 the ``openai`` client with a timeout and retries on 5xx, and a server that cannot be reached or answers
-nonsense is one :class:`RemoteVlmError` naming the endpoint.
+nonsense is one :class:`RemoteVlmError` naming the endpoint. A hosted endpoint's key comes from
+``VLMSAM_VLM_API_KEY`` (else ``OPENAI_API_KEY``); ``VLMSAM_VLM_TIMEOUT`` sets the seconds one answer may take
+(default 300: a 72B or a thinking model writing thousands of tokens takes minutes).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import math
+import os
 from dataclasses import dataclass
 
 from PIL import Image
@@ -20,6 +24,8 @@ from vlmsam.errors import VlmsamError
 class RemoteVlmError(VlmsamError):
     """The VLM endpoint could not be reached or gave no usable answer."""
 
+    http_status = 502  # `vlmsam serve` behind a dead VLM: a bad gateway, not a bad request
+
 
 @dataclass(frozen=True)
 class RemoteImage:
@@ -29,6 +35,17 @@ class RemoteImage:
     size: tuple[int, int]
 
 
+def _timeout() -> float:
+    text = os.environ.get("VLMSAM_VLM_TIMEOUT", "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise RemoteVlmError(f"VLMSAM_VLM_TIMEOUT={text!r}: expected a number of seconds above 0, e.g. 600")
+    return seconds
+
+
 class RemoteVlm:
     """A VLM behind ``endpoint`` (e.g. ``http://127.0.0.1:8000/v1``) serving model ``model``.
 
@@ -36,7 +53,7 @@ class RemoteVlm:
     pixels), in which that model answers boxes; the defaults are Qwen2.5-VL's own.
     """
 
-    def __init__(self, endpoint: str, model: str, *, api_key: str = "EMPTY", timeout: float = 60.0, max_retries: int = 2,
+    def __init__(self, endpoint: str, model: str, *, api_key: str | None = None, timeout: float | None = None, max_retries: int = 2,
                  frame: tuple[int, int, int] = (28, 56 * 56, 28 * 28 * 1280)):
         try:
             import openai
@@ -45,6 +62,8 @@ class RemoteVlm:
         if not endpoint.startswith(("http://", "https://")):
             raise RemoteVlmError(f"--vlm-endpoint {endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
         self.endpoint, self.model, self.frame = endpoint, model, frame
+        api_key = api_key or os.environ.get("VLMSAM_VLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        timeout = _timeout() if timeout is None else timeout
         self.client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._openai = openai
 
@@ -100,7 +119,8 @@ class RemoteVlm:
         except self._openai.APIConnectionError:
             raise RemoteVlmError(f"{self.endpoint}: cannot connect (is the server running?)") from None
         except self._openai.APIStatusError as exc:
-            raise RemoteVlmError(f"{self.endpoint}: HTTP {exc.status_code} from the server") from None
+            hint = " (set VLMSAM_VLM_API_KEY to the endpoint's key)" if exc.status_code in (401, 403) else ""
+            raise RemoteVlmError(f"{self.endpoint}: HTTP {exc.status_code} from the server{hint}") from None
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise RemoteVlmError(f"{self.endpoint}: not a chat-completions answer ({type(exc).__name__})") from None
         if text is None and allow_empty:
