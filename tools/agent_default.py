@@ -131,10 +131,10 @@ def ceiling(args) -> None:
     from vlmsam.metrics.iou import intersection_union, pair_iou
     from vlmsam.sam import load_sam_backend
 
-    sam = load_sam_backend(str(SAM3), device="cpu")
+    sam = load_sam_backend(str(args.sam), device="cpu")
     per_kind: dict[str, list[float]] = {}
     for f in sorted((Path(args.data) / "reason_seg" / "ReasonSeg" / args.split).glob("*.json")):
-        trace = scene_trace(f, sam, score_threshold=SCORE_THRESHOLD)
+        trace = scene_trace(f, sam, score_threshold=args.threshold)
         per_kind.setdefault(trace.kind, []).append(pair_iou(*intersection_union(trace.masks.any(0), trace.truth.any(0))))
     every = [v for vs in per_kind.values() for v in vs]
     print(json.dumps({"gIoU": round(sum(every) / len(every), 4), "n": len(every),
@@ -171,6 +171,8 @@ def main() -> None:
     c = sub.add_parser("ceiling")
     c.add_argument("data")
     c.add_argument("--split", default="test")
+    c.add_argument("--sam", default=SAM3, help="the SAM 3 the teacher calls (default: the bundled tiny one)")
+    c.add_argument("--threshold", type=float, default=SCORE_THRESHOLD, help="keep candidates above this score")
     c.set_defaults(func=ceiling)
     b = sub.add_parser("bundle")
     b.add_argument("run")
