@@ -172,3 +172,15 @@ def test_options_are_checked_by_the_design(seg):
     else:
         with pytest.raises(PromptError, match="takes no option 'history'"):
             seg.segment(encoded, "the red square", history=[("what is it?", "a square")])
+
+
+def test_the_served_agent_chooses_masks_and_saves_a_checkpoint_that_names_its_server(tmp_path):
+    """The suite's served agent is not trivially empty, and its checkpoint names the server it talks to."""
+    import json
+
+    seg = BUILDERS["agent_served"](tmp_path)
+    result = seg.segment(seg.encode(images()[0]), "all the shapes")
+    assert result.num_masks == 1 and result.info["reason"] == "selected" and result.masks.any()
+    saved = seg.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((saved / "vlmsam_config.json").read_text())
+    assert config["vlm"] == "scripted" and config["vlm_endpoint"] == seg.vlm.endpoint and not (saved / "vlm").exists()

@@ -2,7 +2,9 @@
 
 ``python tests/helpers/scripted_vlm_server.py SCRIPT.json LOG.jsonl PORT`` answers the i-th
 ``POST /v1/chat/completions`` with ``SCRIPT[i]`` (the last entry once the script runs out; with ``--cycle``,
-the script again from its start) and appends
+the script again from its start; with ``--policy``, SCRIPT is ``[[needle, reply], ...]`` and the reply is
+the first whose needle is in the last message's text, the same answer to the same conversation whatever
+the order of the calls) and appends
 what it received to LOG.jsonl: per message its role, its text and how many images it held (each image
 decoded, so a broken data URL fails the request), and the Authorization header. The VLM is the only thing scripted: the agent loop,
 SAM 3 and the rendering under test are real.
@@ -22,7 +24,7 @@ from PIL import Image
 def main() -> None:
     script = json.loads(open(sys.argv[1]).read())
     log_path, port = sys.argv[2], int(sys.argv[3])
-    cycle = "--cycle" in sys.argv[4:]
+    cycle, policy = "--cycle" in sys.argv[4:], "--policy" in sys.argv[4:]
     served = [0]
 
     class Handler(BaseHTTPRequestHandler):
@@ -45,8 +47,10 @@ def main() -> None:
             with open(log_path, "a") as log:
                 log.write(json.dumps({"messages": seen, "max_tokens": request.get("max_tokens"),
                                       "authorization": self.headers.get("Authorization")}) + "\n")
-            k = served[0] % len(script) if cycle else min(served[0], len(script) - 1)
-            answer = script[k]
+            if policy:
+                answer = next(reply for needle, reply in script if needle in seen[-1]["text"])
+            else:
+                answer = script[served[0] % len(script) if cycle else min(served[0], len(script) - 1)]
             served[0] += 1
             data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": request["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",
