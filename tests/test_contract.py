@@ -184,3 +184,10 @@ def test_the_served_agent_chooses_masks_and_saves_a_checkpoint_that_names_its_se
     saved = seg.save_pretrained(tmp_path / "ckpt")
     config = json.loads((saved / "vlmsam_config.json").read_text())
     assert config["vlm"] == "scripted" and config["vlm_endpoint"] == seg.vlm.endpoint and not (saved / "vlm").exists()
+
+
+def test_the_local_agent_encodes_only_what_its_conversation_uses(tmp_path):
+    """Its conversation starts from its own system prompt: the default prefix's key/value cache is not made."""
+    seg = BUILDERS["agent"](tmp_path)
+    prefix = seg.encode(images()[0]).vlm
+    assert prefix.kv is None and prefix.n_tokens > 0

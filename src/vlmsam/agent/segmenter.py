@@ -65,7 +65,8 @@ class AgentSegmenter(SegmenterBase):
         return self
 
     def _encode(self, image, key: str) -> EncodedImage:
-        return self.encode_parts(image, key, sam=self.sam, vlm=self.vlm, extras={"image": image})
+        # the conversation starts from its own system prompt, so the default prefix's cache would go unused
+        return self.encode_parts(image, key, sam=self.sam, vlm=self.vlm, extras={"image": image}, vlm_cache=False)
 
     def _segment(self, encoded: EncodedImage, request: str, options: dict) -> SegmentationResult:
         t0 = time.perf_counter()

@@ -227,14 +227,16 @@ class SegmenterBase:
 
     # ---- what designs share -------------------------------------------------------------------
 
-    def encode_parts(self, image: Image.Image, key: str, *, sam=None, vlm=None, extras=None) -> EncodedImage:
+    def encode_parts(self, image: Image.Image, key: str, *, sam=None, vlm=None, extras=None,
+                     vlm_cache: bool = True) -> EncodedImage:
         """The handle most designs make: SAM's embedding (``sam``: a SAM backend) and the VLM's image
-        prefix (``vlm``: a VLM runtime), each timed; ``extras`` is a mapping, or ``prefix -> mapping``."""
+        prefix (``vlm``: a VLM runtime; ``vlm_cache=False``: its features without the prefix's key/value
+        cache), each timed; ``extras`` is a mapping, or ``prefix -> mapping``."""
         parts, timings = {}, {}
         for name, encoder in (("sam", sam), ("vlm", vlm)):
             if encoder is not None:
                 t0 = time.perf_counter()
-                parts[name] = encoder.encode(image) if name == "sam" else encoder.encode_image(image)
+                parts[name] = encoder.encode(image) if name == "sam" else encoder.encode_image(image, cache=vlm_cache)
                 timings[f"encode_{name}"] = time.perf_counter() - t0
         more = extras(parts.get("vlm")) if callable(extras) else (extras or {})
         return self.handle(image, key, extras=more, timings=timings, **parts)

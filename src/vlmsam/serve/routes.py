@@ -44,7 +44,7 @@ def add_routes(app, queue: RequestQueue, options: ServeOptions) -> None:
     from vlmsam.errors import PromptError
 
     names = list(queue.segmenters)
-    common = schema.error_responses(400, 401, 404, 405, 413, 415, 422, 503)
+    common = schema.error_responses(400, 401, 404, 405, 413, 415, 422, 502, 503)
 
     @app.get("/healthz", response_model=schema.Health, responses=schema.error_responses(404, 405))
     async def healthz():

@@ -23,6 +23,7 @@ ERRORS = {
     413: "The image, the body or the prompt is over the server's limits.",
     415: "The body is neither multipart/form-data nor application/json.",
     422: "The request is well-formed but cannot be used: not an image, an empty or undecodable prompt, a wrong field.",
+    502: "The VLM endpoint this segmenter calls (a served VLM) is down or gave no usable answer.",
     503: "The request queue is full; retry after the Retry-After seconds.",
 }
 # Text with at least one non-space character and no control characters but tab, newline and return

@@ -28,7 +28,8 @@ class VisionPrefix:
         features: the vision tower's output (``get_image_features``).
         ids: ``(P,)`` the prefix token ids, ending with ``<|vision_end|>``.
         positions: ``(3, 1, P)`` their M-RoPE positions.
-        kv: per layer ``(keys, values)``, each ``(1, heads, P, head_dim)``.
+        kv: per layer ``(keys, values)``, each ``(1, heads, P, head_dim)``; ``None`` when made without it
+            (a multi-turn conversation with its own system prompt starts from other tokens and never uses it).
     """
 
     pixel_values: torch.Tensor
@@ -40,8 +41,8 @@ class VisionPrefix:
     kv: tuple
 
 
-def encode_prefix(base, processor, image, device) -> VisionPrefix:
-    """Vision features and the prefix's key/value cache for ``image`` (a PIL image)."""
+def encode_prefix(base, processor, image, device, *, cache: bool = True) -> VisionPrefix:
+    """Vision features and (``cache``) the prefix's key/value cache for ``image`` (a PIL image)."""
     pixel_values, grid, n_tokens = processor.image_inputs(image)
     pixel_values, grid = pixel_values.to(device), grid.to(device)
     features = base.model.get_image_features(pixel_values, grid, return_dict=True)
@@ -50,6 +51,8 @@ def encode_prefix(base, processor, image, device) -> VisionPrefix:
     ids = ids[:end].to(device)[None]
     positions, _ = base.model.get_rope_index(ids, mm_token_type_ids=processor.mm_token_type_ids(ids),
                                              image_grid_thw=grid, attention_mask=torch.ones_like(ids))
+    if not cache:
+        return VisionPrefix(pixel_values, grid, n_tokens, features, ids[0], positions, None)
     out = base.model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions,
                      mm_token_type_ids=processor.mm_token_type_ids(ids), mm_encoder_outputs={"image": features},
                      image_grid_thw=grid, use_cache=True)

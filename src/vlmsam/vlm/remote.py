@@ -4,8 +4,9 @@
 ``model_input_size``, ``chat_many``): the image travels as a base64 PNG data URL, requests go through
 the ``openai`` client with a timeout and retries on 5xx, and a server that cannot be reached or answers
 nonsense is one :class:`RemoteVlmError` naming the endpoint. A hosted endpoint's key comes from
-``VLMSAM_VLM_API_KEY`` (else ``OPENAI_API_KEY``); ``VLMSAM_VLM_TIMEOUT`` sets the seconds one answer may take
-(default 300: a 72B or a thinking model writing thousands of tokens takes minutes).
+``VLMSAM_VLM_API_KEY`` (sent to whichever endpoint is used, one a checkpoint names included);
+``VLMSAM_VLM_TIMEOUT`` sets the seconds one try may take (default 300: a 72B or a thinking model writing
+thousands of tokens takes minutes); a request is tried 1 + ``max_retries`` times.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class RemoteImage:
 
 
 def _timeout() -> float:
-    text = os.environ.get("VLMSAM_VLM_TIMEOUT", "300")
+    text = os.environ.get("VLMSAM_VLM_TIMEOUT") or "300"
     try:
         seconds = float(text)
     except ValueError:
@@ -62,7 +63,7 @@ class RemoteVlm:
         if not endpoint.startswith(("http://", "https://")):
             raise RemoteVlmError(f"--vlm-endpoint {endpoint!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
         self.endpoint, self.model, self.frame = endpoint, model, frame
-        api_key = api_key or os.environ.get("VLMSAM_VLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        api_key = api_key or os.environ.get("VLMSAM_VLM_API_KEY") or "EMPTY"  # never another service's key
         timeout = _timeout() if timeout is None else timeout
         self.client = openai.OpenAI(base_url=endpoint, api_key=api_key, timeout=timeout, max_retries=max_retries)
         self._openai = openai
@@ -71,7 +72,7 @@ class RemoteVlm:
         """The model runs where its server runs: nothing moves."""
         return self
 
-    def encode_image(self, image: Image.Image) -> RemoteImage:
+    def encode_image(self, image: Image.Image, **_) -> RemoteImage:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return RemoteImage("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), image.size)
@@ -115,7 +116,9 @@ class RemoteVlm:
                                                         temperature=0.0)
             text = reply.choices[0].message.content
         except self._openai.APITimeoutError:
-            raise RemoteVlmError(f"{self.endpoint}: no answer within {self.client.timeout} s") from None
+            tries = 1 + self.client.max_retries
+            raise RemoteVlmError(f"{self.endpoint}: no answer within {self.client.timeout} s "
+                                 f"({tries} tr{'ies' if tries > 1 else 'y'}; VLMSAM_VLM_TIMEOUT sets it)") from None
         except self._openai.APIConnectionError:
             raise RemoteVlmError(f"{self.endpoint}: cannot connect (is the server running?)") from None
         except self._openai.APIStatusError as exc:

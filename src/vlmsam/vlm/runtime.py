@@ -96,10 +96,10 @@ class VlmRuntime:
         return self
 
     @torch.inference_mode()
-    def encode_image(self, image) -> VisionPrefix:
-        """Vision features and the key/value cache of everything before the first request's words."""
+    def encode_image(self, image, *, cache: bool = True) -> VisionPrefix:
+        """Vision features and (``cache``) the key/value cache of everything before the first request's words."""
         with self._tokenizer_lock:
-            return encode_prefix(self.base, self.processor, image, self.device)
+            return encode_prefix(self.base, self.processor, image, self.device, cache=cache)
 
     def model_input_size(self, prefix: VisionPrefix) -> tuple[int, int]:
         """``(width, height)`` of the image as the processor resized it (Qwen2.5-VL's grounding frame)."""
