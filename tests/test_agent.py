@@ -121,14 +121,17 @@ def test_a_second_phrase_after_a_bad_first_prunes_the_history(server, sam3, scen
     _, image, phrase = scene
     result, seen = run(server, sam3, image, [
         call("segment_phrase", text_prompt="zebra crossing"), call("segment_phrase", text_prompt="zebra crossing"),
-        call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[1])])
-    assert result.num_masks == 1 and result.info["phrases"] == ["zebra crossing", phrase]
+        call("segment_phrase", text_prompt="shapes"), call("segment_phrase", text_prompt=phrase),
+        call("select_masks_and_return", final_answer_masks=[1])])
+    assert result.num_masks == 1 and result.info["phrases"] == ["zebra crossing", "shapes", phrase]
     assert "refused" in result.info["trace"][1]["outcome"]
     assert "already used" in seen[2][-1]["text"]
-    last = seen[3]  # after the second phrase: prompt, request (+ phrases tried), then from that call on
-    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
-    assert "Phrases already tried" in last[1]["text"] and '"zebra crossing"' in last[1]["text"]
-    assert phrase in last[2]["text"] and sum(m["images"] for m in last) <= 2
+    for k, before in ((3, ['"zebra crossing"']), (4, ['"zebra crossing"', '"shapes"'])):
+        last = seen[k]  # after the 2nd / 3rd phrase: prompt, request (+ phrases tried), then from that call on
+        assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+        assert "Phrases already tried" in last[1]["text"] and all(p in last[1]["text"] for p in before)
+        assert result.info["phrases"][k - 2] in last[2]["text"] and sum(m["images"] for m in last) <= 2
+    assert '"shapes"' not in seen[4][2]["text"] and "shapes" not in seen[4][3]["text"]  # the older call is pruned
 
 
 def test_examine_then_select(server, sam3, scene):
