@@ -209,6 +209,21 @@ def test_cli_writes_the_trace(server, scene, tmp_path):
     assert record["num_masks"] == 1 and record["info"]["trace"] == f"{path.stem}_trace.json"
 
 
+def test_chat_shows_each_turn_and_why_the_loop_stopped(server, scene, tmp_path):
+    path, _, phrase = scene
+    srv = server([call("segment_phrase", text_prompt=phrase), call("select_masks_and_return", final_answer_masks=[1])])
+    proc = subprocess.run([sys.executable, "-m", "vlmsam", "chat", "--segmenter", "agent", "--vlm-endpoint", srv.url,
+                           "--vlm", "scripted", "--sam", str(SAM3.parent), "--out", str(tmp_path / "o")],
+                          input=f"all the shapes\n{path}\n\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout  # the prompts end without a newline: find the lines in order
+    order = ["turn 1 thinks: thinking about segment_phrase", f'turn 1: segment_phrase {{"text_prompt": "{phrase}"}}',
+             "turn 2 thinks: thinking about select_masks_and_return", "turn 2: select_masks_and_return",
+             "stopped: selected", "answer: "]
+    at = [out.find(text) for text in order]
+    assert -1 not in at and at == sorted(at), out
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 def test_a_local_conversation_reuses_its_cache_and_answers_the_same(tmp_path, family):
     """Each turn of a growing (and then pruned) multi-image conversation: the same greedy answers with the
