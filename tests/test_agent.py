@@ -5,7 +5,6 @@ are scripted. What the VLM received at each turn is read back from the server's 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
+from tests.helpers.scripted_vlm_server import call, free_port, launch
 from tools.default_model import DEFAULT_MODEL_DIR
 from vlmsam.agent.loop import dedupe
 from vlmsam.agent.segmenter import AgentSegmenter
@@ -22,16 +22,6 @@ from vlmsam.sam import load_sam_backend
 from vlmsam.vlm.remote import RemoteVlm, RemoteVlmError
 
 SAM3 = DEFAULT_MODEL_DIR.parent / "sam3-tiny" / "sam"
-
-
-def call(name: str, **parameters) -> str:
-    return f"<think>thinking about {name}</think>\n<tool>{json.dumps({'name': name, 'parameters': parameters})}</tool>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +49,7 @@ class Scripted:
     """A scripted server process and its log."""
 
     def __init__(self, tmp_path, replies: list[str], cycle: bool = False):
-        (tmp_path / "script.json").write_text(json.dumps(replies))
-        self.log = tmp_path / "log.jsonl"
-        port = free_port()
-        self.proc = subprocess.Popen([sys.executable, "tests/helpers/scripted_vlm_server.py", str(tmp_path / "script.json"),
-                                      str(self.log), str(port), *(["--cycle"] if cycle else [])],
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-        self.url = f"http://127.0.0.1:{port}/v1"
+        self.proc, self.url, self.log = launch(replies, tmp_path, *(["--cycle"] if cycle else []))
 
     def requests(self) -> list[list[dict]]:
         return [json.loads(line)["messages"] for line in self.log.read_text().splitlines()]

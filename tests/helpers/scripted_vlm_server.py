@@ -15,10 +15,35 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
+import subprocess
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from PIL import Image
+
+
+def call(name: str, **parameters) -> str:
+    """A scripted reply: a tool call as the agent's protocol writes it, after a line of thinking."""
+    return f"<think>thinking about {name}</think>\n<tool>{json.dumps({'name': name, 'parameters': parameters})}</tool>"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: list, folder: Path, *flags: str) -> tuple[subprocess.Popen, str, Path]:
+    """This server, answering ``script`` (written to ``folder``) with ``flags`` (``--cycle``, ``--policy``):
+    its process, its ``/v1`` URL and its log, once it is ready."""
+    (folder / "script.json").write_text(json.dumps(script))
+    log, port = folder / "log.jsonl", free_port()
+    proc = subprocess.Popen([sys.executable, __file__, str(folder / "script.json"), str(log), str(port), *flags],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, f"http://127.0.0.1:{port}/v1", log
 
 
 def main() -> None:

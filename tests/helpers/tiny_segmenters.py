@@ -210,30 +210,17 @@ def agent_served(root: Path):
     """The agent loop over a served VLM (a real OpenAI-compatible server on 127.0.0.1 whose answer is a
     function of the conversation: ask for "shapes", then choose candidate 1), so its results hold masks."""
     import atexit
-    import json
-    import socket
-    import subprocess
-    import sys
 
+    from tests.helpers.scripted_vlm_server import call, launch
     from vlmsam.engine.registry import design
     from vlmsam.engine.spec import BuildSpec
     from vlmsam.sam.sam3_tiny import build_tiny_sam3
 
-    def call(name: str, **parameters) -> str:
-        return f"<think>{name}</think><tool>{json.dumps({'name': name, 'parameters': parameters})}</tool>"
-
     build_tiny_sam3(seed=0).save_pretrained(root / "sam3")
-    policy = [["numbered 1 to", call("select_masks_and_return", final_answer_masks=[1])],
-              ["", call("segment_phrase", text_prompt="shapes")]]
-    (root / "policy.json").write_text(json.dumps(policy))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "scripted_vlm_server.py"), str(root / "policy.json"),
-                               str(root / "log.jsonl"), str(port), "--policy"], stdout=subprocess.PIPE, text=True)
+    server, url, _ = launch([["numbered 1 to", call("select_masks_and_return", final_answer_masks=[1])],
+                             ["", call("segment_phrase", text_prompt="shapes")]], root, "--policy")
     atexit.register(server.kill)
-    assert server.stdout.readline().strip() == "ready"
-    seg = design("agent")(BuildSpec(vlm="scripted", vlm_endpoint=f"http://127.0.0.1:{port}/v1", sam=str(root / "sam3")))
+    seg = design("agent")(BuildSpec(vlm="scripted", vlm_endpoint=url, sam=str(root / "sam3")))
     seg.score_threshold = 0.0  # random SAM 3 weights score low: keep candidates to choose from
     return seg
 

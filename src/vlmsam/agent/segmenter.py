@@ -87,16 +87,20 @@ class AgentSegmenter(SegmenterBase):
         return SegmentationResult(masks=out.masks, boxes=out.boxes, scores=out.scores, labels=out.labels, text=final,
                                   info=info, timings=timings, extra_images=out.pictures)
 
-    def _config(self) -> dict:
-        served = getattr(self.vlm, "endpoint", None)  # a served VLM is named, not saved
-        vlm = {"vlm": self.vlm.model, "vlm_endpoint": served} if served else {"vlm": "vlm"}
+    def _served(self) -> bool:
+        from vlmsam.vlm.remote import RemoteVlm
+
+        return isinstance(self.vlm, RemoteVlm)
+
+    def _config(self) -> dict:  # a served VLM is named, not saved
+        vlm = {"vlm": self.vlm.model, "vlm_endpoint": self.vlm.endpoint} if self._served() else {"vlm": "vlm"}
         return {"model_type": "vlmsam_agent", **vlm, "sam": "sam", "max_turns": self.max_turns,
                 "max_new_tokens": self.max_new_tokens, "score_threshold": self.score_threshold,
                 **({"system_prompt": self.system_prompt} if self.system_prompt != SYSTEM_PROMPT else {})}
 
     def save_pretrained(self, path: str | Path) -> Path:
         out = Path(path)
-        if not getattr(self.vlm, "endpoint", None):  # a served VLM stays where it is served: the config names it
+        if not self._served():  # a served VLM stays where it is served: the config names it
             self.vlm.save_pretrained(out / "vlm")
         self.sam.save_pretrained(out / "sam")
         (out / CONFIG_NAME).write_text(json.dumps(self._config(), indent=2))

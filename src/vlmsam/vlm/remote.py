@@ -72,7 +72,7 @@ class RemoteVlm:
         """The model runs where its server runs: nothing moves."""
         return self
 
-    def encode_image(self, image: Image.Image, **_) -> RemoteImage:
+    def encode_image(self, image: Image.Image, *, cache: bool = True) -> RemoteImage:  # it travels whole: no cache to make
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return RemoteImage("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(), image.size)
