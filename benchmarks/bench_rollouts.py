@@ -9,6 +9,8 @@ temperature 1 (the end token suppressed, so both generate exactly N).
 Real Qwen2.5-VL-3B layer shapes (``benchmarks/realsize.py``; a few layers by default, all 36 / 32 with
 ``--text-layers 36 --vision-layers 32``), random weights, a 448x448 image, G = 8, 64 new tokens.
 
+``--tiny`` runs the same comparison on a tiny random Qwen2.5-VL (the test suite does, to keep the script working).
+
 Last line: ``rollout_speedup=<ratio>`` (trl's default generation time over ours).
 """
 
@@ -35,12 +37,15 @@ from vlmsam.vlm.trl_processor import TrlVlmProcessor  # noqa: E402
 PROMPT = "Locate the knife in this image and output the bbox_2d and point_2d of each match in JSON format."
 
 
-def build(root: Path, text_layers: int, vision_layers: int, size: int, dtype):
+def build(root: Path, text_layers: int, vision_layers: int, size: int, dtype, tiny: bool = False):
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    from vlmsam.vlm.tiny import tiny_config
+
     tok = build_tokenizer()
-    model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(tok, text_layers, vision_layers)).to(dtype).eval()
+    config = tiny_config("qwen2_5_vl", tok) if tiny else qwen2_5_vl_3b_config(tok, text_layers, vision_layers)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=size * size, max_pixels=size * size)
     return model, VlmProcessor(image_processor, tok)
 
@@ -85,11 +90,12 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Qwen2.5-VL instead of 3B layer shapes")
     args = parser.parse_args()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        model, processor = build(Path(tmp), args.text_layers, args.vision_layers, args.size, dtype)
+        model, processor = build(Path(tmp), args.text_layers, args.vision_layers, args.size, dtype, args.tiny)
     image = Image.fromarray((np.random.default_rng(0).random((args.size, args.size, 3)) * 255).astype(np.uint8))
     ours(model, processor, image, 2, 4)  # warm-up, both paths
     trl_default(model, processor, image, 2, 4)
@@ -99,8 +105,8 @@ def main() -> None:
     theirs = trl_default(model, processor, image, args.group, args.new_tokens)
     t2 = time.perf_counter()
     assert all(len(c) == args.new_tokens for c in mine["completion_ids"]) and theirs.shape[1] == args.new_tokens
-    print(f"group {args.group}, {args.new_tokens} new tokens, image {args.size}x{args.size}, "
-          f"{args.text_layers} text / {args.vision_layers} vision layers of Qwen2.5-VL-3B, {args.dtype}")
+    shapes = "a tiny Qwen2.5-VL" if args.tiny else f"{args.text_layers} text / {args.vision_layers} vision layers of Qwen2.5-VL-3B"
+    print(f"group {args.group}, {args.new_tokens} new tokens, image {args.size}x{args.size}, {shapes}, {args.dtype}")
     print(f"shared prefix (vlmsam): {t1 - t0:.2f} s    trl default (G copies + generate): {t2 - t1:.2f} s")
     print(f"rollout_speedup={(t2 - t1) / (t1 - t0):.2f}")
 

@@ -60,6 +60,22 @@ def encode_prefix(base, processor, image, device, *, cache: bool = True) -> Visi
     return VisionPrefix(pixel_values, grid, n_tokens, features, ids[0], positions, kv)
 
 
+def _prefill(base, prefix: VisionPrefix, ids, mask, positions, *, same: bool):
+    """The model over the k prompts' words after the prefix's cache: the forward output (its cache holds k
+    rows) and each row's last hidden state. Identical prompts (a GRPO group) are run once and their cache
+    repeated, not run k times."""
+    k = ids.shape[0]
+    rows = 1 if same else k
+    cache = DynamicCache(config=base.config)
+    for layer, (key, value) in enumerate(prefix.kv):
+        cache.update(key.expand(rows, -1, -1, -1), value.expand(rows, -1, -1, -1), layer)
+    out = base.model(input_ids=ids[:rows], attention_mask=mask[:rows], position_ids=positions[:, :rows],
+                     past_key_values=cache, use_cache=True)
+    if same and k > 1:
+        out.past_key_values.batch_repeat_interleave(k)
+    return out, out.last_hidden_state[:, -1].expand(k, -1)
+
+
 @dataclass
 class Generated:
     """One request's answer: new token ids ``(T,)`` (without ``<|im_end|>``) and the ``(S, hidden)``
@@ -95,14 +111,9 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         mask[r, p + width - len(s):] = 1
         positions[:, r, width - len(s):] = torch.arange(start, start + len(s), device=device)
         next_pos[r] = start + len(s)
-    cache = DynamicCache(config=base.config)
-    for layer, (key, value) in enumerate(prefix.kv):
-        cache.update(key.expand(k, -1, -1, -1), value.expand(k, -1, -1, -1), layer)
-
     lm_head = base.get_output_embeddings()
     seen = torch.cat([prefix.ids.expand(k, -1), ids], dim=1)  # what a logits processor is shown
-    out = base.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
+    out, hidden = _prefill(base, prefix, ids, mask, positions, same=all(torch.equal(s, suffixes[0]) for s in suffixes))
     tokens: list[list[int]] = [[] for _ in range(k)]
     states: list[list[torch.Tensor]] = [[] for _ in range(k)]
     done = [False] * k
