@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
 .PHONY: setup lint test test-fast demo bench bench-gpu clean tiny-model browser box-prompt-model llmseg-model agent-model \
-	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing llmseg-model-soup box-prompt-model-grpo box-prompt-model-soup fresh sam3-model
+	tiny-model-phrasing box-prompt-model-phrasing llmseg-model-phrasing llmseg-model-soup box-prompt-model-grpo box-prompt-model-soup \
+	box-prompt-model-sam-mid fresh sam3-model
 
 setup: $(STAMP)
 
@@ -173,6 +174,27 @@ box-prompt-model-soup: $(STAMP) fresh
 		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-soup-original', made_by='two GRPO runs from it \
 		through its own SAM (configs/box_prompt_tiny_grpo.yaml, 1,200 steps: seed 8; seed 9 with none=0.4), averaged \
 		(make box-prompt-model-soup)')"
+
+# Stage 6 of vlmsam-tiny-grounding (about 40 minutes on 2 cores): a SAM halfway between vlmsam-tiny's, whose masks
+# spill onto neighbours, and vlmsam-tiny-llmseg's point-trained one, which draws exactly the shape under a point
+# (tools.bundles.interpolate, weight by weight; docs/rl.md), then GRPO from the installed bundle through it (run S:
+# seed 12, more no-target requests), evaluated on the three splits and installed, with that SAM, if better. It starts
+# from the installed bundle: to rebuild today's, first put the soup's back (rm -rf $(WEIGHTS)/vlmsam-tiny-grounding, then
+# git checkout caabc26 -- src/vlmsam/weights/vlmsam-tiny-grounding docs/bundled/vlmsam-tiny-grounding).
+box-prompt-model-sam-mid: $(STAMP) fresh
+	$(synth_rich)
+	rm -rf build/grounding-rl-start build/grounding-sam-mid build/runs/grpo-s build/eval/grounding-grpo-s-*
+	$(call grounding_copy,build/grounding-rl-start)
+	$(PY) -c "from tools.bundles import interpolate; interpolate('$(WEIGHTS)/vlmsam-tiny/sam', \
+		'$(WEIGHTS)/vlmsam-tiny-llmseg/sam', 'build/grounding-sam-mid', 0.5)"
+	$(PY) -m vlmsam train configs/box_prompt_tiny_grpo.yaml train.steps_per_epoch=1200 train.seed=12 \
+		data.synth_extra_kind_weights="uniqueness=0.3,none=0.4" model.sam=build/grounding-sam-mid \
+		train.run_dir=build/runs/grpo-s --overwrite
+	$(call eval_splits,grounding-grpo-s,build/runs/grpo-s/final)
+	$(PY) -c "from tools.rl_bundle import install_if_better; install_if_better('build/runs/grpo-s', \
+		'$(WEIGHTS)/vlmsam-tiny-grounding', 'build/eval/grounding-grpo-s-original', made_by='GRPO from it through \
+		the SAMs of vlmsam-tiny and vlmsam-tiny-llmseg averaged half and half (configs/box_prompt_tiny_grpo.yaml, \
+		1,200 steps, seed 12, none=0.4), installed with that SAM (make box-prompt-model-sam-mid)')"
 
 # Stage 3 of vlmsam-tiny-grounding (about 25 minutes on 2 cores): the installed bundle fine-tuned on requests in the
 # rich grammar's wordings (configs/box_prompt_tiny_phrasing.yaml), exported, evaluated on the three splits, installed.

@@ -202,3 +202,29 @@ def test_a_chained_stage_records_its_own_settings(tmp_path):
     assert settings["data"] == {"synth_absent_anchor": 0.5, "synth_request_noise": 0.3}
     assert settings["train"]["seed"] == 6 and settings["train"]["lr"] == 0.0005 and settings["train"]["epochs"] == 1
     assert "model" not in settings
+
+
+def test_two_sams_interpolated_load_as_a_sam_with_each_weight_between_theirs(tmp_path):
+    import torch
+    from transformers import SamModel
+
+    from tools.bundles import interpolate
+    from vlmsam.sam import load_sam_backend
+    from vlmsam.sam.tiny import build_tiny_sam
+
+    a, b = build_tiny_sam(seed=0), build_tiny_sam(seed=1)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    out = interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "mid", 0.25)
+    mid = SamModel.from_pretrained(out)
+    states = a.state_dict(), b.state_dict()
+    for name, value in mid.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * states[0][name] + 0.25 * states[1][name])
+    assert any(not torch.equal(states[0][n], states[1][n]) for n in states[0])  # the two SAMs differ: the check can fail
+    assert json.loads((out / "interpolation.json").read_text())["weights"] == [0.75, 0.25]
+    assert isinstance(load_sam_backend(str(out)).model, SamModel)  # what box_prompt loads a bundle's SAM with
+    (tmp_path / "b" / "extra.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="different weight files"):
+        interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "bad", 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        interpolate(tmp_path / "a", tmp_path / "a", tmp_path / "bad", 1.5)

@@ -42,7 +42,7 @@ def _setup(tmp_path, grounding, new: dict, sam=None, **settings):
     run = tmp_path / "run"
     shutil.copytree(grounding / "vlm", run / "final" / "vlm")
     if sam is None:
-        sam = shutil.copytree(grounding / "sam", tmp_path / "rl-start" / "sam")
+        sam = shutil.copytree(weights / "vlmsam-tiny" / "sam", tmp_path / "rl-start" / "sam")
     (run / "final" / CONFIG_NAME).write_text(json.dumps({**config, "sam": str(sam), **settings}))
     (run / "config.yaml").write_text("train:\n  method: grpo\n")
     for split, giou in new.items():
@@ -108,10 +108,12 @@ def test_a_run_rewarded_through_another_sam_brings_it_along(tmp_path, grounding)
     that the demo is drawn alike): the bundle gets its own copy of it."""
     other = shutil.copytree(grounding / "sam", tmp_path / "other-sam")
     (other / "config.json").write_text(json.dumps(json.loads((other / "config.json").read_text()), indent=1))
+    (other / "interpolation.json").write_text(json.dumps({"of": ["sams/a", "sams/b"], "weights": [0.75, 0.25]}))
     bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55}, sam=other)
     assert install_if_better(run, bundle, ev, records=tmp_path / "records")
     assert _config(bundle)["sam"] == "sam" and (bundle / "sam" / "config.json").read_bytes() == (other / "config.json").read_bytes()
-    assert "rewarded through" in json.loads((bundle / "provenance.json").read_text())["sam"]
+    said = json.loads((bundle / "provenance.json").read_text())["sam"]
+    assert "rewarded through" in said and said.endswith(": 0.75 x sams/a + 0.25 x sams/b")  # tools.bundles.interpolate's record
 
 
 def test_a_failure_while_installing_leaves_the_bundle_as_it_was(tmp_path, grounding):

@@ -215,6 +215,33 @@ def soup(bundles: list[str | Path], out: str | Path, made_by: str = "", trained:
     return out
 
 
+def interpolate(a: str | Path, b: str | Path, out: str | Path, weight_b: float) -> Path:
+    """``out``: model folder ``b`` whose weights are ``(1 - weight_b) * a + weight_b * b``, tensor by tensor, for two
+    models of one architecture fine-tuned from one start (two SAMs that share their image encoder: one whose masks
+    spill onto neighbours and one that draws exactly the shape under a point). ``out/interpolation.json`` says of
+    what and how much; the rest of ``out`` (the config) is ``b``'s."""
+    from safetensors.torch import load_file, save_file
+
+    a, b, out = Path(a), Path(b), Path(out)
+    if not 0.0 <= weight_b <= 1.0:
+        raise ValueError(f"weight_b must lie in [0, 1], not {weight_b}")
+    names = sorted(w.relative_to(b) for w in b.rglob("*.safetensors"))
+    if names != sorted(w.relative_to(a) for w in a.rglob("*.safetensors")) or not names:
+        raise ValueError(f"{a} and {b} hold different weight files; interpolate two models of one architecture")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(b, out)
+    for name in names:
+        sa, sb = load_file(str(a / name)), load_file(str(b / name))
+        if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sb):
+            raise ValueError(f"{name}: {a} and {b} hold different tensors; interpolate two models of one architecture")
+        save_file({k: ((1 - weight_b) * sa[k].double() + weight_b * sb[k].double()).to(sb[k].dtype) for k in sb},
+                  str(out / name), metadata={"format": "pt"})
+    record = {"of": [str(a), str(b)], "weights": [1 - weight_b, weight_b]}
+    (out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out
+
+
 if __name__ == "__main__":  # make's install step: `python -m tools.bundles beats EVAL_PREFIX BUNDLE`
     import sys
 

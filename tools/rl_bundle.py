@@ -102,6 +102,9 @@ def _make(run: Path, bundle: Path, new: Path, keep_sam: bool = False, made_by: s
         shutil.copytree(sam, new / "sam")
         settings["sam"] = "sam"
         provenance["sam"] = f"the SAM the GRPO run was rewarded through ({sam.parent.name}/{sam.name} when it ran)"
+        if (sam / "interpolation.json").is_file():  # tools.bundles.interpolate made it: say of what
+            mix = json.loads((sam / "interpolation.json").read_text())
+            provenance["sam"] += ": " + " + ".join(f"{w:g} x {of}" for w, of in zip(mix["weights"], mix["of"]))
     (new / "vlmsam_config.json").write_text(json.dumps(settings, indent=2))
     made_by = made_by or "configs/box_prompt_tiny_grpo.yaml (GRPO, SAM-R1's reward; make box-prompt-model-grpo)"
     provenance["made_by"] += f", then {made_by}"
