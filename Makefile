@@ -104,7 +104,8 @@ tiny-model: $(STAMP)
 
 # Stage 6 of vlmsam-tiny (about 35 minutes on 2 cores): the installed vlmsam-tiny fine-tuned on requests in the
 # rich grammar's wordings (configs/vlmsam_tiny_phrasing.yaml), exported, evaluated on the three wording splits
-# and installed. Its SAM is unchanged, so vlmsam-tiny-grounding shares it again; vlmsam-tiny-llmseg keeps a copy
+# and installed. Its SAM is unchanged (a bundle that named it by path, as vlmsam-tiny-grounding did until its run S,
+# shares it again); vlmsam-tiny-llmseg keeps a copy
 # of the VLM its head was trained on until `make llmseg-model-phrasing` retrains the head on the new one.
 tiny-model-phrasing: $(STAMP) fresh
 	rm -rf build/synth-rich build/vlmsam-tiny-start build/runs/vlmsam-tiny-phrasing build/vlmsam-tiny
@@ -157,7 +158,8 @@ box-prompt-model-grpo: $(STAMP) fresh
 # Stage 5 of vlmsam-tiny-grounding (about 75 minutes on 2 cores): two GRPO runs from the installed bundle through its
 # own SAM (runs N and O of docs/rl.md: seed 8; seed 9 with more no-target requests), their VLMs averaged weight by
 # weight (tools.bundles.soup), evaluated on the three splits and installed if better. It starts from the installed
-# bundle: to rebuild today's, first put run L's back (`git checkout 1256ea7 -- src/vlmsam/weights/vlmsam-tiny-grounding`).
+# bundle: to rebuild the soup, first put run L's back (`git restore --source=1256ea7 --worktree --staged --
+# src/vlmsam/weights/vlmsam-tiny-grounding docs/bundled/vlmsam-tiny-grounding`, which also removes files added since).
 box-prompt-model-soup: $(STAMP) fresh
 	$(synth_rich)
 	rm -rf build/grounding-rl-start build/runs/grpo-n build/runs/grpo-o build/runs/grounding-soup build/eval/grounding-soup-*
@@ -179,8 +181,8 @@ box-prompt-model-soup: $(STAMP) fresh
 # spill onto neighbours, and vlmsam-tiny-llmseg's point-trained one, which draws exactly the shape under a point
 # (tools.bundles.interpolate, weight by weight; docs/rl.md), then GRPO from the installed bundle through it (run S:
 # seed 12, more no-target requests), evaluated on the three splits and installed, with that SAM, if better. It starts
-# from the installed bundle: to rebuild today's, first put the soup's back (rm -rf $(WEIGHTS)/vlmsam-tiny-grounding, then
-# git checkout caabc26 -- src/vlmsam/weights/vlmsam-tiny-grounding docs/bundled/vlmsam-tiny-grounding).
+# from the installed bundle: to rebuild today's, first put the soup's back (`git restore --source=caabc26 --worktree
+# --staged -- src/vlmsam/weights/vlmsam-tiny-grounding docs/bundled/vlmsam-tiny-grounding`).
 box-prompt-model-sam-mid: $(STAMP) fresh
 	$(synth_rich)
 	rm -rf build/grounding-rl-start build/grounding-sam-mid build/runs/grpo-s build/eval/grounding-grpo-s-*

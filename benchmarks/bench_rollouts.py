@@ -77,7 +77,7 @@ def trl_default(model, processor, image, group: int, new_tokens: int):
 
 def ours(model, processor, image, group: int, new_tokens: int):
     prompt = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": PROMPT}]}]
-    draw, no_end = sampler(1.0), NoEnd(processor.im_end)  # the same rule as trl's side
+    draw, no_end = sampler(1.0), NoEnd(processor.im_end)  # the same distribution as trl's side, drawn our way
     return shared_rollouts(model, processor, [prompt] * group, group, max_new_tokens=new_tokens, temperature=1.0,
                            draw=lambda scores: draw(no_end(None, scores)))
 

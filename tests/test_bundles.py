@@ -223,6 +223,10 @@ def test_two_sams_interpolated_load_as_a_sam_with_each_weight_between_theirs(tmp
     assert any(not torch.equal(states[0][n], states[1][n]) for n in states[0])  # the two SAMs differ: the check can fail
     assert json.loads((out / "interpolation.json").read_text())["weights"] == [0.75, 0.25]
     assert isinstance(load_sam_backend(str(out)).model, SamModel)  # what box_prompt loads a bundle's SAM with
+    (tmp_path / "b" / "pretrain.json").write_text("{}")  # b's own training record says nothing of the mix
+    assert not (interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "mid", 0.25) / "pretrain.json").exists()
+    with pytest.raises(ValueError, match="one of the models it mixes"):
+        interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "b", 0.5)
     (tmp_path / "b" / "extra.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="different weight files"):
         interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "bad", 0.5)

@@ -1,5 +1,5 @@
 """The GRPO stage's install rule (tools/rl_bundle.py), on copies of the bundled vlmsam-tiny-grounding laid out as
-installed (its SAM named as ``../vlmsam-tiny/sam``): a run is installed only when its gIoU summed over the wording
+installed until its run S (its SAM named as ``../vlmsam-tiny/sam``) or as now (a SAM of its own): a run is installed only when its gIoU summed over the wording
 splits beats the bundle's and its mask for `make demo`'s request covers the right shape (the real segmenter's mask);
 a run rewarded through another SAM brings it along; a failure leaves the installed bundle as it was."""
 
@@ -146,3 +146,17 @@ def test_a_sam_byte_for_byte_a_siblings_is_named_by_its_path(tmp_path, grounding
     _make(run, bundle, bundle.with_name("grounding.new"))
     assert _config(bundle.with_name("grounding.new"))["sam"] == "../vlmsam-tiny-llmseg/sam"
     assert not (bundle.with_name("grounding.new") / "sam").exists()
+
+
+def test_a_bundle_with_its_own_sam_keeps_it_for_a_run_through_a_copy_of_it(tmp_path, grounding):
+    """As installed now: the bundle holds its own SAM (``"sam": "sam"``); a run rewarded through a byte-for-byte copy
+    of it leaves that SAM, and what the provenance says of it, as they were."""
+    copy = shutil.copytree(grounding / "sam", tmp_path / "rl-start" / "sam")
+    bundle, run, ev = _setup(tmp_path, grounding, {"original": 0.66, "rich": 0.60, "heldout": 0.55}, sam=copy)
+    shutil.copytree(grounding / "sam", bundle / "sam")
+    (bundle / CONFIG_NAME).write_text(json.dumps({**_config(bundle), "sam": "sam"}))
+    (bundle / "provenance.json").write_text(json.dumps({"made_by": "the start", "sam": "its own mix"}))
+    assert install_if_better(run, bundle, ev, records=tmp_path / "records")
+    assert _config(bundle)["sam"] == "sam"
+    assert (bundle / "sam" / "model.safetensors").read_bytes() == (grounding / "sam" / "model.safetensors").read_bytes()
+    assert json.loads((bundle / "provenance.json").read_text())["sam"] == "its own mix"

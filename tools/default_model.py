@@ -153,7 +153,7 @@ def export_box_prompt(run: str | Path, out_dir: str | Path | None = None, *, whi
                    + (", exported, then configs/box_prompt_tiny_phrasing.yaml (make box-prompt-model-phrasing)"
                       if run.name.endswith("-phrasing") else ""),
         "run": str(run), "checkpoint": checkpoint.name, "this_run_started_from": started,
-        "sam": f"the run's frozen SAM ({sam}: vlmsam-tiny's, or vlmsam-tiny-llmseg's point-trained one), unchanged",
+        "sam": f"the run's frozen SAM ({sam}), unchanged",
         "answers": "Qwen2.5-VL grounding JSON (bbox_2d, point_2d) in the processor's resized frame"}, indent=2))
     return out
 

@@ -18,15 +18,19 @@ from vlmsam.vlm.generation import encode_prefix, generate_many
 def sampler(temperature: float):
     """Draw each row's next token from its softmax at ``temperature`` (0: the argmax), by the inverse of its
     cumulative distribution: one uniform number per row. ``torch.multinomial`` draws one exponential number
-    per word instead (151,936 a row for Qwen2.5-VL), which on a CPU was a quarter of a rollout's decode time;
-    the distribution is the same (each word's share is its probability to float precision)."""
+    per word instead (151,936 a row for Qwen2.5-VL), which on a CPU was a quarter of a rollout's decode time.
+    The sums are in float64, so even a word of probability 1e-12 keeps its share, and a word of probability 0
+    is never drawn."""
     def draw(scores: torch.Tensor) -> torch.Tensor:
         if temperature <= 0:
             return scores.argmax(-1)
-        cdf = torch.softmax(scores.float() / temperature, dim=-1).cumsum(-1)
-        u = torch.rand(len(cdf), 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-        # the first word whose cumulative share passes u: words of probability 0 are never drawn
-        return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(cdf.shape[-1] - 1)
+        cdf = torch.softmax(scores.float() / temperature, dim=-1).double().cumsum(-1)
+        total = cdf[:, -1:]
+        if not torch.isfinite(total).all() or (total <= 0).any():
+            raise ValueError("a row of scores has no word that can be drawn (all -inf or NaN)")
+        # u < total even after rounding, so some word's cumulative share passes it: the first such word is drawn
+        u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cdf, u, right=True)[:, 0]
 
     return draw
 
