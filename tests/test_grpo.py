@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -144,7 +145,7 @@ def test_plain_answers_are_read_in_the_published_shape():
 
 @pytest.mark.parametrize("override, words", [
     ("model.model_type=seg_token", "model.model_type: box_prompt"),
-    ("model.style=qwen3_vl", "model.style"),
+    ("model.style=qwen_vl", "model.style"),
     ("grpo.num_generations=1", "at least 2"),
     ("grpo.reward=dice", "grpo.reward"),
     ("train.method=ppo", "train.method"),
@@ -236,3 +237,27 @@ def test_synthetic_scenes_give_their_further_requests_as_training_draws_them(sce
         assert row["query"] == anno["text"][0] and (row["target"] == (target == 1)).all()
         assert json.loads(row["truth"]) == truth_objects(target, (anno["imageHeight"], anno["imageWidth"]),
                                                          published_rounding=False)
+
+
+def test_a_qwen3_vl_is_trained_and_scored_on_its_0_to_1000_grid(scenes, tmp_path):
+    """Qwen3-VL answers on a 0-1000 grid: its rows' truths are on that grid, a few steps of GRPO run through trl with
+    shared rollouts, and the checkpoint it writes reads its answers in that convention."""
+    from vlmsam.train.grpo_data import GrpoRequests
+    from vlmsam.vlm.processor import VlmProcessor
+    from vlmsam.vlm.tiny import save_tiny_vlm
+
+    vlm = save_tiny_vlm(tmp_path / "qwen3", "qwen3_vl")
+    cfg = TrainConfig.from_dict(config(scenes, tmp_path / "run", **{"model.vlm": str(vlm), "model.style": "qwen3_vl",
+                                                                   "train.steps_per_epoch": 2}))
+    row = GrpoRequests(cfg.data, "qwen3_vl", VlmProcessor.from_pretrained(vlm).resized_size, max_requests=1)[0]
+    truth = json.loads(row["truth"])
+    assert row["frame"] == [1000, 1000] and truth["boxes"]
+    x1, y1, x2, y2 = truth["boxes"][0]
+    mask = np.asarray(row["target"])
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    assert abs(x1 - xs.min() * 1000 / w) <= 1 and abs(y2 - (ys.max() + 1) * 1000 / h) <= 1  # the grid, not pixels
+    train_grpo(cfg, print_fn=lambda *a: None)
+    assert sorted(rewards(tmp_path / "run")) == [1, 2]
+    saved = json.loads((tmp_path / "run" / "final" / "vlmsam_config.json").read_text())
+    assert saved["style"] == "qwen3_vl" and saved["model_type"] == "vlmsam_box_prompt"

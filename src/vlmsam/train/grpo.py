@@ -27,7 +27,7 @@ from vlmsam.train.config import ConfigError, TrainConfig
 TERMS = {"seg_zero": ("think_format", "answer_format", "box_iou", "box_l1", "points"),
          "vision_reasoner": ("think_format", "answer_format", "accuracy", "non_repeat"),
          "mask_iou": ("think_format", "mask_iou")}
-STYLES = ("qwen2_5_vl", *published.RECIPES)
+STYLES = ("qwen2_5_vl", "qwen3_vl", *published.RECIPES)  # qwen3_vl answers on a 0-1000 grid, the rest in pixels
 
 
 def completion_text(completion) -> str:
@@ -54,7 +54,7 @@ class RewardTerms:
     """The chosen reward as one trl reward function per term; a term that is not a finite number (or a
     scorer that fails) counts 0 and is counted in ``failures``, never a crash.
 
-    ``tagged``: the style asks for ``<think>`` / ``<answer>`` (the published ones). Otherwise (``qwen2_5_vl``)
+    ``tagged``: the style asks for ``<think>`` / ``<answer>`` (the published ones). Otherwise (``qwen2_5_vl``, ``qwen3_vl``)
     the answer is read as :func:`as_tagged` puts it and the think-format term is left out."""
 
     def __init__(self, reward: str, mask_scorer=None, *, tagged: bool = True, iou_tiers: bool = True):

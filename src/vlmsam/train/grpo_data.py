@@ -19,6 +19,7 @@ import torch
 from vlmsam.data.registry import build_family, split_list
 from vlmsam.data.sample import BadSample
 from vlmsam.grounding import published
+from vlmsam.grounding.parse import GRID
 from vlmsam.grounding.prompts import grounding_prompt
 from vlmsam.io.images import load_image
 
@@ -111,6 +112,8 @@ class GrpoRequests(torch.utils.data.Dataset):
         query, is_sentence, mask = sample.meta["queries"][j], sample.meta["is_sentence"][j], sample.masks[j]
         if self.style in published.RECIPES:
             frame, vlm_image, exact = (published.RESIZE, published.RESIZE), published.vlm_image(image), True
+        elif self.style == "qwen3_vl":  # Qwen3-VL answers on a 0-1000 grid, whatever the image's size
+            frame, vlm_image, exact = (int(GRID), int(GRID)), image, False
         else:
             frame, vlm_image, exact = self.resized(image.height, image.width), image, False
         truth = truth_objects(mask, frame, published_rounding=exact)

@@ -40,7 +40,7 @@ class MaskScorer:
         if self.style in published.RECIPES:
             g = published.parse_published(self.style, text, (w, h))
         else:
-            g = parse_grounding(text, (w, h), tuple(row["frame"]), "qwen2_5_vl")
+            g = parse_grounding(text, (w, h), tuple(row["frame"]), self.style)
         if not len(g):
             return mask_iou(np.zeros_like(target), target)
         emb = self.embedding(row["image_key"])
