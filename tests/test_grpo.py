@@ -239,25 +239,29 @@ def test_synthetic_scenes_give_their_further_requests_as_training_draws_them(sce
                                                          published_rounding=False)
 
 
-def test_a_qwen3_vl_is_trained_and_scored_on_its_0_to_1000_grid(scenes, tmp_path):
-    """Qwen3-VL answers on a 0-1000 grid: its rows' truths are on that grid, a few steps of GRPO run through trl with
-    shared rollouts, and the checkpoint it writes reads its answers in that convention."""
+@pytest.mark.parametrize("family, style", [("qwen3_vl", "qwen3_vl"), ("qwen2_vl", "qwen2_5_vl")])
+def test_other_families_are_trained_and_scored_in_their_frame(scenes, tmp_path, family, style):
+    """Qwen3-VL answers on a 0-1000 grid: its rows' truths are on that grid (Qwen2-VL, asked Qwen2.5-VL's way, in the
+    resized image's pixels); a few steps of GRPO run through trl with shared rollouts, and the checkpoint it writes
+    reads its answers in that convention."""
     from vlmsam.train.grpo_data import GrpoRequests
     from vlmsam.vlm.processor import VlmProcessor
     from vlmsam.vlm.tiny import save_tiny_vlm
 
-    vlm = save_tiny_vlm(tmp_path / "qwen3", "qwen3_vl")
-    cfg = TrainConfig.from_dict(config(scenes, tmp_path / "run", **{"model.vlm": str(vlm), "model.style": "qwen3_vl",
+    vlm = save_tiny_vlm(tmp_path / family, family)
+    cfg = TrainConfig.from_dict(config(scenes, tmp_path / "run", **{"model.vlm": str(vlm), "model.style": style,
                                                                    "train.steps_per_epoch": 2}))
-    row = GrpoRequests(cfg.data, "qwen3_vl", VlmProcessor.from_pretrained(vlm).resized_size, max_requests=1)[0]
+    resized = VlmProcessor.from_pretrained(vlm).resized_size
+    row = GrpoRequests(cfg.data, style, resized, max_requests=1)[0]
     truth = json.loads(row["truth"])
-    assert row["frame"] == [1000, 1000] and truth["boxes"]
-    x1, y1, x2, y2 = truth["boxes"][0]
     mask = np.asarray(row["target"])
-    ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    assert abs(x1 - xs.min() * 1000 / w) <= 1 and abs(y2 - (ys.max() + 1) * 1000 / h) <= 1  # the grid, not pixels
+    frame = [1000, 1000] if style == "qwen3_vl" else list(resized(h, w))[::-1]
+    assert row["frame"] == frame and truth["boxes"]
+    x1, y1, x2, y2 = truth["boxes"][0]
+    ys, xs = np.nonzero(mask)
+    assert abs(x1 - xs.min() * frame[0] / w) <= 1 and abs(y2 - (ys.max() + 1) * frame[1] / h) <= 1
     train_grpo(cfg, print_fn=lambda *a: None)
     assert sorted(rewards(tmp_path / "run")) == [1, 2]
     saved = json.loads((tmp_path / "run" / "final" / "vlmsam_config.json").read_text())
-    assert saved["style"] == "qwen3_vl" and saved["model_type"] == "vlmsam_box_prompt"
+    assert saved["style"] == style and saved["model_type"] == "vlmsam_box_prompt"
