@@ -225,8 +225,16 @@ def test_two_sams_interpolated_load_as_a_sam_with_each_weight_between_theirs(tmp
     assert isinstance(load_sam_backend(str(out)).model, SamModel)  # what box_prompt loads a bundle's SAM with
     (tmp_path / "b" / "pretrain.json").write_text("{}")  # b's own training record says nothing of the mix
     assert not (interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "mid", 0.25) / "pretrain.json").exists()
-    with pytest.raises(ValueError, match="one of the models it mixes"):
-        interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "b", 0.5)
+    for wrong in (tmp_path / "b", tmp_path / "b" / "mix", tmp_path):  # an input, inside one, around both
+        with pytest.raises(ValueError, match="one of the models it mixes"):
+            interpolate(tmp_path / "a", tmp_path / "b", wrong, 0.5)
+    other = build_tiny_sam(seed=2)
+    # a SAM whose one tensor has another dtype: refused before anything is written
+    other.mask_decoder.iou_prediction_head.proj_out.weight.data = other.mask_decoder.iou_prediction_head.proj_out.weight.data.double()
+    other.save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="different tensors"):
+        interpolate(tmp_path / "a", tmp_path / "c", tmp_path / "half", 0.5)
+    assert not (tmp_path / "half").exists()
     (tmp_path / "b" / "extra.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="different weight files"):
         interpolate(tmp_path / "a", tmp_path / "b", tmp_path / "bad", 0.5)

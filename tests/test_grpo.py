@@ -244,7 +244,9 @@ def test_other_families_are_trained_and_scored_in_their_frame(scenes, tmp_path, 
     """Qwen3-VL answers on a 0-1000 grid: its rows' truths are on that grid (Qwen2-VL, asked Qwen2.5-VL's way, in the
     resized image's pixels); a few steps of GRPO run through trl with shared rollouts, and the checkpoint it writes
     reads its answers in that convention."""
+    from vlmsam.segmenter import load_segmenter
     from vlmsam.train.grpo_data import GrpoRequests
+    from vlmsam.train.grpo_masks import MaskScorer
     from vlmsam.vlm.processor import VlmProcessor
     from vlmsam.vlm.tiny import save_tiny_vlm
 
@@ -261,7 +263,11 @@ def test_other_families_are_trained_and_scored_in_their_frame(scenes, tmp_path, 
     x1, y1, x2, y2 = truth["boxes"][0]
     ys, xs = np.nonzero(mask)
     assert abs(x1 - xs.min() * frame[0] / w) <= 1 and abs(y2 - (ys.max() + 1) * frame[1] / h) <= 1
+    # SAM-R1's reward reads an answer in the style's frame: the truth's own prompts, answered there, draw the target
+    answer = json.dumps([{"bbox_2d": box, "point_2d": points[0]} for box, points in zip(truth["boxes"], truth["points"])])
+    scorer = MaskScorer(str(WEIGHTS / "vlmsam-tiny-grounding/sam"), style, prompt="point", multimask=False)
+    assert scorer(answer, row) > 0.5
     train_grpo(cfg, print_fn=lambda *a: None)
     assert sorted(rewards(tmp_path / "run")) == [1, 2]
-    saved = json.loads((tmp_path / "run" / "final" / "vlmsam_config.json").read_text())
-    assert saved["style"] == style and saved["model_type"] == "vlmsam_box_prompt"
+    segmenter = load_segmenter(str(tmp_path / "run" / "final"))  # what the run wrote, read as box_prompt reads it
+    assert type(segmenter.engine).__name__ == "BoxPromptSegmenter" and segmenter.engine.convention == style

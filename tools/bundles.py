@@ -222,37 +222,45 @@ def interpolate(a: str | Path, b: str | Path, out: str | Path, weight_b: float) 
     """``out``: a copy of model folder ``b`` whose weights are ``(1 - weight_b) * a + weight_b * b``, tensor by
     tensor, for two models of one architecture fine-tuned from one start (two SAMs that share their image encoder:
     one whose masks spill onto neighbours and one that draws exactly the shape under a point). ``b``'s training
-    records are left out (they describe ``b``, not the mix); ``out/interpolation.json`` says of what and how much."""
-    import torch
+    records are left out (they describe ``b``, not the mix); ``out/interpolation.json`` says of what and how much.
+    Everything is mixed and checked before ``out`` is touched, so a refusal leaves no half-made model behind."""
     from safetensors.torch import load_file, save_file
 
     a, b, out = Path(a), Path(b), Path(out)
     if not 0.0 <= weight_b <= 1.0:
         raise ValueError(f"weight_b must lie in [0, 1], not {weight_b}")
-    if any(out.resolve() == p.resolve() or out.resolve().is_relative_to(p.resolve()) for p in (a, b)):
-        raise ValueError(f"{out} is one of the models it mixes, or inside one; write the mix elsewhere")
+    here = out.resolve()
+    if any(here.is_relative_to(p.resolve()) or p.resolve().is_relative_to(here) for p in (a, b)):
+        raise ValueError(f"{out} is one of the models it mixes, inside one or around one; write the mix elsewhere")
     names = sorted(w.relative_to(b) for w in b.rglob("*.safetensors"))
     if names != sorted(w.relative_to(a) for w in a.rglob("*.safetensors")) or not names:
         raise ValueError(f"{a} and {b} hold different weight files; interpolate two models of one architecture")
+    mixed = {name: _mix(load_file(str(a / name)), load_file(str(b / name)), weight_b, f"{name} of {a} and {b}")
+             for name in names}
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(b, out, ignore=shutil.ignore_patterns(*TRAINING_RECORDS))
-    for name in names:
-        sa, sb = load_file(str(a / name)), load_file(str(b / name))
-        if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape or sa[k].dtype != sb[k].dtype for k in sb):
-            raise ValueError(f"{name}: {a} and {b} hold different tensors; interpolate two models of one architecture")
-        mixed = {}
-        for k, vb in sb.items():
-            if vb.is_floating_point():
-                mixed[k] = ((1 - weight_b) * sa[k].double() + weight_b * vb.double()).to(vb.dtype)
-            elif torch.equal(sa[k], vb):  # counts and indices are not averaged: they must agree
-                mixed[k] = vb
-            else:
-                raise ValueError(f"{name}: {k} is not a float tensor and differs between {a} and {b}")
-        save_file(mixed, str(out / name), metadata={"format": "pt"})
+    for name, tensors in mixed.items():
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
     record = {"of": [str(a), str(b)], "weights": [1 - weight_b, weight_b]}
     (out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _mix(sa: dict, sb: dict, weight_b: float, what: str) -> dict:
+    import torch
+
+    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape or sa[k].dtype != sb[k].dtype for k in sb):
+        raise ValueError(f"{what}: different tensors; interpolate two models of one architecture")
+    mixed = {}
+    for k, vb in sb.items():
+        if vb.is_floating_point():
+            mixed[k] = ((1 - weight_b) * sa[k].double() + weight_b * vb.double()).to(vb.dtype)
+        elif torch.equal(sa[k], vb):  # counts and indices are not averaged: they must agree
+            mixed[k] = vb
+        else:
+            raise ValueError(f"{what}: {k} is not a float tensor and differs")
+    return mixed
 
 
 if __name__ == "__main__":  # make's install step: `python -m tools.bundles beats EVAL_PREFIX BUNDLE`

@@ -2,7 +2,8 @@
 
 Each reward takes the completion's text and the truth (:class:`Truth`: boxes and points in the frame the
 model answers in, e.g. the 840 x 840 image of the published models) and returns its terms by name, so
-that every term is logged on its own; ``total`` is their sum.
+that every term is logged on its own; ``total`` is their sum. Distances ("px" below) are in that frame's
+units: pixels, or grid steps for a model that answers on a 0-1000 grid (Qwen3-VL).
 
 * :func:`seg_zero_reward` (Seg-Zero's ``seg_strict``, max 5): ``<think>...</think><answer>...</answer>``
   as the whole text; the first ``{...}`` with ``bbox`` (4) and ``points_1`` / ``points_2`` (2 each); box

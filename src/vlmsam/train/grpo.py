@@ -38,8 +38,8 @@ def completion_text(completion) -> str:
 
 
 def as_tagged(text: str) -> str:
-    """A plain grounding answer (``qwen2_5_vl``: JSON, or words such as "There is no ...") in the published
-    ``<think></think><answer>...</answer>`` shape; an answer with no JSON names nothing (``[]``)."""
+    """A plain grounding answer (``qwen2_5_vl``, ``qwen3_vl``: JSON, or words such as "There is no ...") in the
+    published ``<think></think><answer>...</answer>`` shape; an answer with no JSON names nothing (``[]``)."""
     from vlmsam.grounding.parse import _answer_part
 
     part = _answer_part(text).strip()
@@ -54,8 +54,8 @@ class RewardTerms:
     """The chosen reward as one trl reward function per term; a term that is not a finite number (or a
     scorer that fails) counts 0 and is counted in ``failures``, never a crash.
 
-    ``tagged``: the style asks for ``<think>`` / ``<answer>`` (the published ones). Otherwise (``qwen2_5_vl``, ``qwen3_vl``)
-    the answer is read as :func:`as_tagged` puts it and the think-format term is left out."""
+    ``tagged``: the style asks for ``<think>`` / ``<answer>`` (the published ones). Otherwise (``qwen2_5_vl``,
+    ``qwen3_vl``) the answer is read as :func:`as_tagged` puts it and the think-format term is left out."""
 
     def __init__(self, reward: str, mask_scorer=None, *, tagged: bool = True, iou_tiers: bool = True):
         if reward not in TERMS:
