@@ -202,10 +202,8 @@ def soup(bundles: list[str | Path], out: str | Path, made_by: str = "", trained:
     averaged += [w.relative_to(bundles[0]) for part in trained for w in (bundles[0] / part).rglob("*.safetensors")]
     for weights in sorted(averaged):
         states = [load_file(str(b / weights)) for b in bundles]
-        if any(s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s) for s in states):
-            raise ValueError(f"{weights}: the bundles hold different tensors; a soup needs one architecture")
-        save_file({k: sum(s[k].double() for s in states).div(len(states)).to(states[0][k].dtype) for k in states[0]},
-                  str(out / weights), metadata={"format": "pt"})
+        save_file(weighted_mean(states, [1 / len(states)] * len(states), f"{weights} of the bundles"), str(out / weights),
+                  metadata={"format": "pt"})
     record = out / "provenance.json"
     provenance = json.loads(record.read_text()) if record.is_file() else {}
     provenance["soup_of"] = ingredients
@@ -235,8 +233,8 @@ def interpolate(a: str | Path, b: str | Path, out: str | Path, weight_b: float) 
     names = sorted(w.relative_to(b) for w in b.rglob("*.safetensors"))
     if names != sorted(w.relative_to(a) for w in a.rglob("*.safetensors")) or not names:
         raise ValueError(f"{a} and {b} hold different weight files; interpolate two models of one architecture")
-    mixed = {name: _mix(load_file(str(a / name)), load_file(str(b / name)), weight_b, f"{name} of {a} and {b}")
-             for name in names}
+    mixed = {name: weighted_mean([load_file(str(a / name)), load_file(str(b / name))], [1 - weight_b, weight_b],
+                                 f"{name} of {a} and {b}") for name in names}
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(b, out, ignore=shutil.ignore_patterns(*TRAINING_RECORDS))
@@ -247,17 +245,22 @@ def interpolate(a: str | Path, b: str | Path, out: str | Path, weight_b: float) 
     return out
 
 
-def _mix(sa: dict, sb: dict, weight_b: float, what: str) -> dict:
+def weighted_mean(states: list[dict], weights: list[float], what: str) -> dict:
+    """``sum(w * state)`` tensor by tensor, in float64, cast back to each tensor's dtype. The states must hold the
+    same tensors (names, shapes, dtypes); one that is not a float (a count, an index) is not averaged: it must be
+    the same in every state."""
     import torch
 
-    if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape or sa[k].dtype != sb[k].dtype for k in sb):
-        raise ValueError(f"{what}: different tensors; interpolate two models of one architecture")
+    first = states[0]
+    if any(s.keys() != first.keys() or any(s[k].shape != first[k].shape or s[k].dtype != first[k].dtype for k in s)
+           for s in states):
+        raise ValueError(f"{what}: different tensors; average models of one architecture")
     mixed = {}
-    for k, vb in sb.items():
-        if vb.is_floating_point():
-            mixed[k] = ((1 - weight_b) * sa[k].double() + weight_b * vb.double()).to(vb.dtype)
-        elif torch.equal(sa[k], vb):  # counts and indices are not averaged: they must agree
-            mixed[k] = vb
+    for k, v in first.items():
+        if v.is_floating_point():
+            mixed[k] = sum(w * s[k].double() for w, s in zip(weights, states)).to(v.dtype)
+        elif all(torch.equal(s[k], v) for s in states):
+            mixed[k] = v
         else:
             raise ValueError(f"{what}: {k} is not a float tensor and differs")
     return mixed

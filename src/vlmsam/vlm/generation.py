@@ -60,20 +60,19 @@ def encode_prefix(base, processor, image, device, *, cache: bool = True) -> Visi
     return VisionPrefix(pixel_values, grid, n_tokens, features, ids[0], positions, kv)
 
 
-def _prefill(base, prefix: VisionPrefix, ids, mask, positions, *, same: bool):
-    """The model over the k prompts' words after the prefix's cache: the forward output (its cache holds k
-    rows) and each row's last hidden state. Identical prompts (a GRPO group) are run once and their cache
-    repeated, not run k times."""
+def _prefill(base, prefix: VisionPrefix, ids, mask, positions) -> tuple[DynamicCache, torch.Tensor]:
+    """The model over the k prompts' words after the prefix's cache: the cache (k rows) and each row's last
+    hidden state. Identical prompts (a GRPO group) are run once and their cache repeated, not run k times."""
     k = ids.shape[0]
-    rows = 1 if same else k
+    rows = 1 if all(torch.equal(row, ids[0]) for row in ids[1:]) else k
     cache = DynamicCache(config=base.config)
     for layer, (key, value) in enumerate(prefix.kv):
         cache.update(key.expand(rows, -1, -1, -1), value.expand(rows, -1, -1, -1), layer)
     out = base.model(input_ids=ids[:rows], attention_mask=mask[:rows], position_ids=positions[:, :rows],
                      past_key_values=cache, use_cache=True)
-    if same and k > 1:
+    if rows < k:
         out.past_key_values.batch_repeat_interleave(k)
-    return out, out.last_hidden_state[:, -1].expand(k, -1)
+    return out.past_key_values, out.last_hidden_state[:, -1].expand(k, -1)
 
 
 @dataclass
@@ -113,7 +112,7 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         next_pos[r] = start + len(s)
     lm_head = base.get_output_embeddings()
     seen = torch.cat([prefix.ids.expand(k, -1), ids], dim=1)  # what a logits processor is shown
-    out, hidden = _prefill(base, prefix, ids, mask, positions, same=all(torch.equal(s, suffixes[0]) for s in suffixes))
+    cache, hidden = _prefill(base, prefix, ids, mask, positions)
     tokens: list[list[int]] = [[] for _ in range(k)]
     states: list[list[torch.Tensor]] = [[] for _ in range(k)]
     done = [False] * k
@@ -144,7 +143,7 @@ def generate_many(base, prefix: VisionPrefix, request_ids: list[torch.Tensor], *
         step_pos = next_pos.clone()
         next_pos = next_pos + torch.tensor(fed, dtype=torch.long, device=device)
         out = base.model(input_ids=feed[:, None], attention_mask=mask, position_ids=step_pos.view(1, k, 1).expand(3, k, 1),
-                         past_key_values=out.past_key_values, use_cache=True)
+                         past_key_values=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
         seen = torch.cat([seen, feed[:, None]], dim=1)
         for r in range(k):
