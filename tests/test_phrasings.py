@@ -244,6 +244,31 @@ def test_no_target_requests_asked_as_a_relation_to_the_absent_shape(tmp_path):
     assert asked == 4 * len(scenes)
 
 
+def test_no_target_requests_that_need_the_kind_read(tmp_path):
+    """``synth_kind_check``: a no-target request names a colour in the picture with a kind that is not there (the
+    colour alone does not settle it); at 0 the further requests are drawn exactly as before; out of range is refused."""
+    from vlmsam.data.synth import SHAPES, more_requests
+    from vlmsam.data.synth_dataset import SynthDataset
+
+    write_synth(tmp_path, 30, seed=5, splits={"train": 1.0}, progress=False)
+    scenes = [json.loads(p.read_text())["scene"] for p in sorted((tmp_path / "reason_seg").rglob("*.json"))]
+    weights = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    checked = 0
+    for k, scene in enumerate(scenes):
+        colours, kinds = {s["color"] for s in scene}, {s["shape"] for s in scene}
+        for text, _, answer, targets in more_requests(scene, 4, random.Random(k), weights, "original", kind_check=1.0):
+            colour, kind = answer.removeprefix("There is no ").removesuffix(" in this image.").split(" ")
+            assert not targets and f"{colour} {kind}" in text
+            if kinds != set(SHAPES):  # every kind in the picture: no such name, the drawn one stays
+                assert colour in colours and kind not in kinds, (text, scene)
+                checked += 1
+        plain = more_requests(scene, 4, random.Random(k), weights, "original")
+        assert plain == more_requests(scene, 4, random.Random(k), weights, "original", kind_check=0.0)
+    assert checked >= 60
+    with pytest.raises(Exception, match="synth kind check is a share"):
+        SynthDataset(tmp_path, "train", kind_check=-0.1)
+
+
 def test_by_wording_scores_the_requests_that_hold_a_phrase_apart(tmp_path):
     """tools/by_wording.py: perfect masks for requests holding the phrase, none for the rest, gives 1.0 and the
     rest's share of no-target scenes (an empty prediction is right exactly there)."""

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tools.bundles import standalone_copy
-from tools.rl_bundle import DEMO_COVERAGE, demo_coverage, install_if_better
+from tools.rl_bundle import DEMO_COVERAGE, DEMO_IOU, demo_coverage, demo_wrong, install_if_better
 from vlmsam.engine.registry import CONFIG_NAME, DEFAULT_MODEL_DIR
 
 INSTALLED = {"original": 0.65, "rich": 0.59, "heldout": 0.54}
@@ -60,7 +60,17 @@ def _config(bundle):
 
 def test_the_bundled_weights_cover_the_demo_target(grounding):
     covered, iou = demo_coverage(grounding)
-    assert covered >= DEMO_COVERAGE and 0 < iou <= covered
+    assert covered >= DEMO_COVERAGE and DEMO_IOU <= iou <= covered
+    assert not demo_wrong(covered, iou)
+
+
+@pytest.mark.parametrize("covered, iou, why", [(0.45, 0.17, "covered less than"), (0.91, 0.38, "takes in a neighbour"),
+                                               (0.74, 0.74, "covered less than"), (0.96, 0.90, "")])
+def test_the_demo_mask_must_cover_its_target_and_not_much_else(covered, iou, why):
+    """Run U's mask (45 %, IoU 0.17) and the U + S soup's (91 % of the triangle and half the hexagon) are wrong; run
+    S's is right (docs/rl.md)."""
+    said = demo_wrong(covered, iou)
+    assert (why in said) and (bool(said) == bool(why))
 
 
 def test_a_run_better_on_the_sum_and_right_on_the_demo_is_installed(tmp_path, grounding):

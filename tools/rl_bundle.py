@@ -14,6 +14,7 @@ from tools.bundles import EVAL_RECORDS, _files, _same, beats_installed, file_eva
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DEMO_COVERAGE = 0.75  # share of the demo's target the mask must cover: run D's covers 0.87 of it, run E's 0.64 (docs/rl.md)
+DEMO_IOU = 0.5  # and no more of the mask off the target than on it: the U + S soup covers 91 % at IoU 0.38, half a hexagon too
 RUN_SETTINGS = ("style", "union", "multimask", "prompt", "max_new_tokens")  # as evaluated, so as installed
 
 
@@ -30,6 +31,16 @@ def demo_coverage(model: str | Path) -> tuple[float, float]:
     mask = masks.any(0) if len(masks) else np.zeros_like(truth)
     inter, union = intersection_union(mask, truth)
     return float(inter / truth.sum()), pair_iou(inter, union)
+
+
+def demo_wrong(covered: float, iou: float) -> str:
+    """Why a mask for the demo's request is not the right shape ("" when it is): it must cover ``DEMO_COVERAGE`` of
+    the target, and its IoU with it be at least ``DEMO_IOU`` (a mask over the target and a neighbour is not it)."""
+    if covered < DEMO_COVERAGE:
+        return f"the demo's target is covered less than {DEMO_COVERAGE:.0%}"
+    if iou < DEMO_IOU:
+        return f"the demo's mask has IoU {iou:.2f} with its target, under {DEMO_IOU}: it takes in a neighbour"
+    return ""
 
 
 def pair_with_bundle_sam(run: str | Path, bundle: str | Path) -> Path:
@@ -49,7 +60,7 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
                       *, keep_sam: bool = False, made_by: str = "") -> bool:
     """Install ``run/final`` as ``bundle`` when its gIoU summed over the splits (``eval_dir`` names the original
     wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its demo mask covers at least
-    ``DEMO_COVERAGE`` of the demo's target. The run's VLM and settings replace the bundle's; so does its SAM where the
+    ``DEMO_COVERAGE`` of the demo's target at IoU ``DEMO_IOU`` or more. The run's VLM and settings replace the bundle's; so does its SAM where the
     run was rewarded through another, unless ``keep_sam`` (then the evaluations are of ``pair_with_bundle_sam``'s
     pairing). ``made_by`` says how the run was made (default: the GRPO stage). The new bundle is made beside the old
     one and swapped in whole, so a failure leaves the installed bundle as it was. The evaluations' predictions and
@@ -60,8 +71,9 @@ def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path,
         return False
     covered, iou = demo_coverage(pair_with_bundle_sam(run, bundle) if keep_sam else run / "final")
     print(f"make demo's request: the mask covers {covered:.0%} of the target (IoU {iou:.2f})")
-    if covered < DEMO_COVERAGE:
-        print(f"the installed bundle stays (the demo's target is covered less than {DEMO_COVERAGE:.0%})")
+    wrong = demo_wrong(covered, iou)
+    if wrong:
+        print(f"the installed bundle stays ({wrong})")
         return False
     evaluations = [Path(f"{prefix}-{split}") for split in ("original", "rich", "heldout")]
     missing = [str(e / f) for e in evaluations for f in ("metrics.json", "predictions.jsonl", "summary.png") if not (e / f).is_file()]

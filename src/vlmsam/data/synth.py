@@ -245,12 +245,22 @@ def kind_weights(spec: str | None) -> tuple[float, ...]:
     return tuple(weights[k] for k in KINDS)
 
 
+def _colour_without_kind(shapes: list[Shape]) -> list[str]:
+    """Names of absent shapes whose colour is in the picture and whose kind is not: the no-target requests a model
+    that reads colours but not kinds gets wrong."""
+    kinds = {s.kind for s in shapes}
+    return [f"{c} {k}" for c in sorted({s.color for s in shapes}) for k in SHAPES if k not in kinds]
+
+
 def more_requests(scene: list[dict], n: int, rng: random.Random, weights: tuple[float, ...] = KIND_WEIGHTS,
-                  phrasing: str = "original", absent_anchor: float = 0.0) -> list[tuple[str, bool, str, list[int]]]:
+                  phrasing: str = "original", absent_anchor: float = 0.0,
+                  kind_check: float = 0.0) -> list[tuple[str, bool, str, list[int]]]:
     """``n`` further requests about a stored scene (its json ``scene`` list), drawn like the
     scene's own (or with other kind ``weights``): (text, is_sentence, answer, target indices
-    into ``scene``, left to right). A share ``absent_anchor`` of the no-target ones is asked as a relation to
-    the shape that is not there ("the shape left of the purple star"): nothing matches that either."""
+    into ``scene``, left to right). A share ``kind_check`` of the no-target ones names a colour that is in the
+    picture with a kind that is not ("the purple star" beside a purple square), so that answering needs the kind
+    read as well as the colour; a share ``absent_anchor`` of them is asked as a relation to the shape that is
+    not there ("the shape left of the purple star"): nothing matches that either."""
     # Areas and relations do not depend on the rotation, which the json does not keep.
     shapes = [Shape(s["shape"], s["color"], s["center"][0], s["center"][1], s["radius"], 0.0) for s in scene]
     cands = _candidates(shapes, rng)
@@ -261,6 +271,8 @@ def more_requests(scene: list[dict], n: int, rng: random.Random, weights: tuple[
         fields, targets = rng.choice(cands[kind])
         targets = sorted(targets, key=lambda k: (shapes[k].cx, shapes[k].cy))
         worded_as = None
+        if kind == "none" and kind_check and rng.random() < kind_check:  # no draw at 0, as below
+            fields = {"name": rng.choice(_colour_without_kind(shapes) or [fields["name"]])}
         if kind == "none" and absent_anchor and rng.random() < absent_anchor:  # no draw at 0: runs without it unchanged
             fields, worded_as = {**fields, "rel": rng.choice(sorted(RELATIONS))}, "relation"
         out.append((*_request(kind, fields, len(targets), rng, phrasing, worded_as)[:3], targets))

@@ -36,7 +36,8 @@ class SynthDataset(ReasonSegDataset):
 
     def __init__(self, dataset_dir, split: str = "train", captions: bool = True, describe_first: bool = False,
                  extra_requests: int = 0, extra_kind_weights: str | None = None, answer_format: str = "seg",
-                 frame=None, extra_phrasing: str = "original", request_noise: float = 0.0, absent_anchor: float = 0.0):
+                 frame=None, extra_phrasing: str = "original", request_noise: float = 0.0, absent_anchor: float = 0.0,
+                 kind_check: float = 0.0):
         super().__init__(dataset_dir, split, explanatory=0.0, max_queries=1)
         self.captions, self.describe_first, self.extra_requests = captions, describe_first, extra_requests
         if answer_format not in ("seg", "grounding"):
@@ -52,15 +53,19 @@ class SynthDataset(ReasonSegDataset):
             raise DatasetError(f"synth request noise is a share of requests, between 0 and 1, not {request_noise}")
         if not 0.0 <= absent_anchor <= 1.0:
             raise DatasetError(f"synth absent anchor is a share of no-target requests, between 0 and 1, not {absent_anchor}")
-        self.request_noise, self.absent_anchor = request_noise, absent_anchor
+        if not 0.0 <= kind_check <= 1.0:
+            raise DatasetError(f"synth kind check is a share of no-target requests, between 0 and 1, not {kind_check}")
+        self.request_noise, self.absent_anchor, self.kind_check = request_noise, absent_anchor, kind_check
 
     def _more_requests(self, scene: list[dict], rng: random.Random) -> list:
         """The further requests about a scene. ``mixed``: each in the generator's own words or the rich
         grammar's, half and half, so a model taught new wordings keeps the old ones."""
         if self.extra_phrasing != "mixed":  # one call, drawn exactly as before the grammar existed
-            return more_requests(scene, self.extra_requests, rng, self.extra_weights, self.extra_phrasing, self.absent_anchor)
+            return more_requests(scene, self.extra_requests, rng, self.extra_weights, self.extra_phrasing,
+                                 self.absent_anchor, self.kind_check)
         return [r for _ in range(self.extra_requests)
-                for r in more_requests(scene, 1, rng, self.extra_weights, rng.choice(("original", "rich")), self.absent_anchor)]
+                for r in more_requests(scene, 1, rng, self.extra_weights, rng.choice(("original", "rich")),
+                                       self.absent_anchor, self.kind_check)]
 
     def _question(self, rng: random.Random):
         """``(text, is_sentence) -> question``: LISA's [SEG] wording, or the box_prompt segmenter's own."""

@@ -43,6 +43,7 @@ class DataConfig:
     synth_extra_phrasing: str = "original"  # their wording: original, rich, heldout or mixed (original or rich)
     synth_request_noise: float = 0.0  # share of requests given made-up filler words (phrasings.with_unknown_words)
     synth_absent_anchor: float = 0.0  # share of further no-target requests asked as a relation to the absent shape
+    synth_kind_check: float = 0.0  # share of them naming a colour in the picture with a kind that is not
     num_workers: int = 2
     on_bad_sample: str = "skip"  # or "error"
 
@@ -52,7 +53,7 @@ class DataConfig:
         return {"describe_first": self.synth_describe_first, "extra_requests": self.synth_extra_requests,
                 "extra_kind_weights": self.synth_extra_kind_weights, "answer_format": self.synth_answer_format,
                 "extra_phrasing": self.synth_extra_phrasing, "request_noise": self.synth_request_noise,
-                "absent_anchor": self.synth_absent_anchor}
+                "absent_anchor": self.synth_absent_anchor, "kind_check": self.synth_kind_check}
 
 
 @dataclass
