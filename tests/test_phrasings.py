@@ -299,3 +299,27 @@ def test_by_wording_scores_the_requests_that_hold_a_phrase_apart(tmp_path):
     assert holds and rest and f'with "{phrase}": {len(holds)} requests, gIoU 1.000' in out
     share = np.mean([s["kind"] == "none" for s in rest])
     assert f"without: {len(rest)} requests, gIoU {share:.3f}" in out
+
+
+def test_no_target_misses_are_split_by_what_the_picture_holds(tmp_path):
+    """tools/no_target.py: a mask given exactly for the no-target requests whose named colour is in the picture is
+    counted as missed there and nowhere else; the kind and colour groups add up to the same requests."""
+    import subprocess
+    import sys
+
+    write_synth(tmp_path, 200, seed=3, splits={"test": 1.0}, progress=False)
+    lines, with_colour, without = [], 0, 0
+    for path in (tmp_path / "reason_seg" / "ReasonSeg" / "test").glob("*.json"):
+        s = json.loads(path.read_text())
+        shown = s["kind"] == "none" and any(x["color"] == s["answer"].split()[3] for x in s["scene"])
+        with_colour += shown
+        without += s["kind"] == "none" and not shown
+        lines.append(json.dumps({"image": path.stem, "masks": [{"size": [1, 1], "counts": "01"}] if shown else []}))
+    (tmp_path / "p.jsonl").write_text("\n".join(lines))
+    out = subprocess.run([sys.executable, "-m", "tools.no_target", str(tmp_path / "p.jsonl"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert with_colour and without
+    assert f"its colour in the picture: True: {with_colour} of {with_colour} answered" in out
+    assert f"its colour in the picture: False: 0 of {without} answered" in out
+    kinds = [int(n) for n in re.findall(r"its kind in the picture: \w+: \d+ of (\d+)", out)]
+    assert sum(kinds) == with_colour + without
