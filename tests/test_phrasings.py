@@ -247,7 +247,7 @@ def test_no_target_requests_asked_as_a_relation_to_the_absent_shape(tmp_path):
 def test_no_target_requests_that_need_the_kind_read(tmp_path):
     """``synth_kind_check``: a no-target request names a colour in the picture with a kind that is not there (the
     colour alone does not settle it); at 0 the further requests are drawn exactly as before; out of range is refused."""
-    from vlmsam.data.synth import SHAPES, more_requests
+    from vlmsam.data.synth import SHAPES, absent_named, more_requests
     from vlmsam.data.synth_dataset import SynthDataset
 
     write_synth(tmp_path, 30, seed=5, splits={"train": 1.0}, progress=False)
@@ -258,6 +258,7 @@ def test_no_target_requests_that_need_the_kind_read(tmp_path):
         colours, kinds = {s["color"] for s in scene}, {s["shape"] for s in scene}
         for text, _, answer, targets in more_requests(scene, 4, random.Random(k), weights, "original", kind_check=1.0):
             colour, kind = answer.removeprefix("There is no ").removesuffix(" in this image.").split(" ")
+            assert absent_named(answer) == f"{colour} {kind}" and absent_named("[SEG].") is None
             assert not targets and f"{colour} {kind}" in text
             if kinds != set(SHAPES):  # every kind in the picture: no such name, the drawn one stays
                 assert colour in colours and kind not in kinds, (text, scene)

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import Counter
 
-from vlmsam.data.synth import scene_files
-
-ABSENT = re.compile(r"There is no (\w+) (\w+) in this image")
+from vlmsam.data.synth import absent_named, scene_files
 
 
 def tally(predictions: str, dataset_dir: str, split: str = "test") -> tuple[Counter, Counter]:
@@ -25,10 +22,10 @@ def tally(predictions: str, dataset_dir: str, split: str = "test") -> tuple[Coun
     asked, missed = Counter(), Counter()
     for path in scene_files(dataset_dir, split):
         scene = json.loads(path.read_text())
-        named = ABSENT.match(scene.get("answer", "")) if scene.get("kind") == "none" else None
+        named = absent_named(scene.get("answer", "")) if scene.get("kind") == "none" else None
         if named is None or path.stem not in answered:
             continue
-        colour, kind = named.groups()
+        colour, kind = named.split(" ")
         groups = (f"its colour in the picture: {any(s['color'] == colour for s in scene['scene'])}",
                   f"its kind in the picture: {any(s['shape'] == kind for s in scene['scene'])}", f"colour {colour}")
         asked.update(groups)

@@ -59,8 +59,8 @@ def pair_with_bundle_sam(run: str | Path, bundle: str | Path) -> Path:
 def install_if_better(run: str | Path, bundle: str | Path, eval_dir: str | Path, records: str | Path = EVAL_RECORDS,
                       *, keep_sam: bool = False, made_by: str = "") -> bool:
     """Install ``run/final`` as ``bundle`` when its gIoU summed over the splits (``eval_dir`` names the original
-    wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its demo mask covers at least
-    ``DEMO_COVERAGE`` of the demo's target at IoU ``DEMO_IOU`` or more. The run's VLM and settings replace the bundle's; so does its SAM where the
+    wording's; ``-rich`` and ``-heldout`` beside it) beats the bundle's own record and its mask for the demo's request
+    is the right shape (:func:`demo_wrong`). The run's VLM and settings replace the bundle's; so does its SAM where the
     run was rewarded through another, unless ``keep_sam`` (then the evaluations are of ``pair_with_bundle_sam``'s
     pairing). ``made_by`` says how the run was made (default: the GRPO stage). The new bundle is made beside the old
     one and swapped in whole, so a failure leaves the installed bundle as it was. The evaluations' predictions and

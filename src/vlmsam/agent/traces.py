@@ -11,7 +11,6 @@ is taught each reply exactly where the loop will ask for it.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +20,13 @@ from PIL import Image
 
 from vlmsam.agent.loop import AgentLoop
 from vlmsam.data.phrases import plural
-from vlmsam.data.synth import visible_masks
+from vlmsam.data.synth import absent_named, visible_masks
 from vlmsam.metrics.iou import mask_iou
 from vlmsam.vlm.messages import Message
 
 TINY_SYSTEM_PROMPT = ("Answer the request with the tools segment_phrase, select_masks_and_return and report_no_mask. "
                       'Reply <think>...</think><tool>{"name": ..., "parameters": ...}</tool>.')
 MATCH_IOU = 0.5
-_ABSENT = re.compile(r"There is no (.+?) in this image")
 
 
 def tool(name: str, why: str, **parameters) -> str:
@@ -122,8 +120,7 @@ def scene_trace(json_path: Path, sam, *, score_threshold: float, system_prompt: 
     targets = list(range(len(scene) - n, len(scene)))  # painted last, in answer order (data/synth.py)
     absent = anno["kind"] == "none"
     if absent:
-        found = _ABSENT.search(anno.get("answer", ""))
-        phrases = [found.group(1) if found else "shape"]
+        phrases = [absent_named(anno.get("answer", "")) or "shape"]
     else:
         phrases = phrases_for_targets(scene, targets)
     truth = visible_masks(scene, image.height, image.width)[targets] if targets else np.zeros((0, image.height, image.width), bool)

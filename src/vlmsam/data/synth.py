@@ -209,6 +209,15 @@ def _candidates(shapes: list[Shape], rng: random.Random) -> dict[str, list[tuple
     return out
 
 
+NO_TARGET_ANSWER = "There is no {} in this image."  # a no-target request's answer names the absent shape
+
+
+def absent_named(answer: str) -> str | None:
+    """The shape a no-target answer says is not there ("purple star"), or None for any other answer."""
+    head, tail = NO_TARGET_ANSWER.split("{}")
+    return answer[len(head):-len(tail)] if answer.startswith(head) and answer.endswith(tail) else None
+
+
 def _request(kind: str, fields: dict, n_targets: int, rng: random.Random,
              phrasing: str = "original", worded_as: str | None = None) -> tuple[str, bool, str, str]:
     """(request text, is_sentence, answer, wording family) for one candidate of ``kind``, worded as a request
@@ -221,7 +230,7 @@ def _request(kind: str, fields: dict, n_targets: int, rng: random.Random,
         text, family = phrasings.word(wording, fields, rng, phrasing)
         is_sentence = looks_like_sentence(text)
     if kind == "none":
-        answer = f"There is no {fields['name']} in this image."
+        answer = NO_TARGET_ANSWER.format(fields["name"])
     elif n_targets == 1:
         answer = prompts.EVAL_ANSWER
     else:
